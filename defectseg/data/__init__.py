@@ -1,0 +1,1 @@
+"""Data: folder readers, deterministic splits, the embedded synthetic sets, DataModules."""

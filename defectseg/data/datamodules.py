@@ -1,0 +1,276 @@
+"""Lightning DataModules for both stages: folder readers + split + cache + augmentation.
+
+The sets are small (hundreds to a few thousand photos), so decoded, resized images are
+cached in memory once and augmentation runs on uint8 arrays: the model is never starved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from defectseg.data import readers
+from defectseg.data.splits import split_indices, subset_for_budget
+from defectseg.data.transforms import build_transform, to_tensors
+from defectseg.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def resolve_num_workers(num_workers: int | str) -> int:
+    """``auto``: leave the model the cores it needs; data loading from the cache is light."""
+    if num_workers != "auto":
+        return int(num_workers)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus <= 2 else min(8, cpus // 2)
+
+
+class ImageCache:
+    """Decoded images (and masks), pre-resized to the training size, held in memory after first use."""
+
+    def __init__(self, image_size: int, enabled: bool = True) -> None:
+        self.image_size = image_size
+        self.enabled = enabled
+        self._store: dict[Path, Any] = {}
+
+    def image(self, path: Path) -> np.ndarray:
+        if path in self._store:
+            return self._store[path]
+        image = _shrink(readers.read_image(path), self.image_size)
+        if self.enabled:
+            self._store[path] = image
+        return image
+
+    def pair(self, image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Image and its 0/255 mask; the mask must match the image's original size."""
+        if image_path in self._store:
+            return self._store[image_path]
+        image = readers.read_image(image_path)
+        mask = readers.read_mask(mask_path, expected_size=image.shape[:2]) * np.uint8(255)
+        pair = (_shrink(image, self.image_size), _shrink(mask, self.image_size))
+        if self.enabled:
+            self._store[image_path] = pair
+        return pair
+
+
+def _shrink(array: np.ndarray, size: int) -> np.ndarray:
+    """Pre-resize for the cache with the same resize the eval transform uses (idempotent afterwards)."""
+    import cv2
+
+    if array.shape[0] == size and array.shape[1] == size:
+        return array
+    interpolation = cv2.INTER_AREA if min(array.shape[:2]) > size else cv2.INTER_LINEAR
+    return cv2.resize(array, (size, size), interpolation=interpolation)
+
+
+class ClassificationDataset(Dataset):
+    def __init__(self, samples: Sequence[tuple[Path, int]], cache: ImageCache, transform: Any) -> None:
+        self.samples = list(samples)
+        self.cache = cache
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, label = self.samples[index]
+        image = self.transform(image=self.cache.image(path))["image"]
+        image_tensor, _ = to_tensors(image)
+        return {"image": image_tensor, "label": torch.tensor(label, dtype=torch.long), "index": index}
+
+
+class SegmentationDataset(Dataset):
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], cache: ImageCache, transform: Any) -> None:
+        self.pairs = list(pairs)
+        self.cache = cache
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_path, mask_path = self.pairs[index]
+        image, mask = self.cache.pair(image_path, mask_path)
+        out = self.transform(image=image, mask=mask)
+        image, mask = to_tensors(out["image"], out["mask"])
+        return {"image": image, "mask": mask, "index": index}
+
+
+class _FolderDataModule(L.LightningDataModule):
+    """What both stages share: synthetic generation, splitting, loaders, the split file."""
+
+    def __init__(
+        self,
+        root: str,
+        name: str = "dataset",
+        image_size: int = 256,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int | str = "auto",
+        split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
+        split_seed: int = 0,
+        cache: bool = True,
+        augment: dict[str, Any] | None = None,
+        synthetic: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if int(image_size) < 16:
+            raise ValueError(f"dataset.image_size must be at least 16, got {image_size}")
+        if int(batch_size) < 1:
+            raise ValueError(f"dataset.batch_size must be at least 1, got {batch_size}")
+        self.root = Path(root).expanduser()
+        self.name = name
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = resolve_num_workers(num_workers)
+        self.split_fractions = tuple(float(f) for f in split_fractions)
+        self.split_seed = int(split_seed)
+        self.cache = ImageCache(self.image_size, enabled=bool(cache))
+        self.augment = dict(augment or {})
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.datasets: dict[str, Dataset] = {}
+        self.split_files: dict[str, list[str]] = {}
+
+    def prepare_data(self) -> None:
+        if self.synthetic:
+            from defectseg.data import synthetic
+
+            params = dict(self.synthetic)
+            kind = params.pop("kind")
+            ensure = {"crack_classification": synthetic.ensure_crack_classification, "steel_segmentation": synthetic.ensure_steel_segmentation}
+            if kind not in ensure:
+                raise ValueError(f"dataset.synthetic.kind={kind!r} is not one of {sorted(ensure)}")
+            ensure[kind](self.root, **params)
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset = self.datasets[split]
+        train = split == "train"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        if len(self.datasets.get("test", ())) == 0:
+            raise ValueError(f"dataset {self.name!r} has no test images (dataset.split_fractions={list(self.split_fractions)})")
+        return self._loader("test")
+
+    def write_split(self, path: str | Path) -> None:
+        """Record exactly which files went where, so a run can be audited and repeated."""
+        atomic_write_json(path, {"root": str(self.root), "split_seed": self.split_seed, **self.split_files})
+
+    def summary(self) -> dict[str, int]:
+        return {f"{split}_images": len(dataset) for split, dataset in self.datasets.items()}
+
+
+class ClassificationDataModule(_FolderDataModule):
+    """Stage 1: ``root/<class>/*.png`` (``Positive/``, ``Negative/`` as in the Kaggle crack set)."""
+
+    def __init__(self, *args: Any, classes: Sequence[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.classes = list(classes) if classes else None
+        self.class_names: list[str] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        folders = readers.find_split_folders(self.root)
+        train_tf = build_transform(self.image_size, train=True, augment=self.augment)
+        eval_tf = build_transform(self.image_size, train=False)
+        if folders:
+            per_split = {}
+            for split, folder in folders.items():
+                samples, names = readers.scan_classification_folder(folder, self.classes)
+                if self.class_names and names != self.class_names:
+                    raise readers.DataError(f"{folder}: classes {names} differ from {self.class_names} in the other splits")
+                self.class_names = names
+                per_split[split] = samples
+        else:
+            samples, self.class_names = readers.scan_classification_folder(self.root, self.classes)
+            indices = split_indices([label for _, label in samples], self.split_fractions, self.split_seed)
+            per_split = {split: [samples[i] for i in idx] for split, idx in indices.items()}
+        for split, split_samples in per_split.items():
+            self.datasets[split] = ClassificationDataset(split_samples, self.cache, train_tf if split == "train" else eval_tf)
+            self.split_files[split] = [str(path) for path, _ in split_samples]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class SegmentationDataModule(_FolderDataModule):
+    """Stage 2: ``root/images/x.png`` + ``root/masks/x.png`` (or ``train/ val/ test/`` each holding both)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        image_dir: str = "images",
+        mask_dir: str = "masks",
+        mask_suffix: str = "",
+        max_train_images: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.image_dir = image_dir
+        self.mask_dir = mask_dir
+        self.mask_suffix = mask_suffix
+        self.max_train_images = None if max_train_images is None else int(max_train_images)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        folders = readers.find_split_folders(self.root)
+        if folders:
+            per_split = {split: readers.scan_segmentation_folder(folder, self.image_dir, self.mask_dir, self.mask_suffix) for split, folder in folders.items()}
+        else:
+            pairs = readers.scan_segmentation_folder(self.root, self.image_dir, self.mask_dir, self.mask_suffix)
+            indices = split_indices([0] * len(pairs), self.split_fractions, self.split_seed)
+            per_split = {split: [pairs[i] for i in idx] for split, idx in indices.items()}
+        train = per_split["train"]
+        per_split["train"] = [train[i] for i in subset_for_budget(range(len(train)), self.max_train_images, self.split_seed)]
+        self._check_readable(per_split)
+        train_tf = build_transform(self.image_size, train=True, augment=self.augment)
+        eval_tf = build_transform(self.image_size, train=False)
+        for split, pairs in per_split.items():
+            self.datasets[split] = SegmentationDataset(pairs, self.cache, train_tf if split == "train" else eval_tf)
+            self.split_files[split] = [str(image) for image, _ in pairs]
+
+    def _check_readable(self, per_split: dict[str, list[tuple[Path, Path]]]) -> None:
+        """Decode every pair up front (filling the cache): a bad file fails now, not at epoch 37."""
+        if not self.cache.enabled:
+            return
+        problems = []
+        for pairs in per_split.values():
+            for image_path, mask_path in pairs:
+                try:
+                    self.cache.pair(image_path, mask_path)
+                except readers.DataError as error:
+                    problems.append(str(error))
+        if problems:
+            shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+            raise readers.DataError(f"{len(problems)} problem(s) in {self.root}:\n  {shown}")
+
+
+def read_split_file(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

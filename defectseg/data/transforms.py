@@ -1,0 +1,44 @@
+"""All augmentation lives here, behind one small interface (albumentations 2.0.x, MIT).
+
+Transforms work on uint8 HxWxC images and 0/255 masks; tensors stay uint8 until the
+training step moves them to the device, where the float conversion is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+Transform = Callable[..., dict[str, Any]]
+
+
+def build_transform(image_size: int, train: bool, augment: dict[str, Any] | None = None) -> A.Compose:
+    """Resize (area when shrinking, so thin cracks survive), then light photometric/geometric noise for training."""
+    augment = dict(augment or {})
+    steps: list[A.BasicTransform] = [
+        A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR, area_for_downscale="image_mask")
+    ]
+    if train and augment.get("enabled", True):
+        steps += [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=augment.get("brightness", 0.2), contrast_limit=augment.get("contrast", 0.2), p=0.5),
+            A.GaussNoise(std_range=(0.01, float(augment.get("noise_std", 0.04))), p=float(augment.get("noise_p", 0.2))),
+            A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.3, float(augment.get("blur_sigma", 1.0))), p=float(augment.get("blur_p", 0.1))),
+        ]
+    return A.Compose(steps)
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HxWx3 uint8 -> 3xHxW uint8; 0/255 (or soft after resize) mask -> 1xHxW uint8 in {0, 1}."""
+    image_tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    if mask is None:
+        return image_tensor, None
+    mask_tensor = torch.from_numpy(np.ascontiguousarray((mask >= 128).astype(np.uint8)))[None]
+    return image_tensor, mask_tensor

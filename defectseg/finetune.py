@@ -1,0 +1,113 @@
+"""Stage 2: train the U-Net decoder (and, by freeze policy, the encoder) on defect masks.
+
+    python -m defectseg.finetune [freeze=encoder|scratch|none|partial] [experiment=quick] [key=value ...]
+    python -m defectseg.finetune -m freeze=scratch,encoder seed=0,1,2      # a comparison sweep
+
+The stage-1 encoder comes from ``pretrained_encoder`` (default: ``outputs/pretrain/latest``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from defectseg.models import FreezePolicy, parameter_counts
+from defectseg.models.encoder_io import load_encoder, resolve_encoder_path
+from defectseg.training.modules import SegmentationTask
+from defectseg.training.runner import Run
+from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
+from defectseg.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def load_pretrained(model: Any, policy: FreezePolicy, location: str | None) -> dict[str, Any] | None:
+    """Load the stage-1 encoder the policy asks for, or say in one line how to get one."""
+    if not policy.loads_encoder:
+        return None
+    try:
+        if not location:
+            raise FileNotFoundError("pretrained_encoder is not set")
+        path = resolve_encoder_path(location)
+    except FileNotFoundError:
+        raise UserError(
+            f"freeze={policy.mode} needs a stage-1 encoder, but there is none at {location}: "
+            "run `make pretrain` first, or set pretrained_encoder=PATH (a stage-1 run directory or its encoder.safetensors), "
+            "or train without one: freeze=scratch"
+        ) from None
+    info = load_encoder(model.encoder, path, model.architecture)
+    log.info("loaded stage-1 encoder %s (pretrained on %s)", path, info.get("pretrain", {}).get("dataset"))
+    return {"path": str(path.resolve()), "sha256": info.get("sha256"), **info.get("pretrain", {})}
+
+
+def run_finetune(cfg: DictConfig) -> dict[str, Any]:
+    policy = FreezePolicy(str(cfg.freeze.mode), cfg.freeze.get("depth"))
+    run = Run(cfg, monitor="val/dice", mode="max")
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.write_split(run.output_dir / "split.json")
+
+    model = instantiate(cfg.model)
+    pretrained = load_pretrained(model, policy, cfg.get("pretrained_encoder"))
+    policy.apply(model)
+    counts = parameter_counts(model)
+    task = SegmentationTask(model, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), **cfg.task)
+    log.info(
+        "stage 2, freeze=%s: %s of %s parameters train; data %s %s; %s, %s",
+        policy.mode, f"{counts['trainable_params']:,}", f"{counts['total_params']:,}", datamodule.root, datamodule.summary(), run.device, run.precision,
+    )
+
+    run.trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    tested = run.trainer.test(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
+    best = run.history.best("val/dice", "max")
+
+    metrics: dict[str, Any] = {
+        "stage": "finetune",
+        "model": model.architecture.get("name"),
+        "freeze": policy.mode,
+        "freeze_depth": policy.frozen_levels(len(model.encoder.levels)) if policy.mode == "partial" else None,
+        "pretrain_task": (pretrained or {}).get("pretrain_task"),
+        "dataset": datamodule.name,
+        "experiment": cfg.get("experiment_name"),
+        "seed": int(cfg.seed),
+        **datamodule.summary(),
+        **counts,
+        "best_val_dice": best.get("val/dice"),
+        "best_epoch": best.get("epoch"),
+        "test_dice": tested.get("test/dice"),
+        "test_dice_per_image": [round(v, 6) for v in task.test_dice_per_image],
+        "threshold": float(task.hparams.threshold),
+        "epochs": run.trainer.current_epoch,
+        "train_seconds": round(run.clock.train_seconds, 3),
+        "fit_seconds": round(run.clock.fit_seconds, 3),
+        "train_images_per_second": round(run.clock.images_per_second, 3),
+        "device": run.device,
+        "precision": str(run.precision),
+        "pretrained_encoder": pretrained,
+        "checkpoint": run.checkpoint.best_model_path or None,
+        "output_dir": str(run.output_dir),
+    }
+    if run.trainer.is_global_zero:
+        atomic_write_json(run.output_dir / "metrics.json", metrics)
+        log.info("freeze=%s: best val Dice %.4f (epoch %s), test Dice %.4f -> %s", policy.mode, metrics["best_val_dice"] or float("nan"), metrics["best_epoch"], metrics["test_dice"] or float("nan"), run.output_dir / "metrics.json")
+    run.log_hparams(
+        {"stage": "finetune", "model": metrics["model"], "freeze": policy.mode, "dataset": metrics["dataset"], "seed": metrics["seed"], "train_images": metrics.get("train_images", 0), "lr": float(cfg.optim.lr)},
+        {k: metrics[k] for k in ("best_val_dice", "test_dice", "trainable_params")},
+    )
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")
+@exit_cleanly_on_user_error
+def main(cfg: DictConfig) -> float | None:
+    metrics = run_finetune(cfg)
+    return metrics.get("best_val_dice")
+
+
+if __name__ == "__main__":
+    main()

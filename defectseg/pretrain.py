@@ -1,0 +1,98 @@
+"""Stage 1: pretrain the U-Net encoder as a crack / no-crack classifier.
+
+    python -m defectseg.pretrain [experiment=quick] [dataset=folder_cls dataset.root=DIR] [key=value ...]
+
+Writes ``encoder.safetensors`` + ``encoder.json`` into the run directory and points
+``outputs/pretrain/latest`` at it, where stage 2 looks by default.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from defectseg.models import EncoderClassifier, parameter_counts
+from defectseg.models.encoder_io import save_encoder
+from defectseg.training.modules import ClassificationTask
+from defectseg.training.runner import Run
+from defectseg.utils.errors import exit_cleanly_on_user_error
+from defectseg.utils.io import atomic_write_json, point_link
+
+log = logging.getLogger(__name__)
+
+
+def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
+    run = Run(cfg, monitor="val/loss", mode="min")
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.write_split(run.output_dir / "split.json")
+
+    segmentation_model = instantiate(cfg.model)
+    network = EncoderClassifier(segmentation_model, num_classes=datamodule.num_classes, hidden=list(cfg.head.hidden), dropout=float(cfg.head.dropout))
+    task = ClassificationTask(network, num_classes=datamodule.num_classes, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last))
+    log.info("stage 1 on %s: %s images (%s), classes %s, %s", datamodule.root, datamodule.summary(), run.device, datamodule.class_names, run.precision)
+
+    run.trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    validated = run.trainer.validate(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
+    tested = {}
+    if len(datamodule.datasets.get("test", ())):
+        tested = run.trainer.test(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
+
+    counts = parameter_counts(segmentation_model)
+    metrics: dict[str, Any] = {
+        "stage": "pretrain",
+        "pretrain_task": "classification",
+        "model": segmentation_model.architecture.get("name"),
+        "dataset": datamodule.name,
+        "experiment": cfg.get("experiment_name"),
+        "seed": int(cfg.seed),
+        "classes": datamodule.class_names,
+        **datamodule.summary(),
+        "encoder_params": counts["encoder_params"],
+        "head_params": sum(p.numel() for p in network.head.parameters()),
+        "trainable_params": sum(p.numel() for p in task.parameters() if p.requires_grad),
+        "best_val_loss": validated.get("val/loss"),
+        "best_val_accuracy": validated.get("val/accuracy"),
+        "best_val_auroc": validated.get("val/auroc"),
+        "best_epoch": run.history.best("val/loss", "min").get("epoch"),
+        "test_accuracy": tested.get("test/accuracy"),
+        "test_auroc": tested.get("test/auroc"),
+        "epochs": run.trainer.current_epoch,
+        "train_seconds": round(run.clock.train_seconds, 3),
+        "fit_seconds": round(run.clock.fit_seconds, 3),
+        "train_images_per_second": round(run.clock.images_per_second, 3),
+        "device": run.device,
+        "precision": str(run.precision),
+        "checkpoint": run.checkpoint.best_model_path or None,
+        "output_dir": str(run.output_dir),
+    }
+    if run.trainer.is_global_zero:
+        provenance = {key: metrics[key] for key in ("pretrain_task", "dataset", "experiment", "seed", "classes", "best_val_accuracy", "best_val_auroc", "test_accuracy", "test_auroc")}
+        metrics["encoder_weights"] = str(save_encoder(network.encoder, run.output_dir, segmentation_model.architecture, extra={"pretrain": provenance}))
+        latest = Path(cfg.paths.pretrain_latest)
+        point_link(latest, run.output_dir)
+        metrics["latest"] = str(latest)
+        atomic_write_json(run.output_dir / "metrics.json", metrics)
+        log.info("encoder written to %s (stage 2 finds it through %s)", metrics["encoder_weights"], latest)
+    run.log_hparams(
+        {"stage": "pretrain", "model": metrics["model"], "dataset": metrics["dataset"], "seed": metrics["seed"], "lr": float(cfg.optim.lr)},
+        {k: metrics[k] for k in ("best_val_accuracy", "best_val_auroc", "test_accuracy", "test_auroc")},
+    )
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")
+@exit_cleanly_on_user_error
+def main(cfg: DictConfig) -> float | None:
+    metrics = run_pretrain(cfg)
+    return metrics.get("best_val_accuracy")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""LightningModules for the two stages. Models come in built (config does the wiring);
+these hold the loss, the metrics and the optimiser, nothing architectural."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.classification import AUROC, Accuracy
+
+from defectseg.training.losses import BCEDiceLoss
+from defectseg.training.metrics import DefectDice
+
+
+def images_to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 batches travel to the device; the conversion to [0, 1] floats happens there."""
+    images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Frozen parameters stay out of the optimiser: no state, no work for them."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+class ClassificationTask(L.LightningModule):
+    """Stage 1: encoder + FC head learns crack / no-crack (or N classes)."""
+
+    def __init__(self, network: nn.Module, num_classes: int = 2, lr: float = 1e-4, weight_decay: float = 0.0, channels_last: bool = True) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {lr}")
+        self.save_hyperparameters(ignore=["network"], logger=False)
+        self.network = network
+        self.binary = num_classes == 2
+        metric_args: dict[str, Any] = {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": num_classes}
+        self.val_accuracy, self.test_accuracy = Accuracy(**metric_args), Accuracy(**metric_args)
+        self.val_auroc, self.test_auroc = AUROC(**metric_args), AUROC(**metric_args)
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images_to_float(images, self.hparams.channels_last))
+
+    def _loss_and_scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["image"]).float()
+        labels = batch["label"]
+        if self.binary:
+            logits = logits.squeeze(1)
+            return F.binary_cross_entropy_with_logits(logits, labels.float()), torch.sigmoid(logits)
+        return F.cross_entropy(logits, labels), logits.softmax(dim=1)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss_and_scores(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        return loss
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str, accuracy: Accuracy, auroc: AUROC) -> None:
+        loss, scores = self._loss_and_scores(batch)
+        accuracy.update(scores, batch["label"])
+        auroc.update(scores, batch["label"])
+        size = len(batch["label"])
+        self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log(f"{prefix}/accuracy", accuracy, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(f"{prefix}/auroc", auroc, on_epoch=True, batch_size=size)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_accuracy, self.val_auroc)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_accuracy, self.test_auroc)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(trainable_parameters(self), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+class SegmentationTask(L.LightningModule):
+    """Stage 2: the U-Net (encoder frozen or not by the freeze policy) learns defect masks."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        threshold: float = 0.5,
+        empty_score: float = 1.0,
+        channels_last: bool = True,
+        preview_images: int = 4,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {lr}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        self.save_hyperparameters(ignore=["model"], logger=False)
+        self.model = model
+        self.loss = BCEDiceLoss(bce_weight, dice_weight)
+        self.val_dice = DefectDice(empty_score=empty_score)
+        self.test_dice = DefectDice(empty_score=empty_score)
+        self.test_dice_per_image: list[float] = []
+        self.preview: dict[str, torch.Tensor] | None = None
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images_to_float(images, self.hparams.channels_last))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["image"]), batch["mask"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str, dice: DefectDice) -> torch.Tensor:
+        logits = self(batch["image"]).float()
+        masks = batch["mask"]
+        self.log(f"{prefix}/loss", self.loss(logits, masks), on_epoch=True, prog_bar=True, batch_size=len(masks), sync_dist=True)
+        probabilities = torch.sigmoid(logits)
+        dice.update(probabilities > self.hparams.threshold, masks > 0)
+        return probabilities
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        probabilities = self._evaluate(batch, "val", self.val_dice)
+        if batch_idx == 0 and self.hparams.preview_images:
+            k = self.hparams.preview_images
+            self.preview = {"image": batch["image"][:k].detach(), "mask": batch["mask"][:k].detach(), "probability": probabilities[:k].detach()}
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/dice", self.val_dice.compute(), prog_bar=True, sync_dist=False)
+        self.val_dice.reset()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_dice)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_dice_per_image = self.test_dice.per_image().tolist()
+        self.log("test/dice", self.test_dice.compute())
+        self.test_dice.reset()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(trainable_parameters(self), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

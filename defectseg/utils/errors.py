@@ -1,0 +1,42 @@
+"""Errors a user can fix, and the entry-point guard that prints them as one clear line."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(RuntimeError):
+    """Something the user must do differently (run a stage first, fix a path or a key)."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from omegaconf.errors import OmegaConfBaseException
+
+    from defectseg.data.readers import DataError
+    from defectseg.models.encoder_io import EncoderMismatchError
+
+    return (UserError, DataError, EncoderMismatchError, OmegaConfBaseException, ValueError, FileNotFoundError)
+
+
+def exit_cleanly_on_user_error(function: F) -> F:
+    """Print ``error: ...`` and exit 2 instead of a stack trace for problems the user can fix (HYDRA_FULL_ERROR=1 shows the trace)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except user_errors() as error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            logging.getLogger("defectseg").debug("user error", exc_info=True)
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper  # type: ignore[return-value]
