@@ -1,0 +1,136 @@
+"""End to end on tiny data: configs compose, stage 1 writes an encoder, stage 2 loads and freezes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from safetensors.torch import load_file
+
+from defectseg.finetune import run_finetune
+from defectseg.pretrain import run_pretrain
+from defectseg.utils.errors import UserError
+from tests.conftest import CONF_DIR, TINY_TRAINER
+
+GROUP_OPTIONS = {
+    group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+    for group in ("model", "freeze", "trainer", "logger", "callbacks", "experiment")
+}
+
+
+def stage1_overrides(root: Path) -> list[str]:
+    return TINY_TRAINER + ["dataset=folder_cls", f"dataset.root={root}", "dataset.image_size=32", "dataset.batch_size=4"]
+
+
+def stage2_overrides(root: Path, freeze: str = "encoder") -> list[str]:
+    return TINY_TRAINER + [f"freeze={freeze}", "dataset=folder_seg", f"dataset.root={root}", "dataset.image_size=32", "dataset.batch_size=4"]
+
+
+STAGE_GROUPS = [(stage, group) for stage in ("pretrain", "finetune") for group in sorted(GROUP_OPTIONS) if not (stage == "pretrain" and group == "freeze")]
+
+
+@pytest.mark.parametrize(("stage", "group"), STAGE_GROUPS)
+def test_every_config_option_composes_and_instantiates(compose_config, stage, group, tmp_path):
+    for option in GROUP_OPTIONS[group]:
+        cfg = compose_config(stage, [f"{group}={option}"])
+        node = cfg.get(group)
+        assert node is not None or group == "experiment"
+        if group in ("model", "trainer", "logger") and "_target_" in node:
+            # composing checks the option; instantiating on CPU checks its keys are real Trainer arguments
+            overrides = {"precision": "32-true", "enable_progress_bar": False, "accelerator": "cpu"} if group == "trainer" else {}
+            assert instantiate(node, **overrides) is not None
+        if group == "callbacks":
+            assert all(instantiate(c) is not None for c in node.values())
+
+
+@pytest.mark.parametrize("dataset", ["synthetic_cls", "folder_cls"])
+def test_stage1_datasets_compose(compose_config, dataset):
+    cfg = compose_config("pretrain", [f"dataset={dataset}", "dataset.root=/some/where"])
+    assert cfg.dataset._target_.endswith("ClassificationDataModule")
+    assert instantiate(cfg.dataset).batch_size == cfg.dataset.batch_size
+
+
+@pytest.mark.parametrize("dataset", ["synthetic_seg", "folder_seg"])
+def test_stage2_datasets_compose(compose_config, dataset):
+    cfg = compose_config("finetune", [f"dataset={dataset}", "dataset.root=/some/where"])
+    assert cfg.dataset._target_.endswith("SegmentationDataModule")
+    assert instantiate(cfg.dataset).image_size == cfg.dataset.image_size
+
+
+def test_paper_defaults(compose_config):
+    """`make pretrain` / `make finetune` without arguments follow the paper: Adam lr 1e-4, 100 epochs, frozen encoder."""
+    for stage in ("pretrain", "finetune"):
+        cfg = compose_config(stage)
+        assert cfg.optim.lr == pytest.approx(1e-4)
+        assert cfg.trainer.max_epochs == 100
+    cfg = compose_config("finetune")
+    assert cfg.freeze.mode == "encoder"
+    assert cfg.dataset.synthetic.n_images == 175
+    assert cfg.pretrained_encoder.endswith("outputs/pretrain/latest")
+
+
+def test_quick_experiment_is_smaller(compose_config):
+    for stage in ("pretrain", "finetune"):
+        paper, quick = compose_config(stage), compose_config(stage, ["experiment=quick"])
+        assert quick.trainer.max_epochs < paper.trainer.max_epochs
+        assert quick.dataset.image_size < paper.dataset.image_size
+        assert quick.experiment_name == "quick"
+
+
+def test_stage1_then_stage2_transfers_and_freezes_the_encoder(compose_config, classification_set, segmentation_set, tmp_path):
+    stage1 = run_pretrain(compose_config("pretrain", stage1_overrides(classification_set), run_name="s1"))
+    encoder_file = Path(stage1["encoder_weights"])
+    assert encoder_file.name == "encoder.safetensors" and encoder_file.with_name("encoder.json").is_file()
+    latest = tmp_path / "outputs" / "pretrain" / "latest"
+    assert latest.is_symlink() and latest.resolve() == encoder_file.parent.resolve()
+    metrics1 = json.loads((encoder_file.parent / "metrics.json").read_text())
+    assert metrics1["stage"] == "pretrain" and metrics1["encoder_params"] == 4_712_224
+    for key in ("best_val_accuracy", "best_val_auroc", "train_seconds", "train_images_per_second", "seed"):
+        assert key in metrics1
+
+    cfg2 = compose_config("finetune", stage2_overrides(segmentation_set, "encoder"), run_name="s2")
+    captured = {}
+    original_apply = __import__("defectseg.models.freeze", fromlist=["FreezePolicy"]).FreezePolicy.apply
+
+    def spy_apply(self, model):
+        captured["decoder_before"] = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+        captured["model"] = model
+        return original_apply(self, model)
+
+    pytest.MonkeyPatch().setattr("defectseg.models.freeze.FreezePolicy.apply", spy_apply)
+    metrics2 = run_finetune(cfg2)
+    pytest.MonkeyPatch().undo()
+
+    stage1_weights = load_file(str(encoder_file))
+    encoder_after = captured["model"].encoder.state_dict()
+    assert set(stage1_weights) == set(encoder_after)
+    assert all(torch.equal(stage1_weights[k], encoder_after[k].cpu()) for k in stage1_weights), "the frozen encoder changed"
+    decoder_after = captured["model"].decoder.state_dict()
+    assert any(not torch.equal(captured["decoder_before"][k], decoder_after[k].cpu()) for k in decoder_after), "the decoder did not train"
+
+    assert metrics2["trainable_params"] == 3_134_433 and metrics2["total_params"] == 7_846_657
+    assert metrics2["pretrained_encoder"]["path"] == str(encoder_file.resolve())
+    saved = json.loads((Path(metrics2["output_dir"]) / "metrics.json").read_text())
+    for key in ("stage", "model", "freeze", "seed", "trainable_params", "total_params", "best_val_dice", "test_dice",
+                "epochs", "train_seconds", "train_images_per_second", "test_dice_per_image", "train_images"):
+        assert key in saved, key
+    assert 0.0 <= saved["test_dice"] <= 1.0
+    assert len(saved["test_dice_per_image"]) == saved["test_images"]
+    assert (Path(metrics2["output_dir"]) / "split.json").is_file()
+    assert list((Path(metrics2["output_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_scratch_trains_everything_without_an_encoder(compose_config, segmentation_set):
+    metrics = run_finetune(compose_config("finetune", stage2_overrides(segmentation_set, "scratch") + ["pretrained_encoder=/nonexistent"]))
+    assert metrics["trainable_params"] == metrics["total_params"] == 7_846_657
+    assert metrics["pretrained_encoder"] is None and metrics["freeze"] == "scratch"
+
+
+def test_transfer_without_encoder_says_run_pretrain(compose_config, segmentation_set, tmp_path):
+    cfg = compose_config("finetune", stage2_overrides(segmentation_set, "encoder"))
+    with pytest.raises(UserError, match=r"make pretrain.*pretrained_encoder="):
+        run_finetune(cfg)
+    assert not (tmp_path / "outputs" / "finetune" / "run" / "metrics.json").exists()
