@@ -62,6 +62,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         policy.mode, f"{counts['trainable_params']:,}", f"{counts['total_params']:,}", datamodule.root, datamodule.summary(), run.device, run.precision,
     )
 
+    run.log_text("model/parameters", " | ".join(f"{name}: {value:,}" for name, value in counts.items()))
     run.trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     tested = run.trainer.test(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
     best = run.history.best("val/dice", "max")
@@ -91,6 +92,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         "pretrained_encoder": pretrained,
         "checkpoint": run.checkpoint.best_model_path or None,
         "output_dir": str(run.output_dir),
+        **run.timing(),
     }
     if run.trainer.is_global_zero:
         atomic_write_json(run.output_dir / "metrics.json", metrics)
@@ -99,6 +101,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         {"stage": "finetune", "model": metrics["model"], "freeze": policy.mode, "dataset": metrics["dataset"], "seed": metrics["seed"], "train_images": metrics.get("train_images", 0), "lr": float(cfg.optim.lr)},
         {k: metrics[k] for k in ("best_val_dice", "test_dice", "trainable_params")},
     )
+    run.close()
     return metrics
 
 

@@ -71,6 +71,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         "precision": str(run.precision),
         "checkpoint": run.checkpoint.best_model_path or None,
         "output_dir": str(run.output_dir),
+        **run.timing(),
     }
     if run.trainer.is_global_zero:
         provenance = {key: metrics[key] for key in ("pretrain_task", "dataset", "experiment", "seed", "classes", "best_val_accuracy", "best_val_auroc", "test_accuracy", "test_auroc")}
@@ -84,6 +85,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         {"stage": "pretrain", "model": metrics["model"], "dataset": metrics["dataset"], "seed": metrics["seed"], "lr": float(cfg.optim.lr)},
         {k: metrics[k] for k in ("best_val_accuracy", "best_val_auroc", "test_accuracy", "test_auroc")},
     )
+    run.close()
     return metrics
 
 

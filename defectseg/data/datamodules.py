@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from defectseg.data import readers
 from defectseg.data.splits import split_indices, subset_for_budget
@@ -121,6 +121,7 @@ class _FolderDataModule(L.LightningDataModule):
         cache: bool = True,
         augment: dict[str, Any] | None = None,
         synthetic: dict[str, Any] | None = None,
+        samples_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
         if int(image_size) < 16:
@@ -138,6 +139,9 @@ class _FolderDataModule(L.LightningDataModule):
         self.cache = ImageCache(self.image_size, enabled=bool(cache))
         self.augment = dict(augment or {})
         self.synthetic = dict(synthetic) if synthetic else None
+        if samples_per_epoch is not None and int(samples_per_epoch) < 1:
+            raise ValueError(f"dataset.samples_per_epoch must be at least 1 or null, got {samples_per_epoch}")
+        self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
         self.datasets: dict[str, Dataset] = {}
         self.split_files: dict[str, list[str]] = {}
 
@@ -155,10 +159,15 @@ class _FolderDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         dataset = self.datasets[split]
         train = split == "train"
+        sampler = None
+        if train and self.samples_per_epoch:
+            # A fixed epoch length whatever the label budget, so 10 and 100 labelled images get the same number of steps.
+            sampler = RandomSampler(dataset, replacement=True, num_samples=self.samples_per_epoch)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

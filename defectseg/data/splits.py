@@ -37,6 +37,9 @@ def split_indices(labels: Sequence[int], fractions: Sequence[float], seed: int) 
         if n >= 3:
             n_val = max(n_val, 1)
             n_test = max(n_test, 1) if test_frac > 0 else 0
+            n_test = min(n_test, max(n - n_val - 1, 0))  # keep at least one training item
+        n_val = min(n_val, n)
+        n_test = min(n_test, n - n_val)
         n_train = n - n_val - n_test
         splits["train"] += members[:n_train].tolist()
         splits["val"] += members[n_train : n_train + n_val].tolist()

@@ -77,10 +77,17 @@ def load_encoder(encoder: nn.Module, path: str | Path, architecture: dict[str, A
             f"{weights_path} was pretrained for architecture {found}, but this run builds {architecture}; "
             "pretrain an encoder for this model or point pretrained_encoder= at a matching one"
         )
+    expected = info.get("sha256")
+    if expected and _sha256(weights_path) != expected:
+        raise EncoderMismatchError(f"{weights_path}: sha256 does not match {info_path} (file corrupted or replaced); re-run pretraining or copy the two files together")
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise EncoderMismatchError(f"{weights_path}: unreadable safetensors file ({error})") from error
+    current = encoder.state_dict()
+    wrong_shape = [name for name, tensor in state.items() if name in current and tuple(tensor.shape) != tuple(current[name].shape)]
+    if wrong_shape:
+        raise EncoderMismatchError(f"{weights_path}: tensor shapes do not match the encoder ({wrong_shape[:5]})")
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise EncoderMismatchError(f"{weights_path}: tensors do not match the encoder (missing {missing[:5]}, unexpected {unexpected[:5]})")

@@ -19,7 +19,10 @@ class DefectDice(DiceScore):
         self.empty_score = float(empty_score)
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """``preds`` and ``target``: Nx1xHxW binary (bool or 0/1)."""
+        """``preds`` and ``target``: Nx1xHxW binary (bool or 0/1); probabilities must be thresholded first."""
+        for name, tensor in (("preds", preds), ("target", target)):
+            if tensor.dtype != torch.bool and bool(((tensor != 0) & (tensor != 1)).any()):
+                raise ValueError(f"DefectDice.update: {name} must be binary (bool or 0/1); threshold probabilities first")
         super().update(preds.to(torch.uint8), target.to(torch.uint8))
 
     def per_image(self) -> torch.Tensor:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import platform
+import time
+import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +61,10 @@ class Run:
         self.cfg = cfg
         self.output_dir = Path(cfg.paths.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.start_time = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._start = time.perf_counter()
+        # A frozen encoder is in eval mode on purpose (its norm statistics stay fixed).
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         torch.set_float32_matmul_precision("high")
         accelerator = str(cfg.trainer.get("accelerator", "auto"))
@@ -85,9 +93,27 @@ class Run:
         """'best' for Lightning when a checkpoint was written (not under fast_dev_run)."""
         return "best" if self.checkpoint.best_model_path else None
 
+    def timing(self) -> dict[str, Any]:
+        return {
+            "start_time": self.start_time,
+            "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_seconds": round(time.perf_counter() - self._start, 3),
+        }
+
+    def log_text(self, tag: str, text: str) -> None:
+        if self.logger and hasattr(self.logger, "experiment") and self.trainer.is_global_zero:
+            self.logger.experiment.add_text(tag, text)
+
+    def close(self) -> None:
+        """Release what a sweep's next job must not inherit (loggers, cached data, GPU memory)."""
+        if self.logger and hasattr(self.logger, "finalize"):
+            self.logger.finalize("success")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def log_hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
         """One HParams entry per run, with its final metrics, so TensorBoard's HParams view lists every sweep job."""
         if self.logger and hasattr(self.logger, "log_hyperparams") and self.trainer.is_global_zero:
             clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
             self.logger.log_hyperparams(clean, {f"hparams/{k}": float(v) for k, v in metrics.items() if v is not None})
-            self.logger.finalize("success")

@@ -1,0 +1,398 @@
+"""Tests of the sweep report on hand-made sweep directories with known numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from defectseg import report
+from defectseg.report import (
+    VERDICT_GAIN,
+    VERDICT_NS,
+    aggregate,
+    collect_runs,
+    expected_jobs,
+    main,
+    paired_bootstrap_ci,
+    write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_multirun(root: Path, task: list[str]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = {"hydra": {"mode": "MULTIRUN",
+                     "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                                 "params": None},
+                     "overrides": {"task": task}}}
+    (root / "multirun.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def write_job(root: Path, job: str, overrides: list[str], metrics: dict[str, Any] | None) -> Path:
+    """One Hydra job dir; metrics=None means the job crashed before writing metrics.json."""
+    d = root / job
+    (d / ".hydra").mkdir(parents=True, exist_ok=True)
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (d / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    if metrics is not None:
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    return d
+
+
+def metrics(freeze: str, seed: int, test: float, val: float | None = None, *,
+            per_image: list[float] | None = None, train_images: int = 175,
+            dataset: str = "steel_single", freeze_depth: int | None = None) -> dict[str, Any]:
+    return {
+        "stage": "finetune", "model": "unet_paper", "freeze": freeze, "freeze_depth": freeze_depth,
+        "pretrain_task": None if freeze == "scratch" else "classification", "dataset": dataset,
+        "experiment": "table1", "seed": seed, "train_images": train_images,
+        "trainable_params": 3134433 if freeze == "encoder" else 7846657, "total_params": 7846657,
+        "best_val_dice": test + 0.02 if val is None else val, "test_dice": test,
+        "test_dice_per_image": per_image if per_image is not None else [test] * 4,
+        "epochs": 100, "best_epoch": 50 + seed, "train_seconds": 100.0 + seed,
+        "train_images_per_second": 40.0, "device": "cuda: NVIDIA H100", "precision": "bf16-mixed",
+        "checkpoint_path": "/somewhere/best.ckpt", "extra_key_from_the_future": 1,
+    }
+
+
+def make_sweep(root: Path, values: dict[str, list[float]], *, per_image: dict[str, list[list[float]]] | None = None,
+               crash: tuple[str, ...] = (), train_images: int = 175) -> Path:
+    """Sweep freeze=<modes> seed=0..n-1 with given test Dice; jobs numbered like Hydra."""
+    modes = list(values)
+    n_seeds = len(next(iter(values.values())))
+    write_multirun(root, [f"freeze={','.join(modes)}", f"seed={','.join(map(str, range(n_seeds)))}"])
+    job = 0
+    for mode in modes:
+        for seed, test in enumerate(values[mode]):
+            pi = per_image[mode][seed] if per_image else None
+            m = None if f"{mode}:{seed}" in crash else metrics(mode, seed, test, per_image=pi,
+                                                              train_images=train_images)
+            write_job(root, str(job), [f"freeze={mode}", f"seed={seed}"], m)
+            job += 1
+    return root
+
+
+def row_of(rows: list[dict[str, Any]], freeze: str, train_images: int | None = None) -> dict[str, Any]:
+    found = [r for r in rows if r["freeze"] == freeze
+             and (train_images is None or r["train_images"] == train_images)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_mean_std_and_gain_match_hand_computation(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.72, 0.74], "encoder": [0.78, 0.81, 0.78]})
+    runs, missing = collect_runs(sweep)
+    assert len(runs) == 6 and missing == []
+    rows = aggregate(runs)
+    assert [r["freeze"] for r in rows] == ["scratch", "encoder"]  # scratch first, the reference
+    s, e = row_of(rows, "scratch"), row_of(rows, "encoder")
+    assert s["n_seeds"] == 3 and s["seeds"] == [0, 1, 2]
+    assert s["test_dice_mean"] == pytest.approx(0.72, abs=1e-12)
+    assert s["test_dice_std"] == pytest.approx(0.02, abs=1e-12)  # sample std, ddof=1
+    assert e["test_dice_mean"] == pytest.approx(0.79, abs=1e-12)
+    assert e["test_dice_std"] == pytest.approx(math.sqrt(0.0003), abs=1e-12)
+    assert e["val_dice_mean"] == pytest.approx(0.81, abs=1e-12)
+    assert e["gain_abs"] == pytest.approx(0.07, abs=1e-12)
+    assert e["gain_pct"] == pytest.approx(0.07 / 0.72 * 100, abs=1e-9)
+    assert s["gain_abs"] is None and s["verdict"] is None
+    assert e["trainable_params"] == 3134433 and s["trainable_params"] == 7846657
+    assert e["mode"] == "transfer-frozen encoder" and s["mode"] == "scratch"
+
+    out = write_report(sweep)
+    csv_rows = read_csv(out["paths"]["report.csv"])
+    enc = next(r for r in csv_rows if r["freeze"] == "encoder")
+    assert float(enc["test_dice_mean"]) == pytest.approx(0.79, abs=1e-12)
+    assert float(enc["gain_pct"]) == pytest.approx(9.7222222, abs=1e-6)
+    md = out["paths"]["report.md"].read_text()
+    assert "0.790 ± 0.017" in md and "+0.070 (+9.7%)" in md
+    assert "cuda: NVIDIA H100" in md and "table1" in md
+
+
+def test_single_seed_has_blank_std(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70], "none": [0.75]})
+    out = write_report(sweep)
+    row = row_of(out["rows"], "none")
+    assert row["test_dice_std"] is None and row["ttest_p"] is None and row["n_paired"] == 1
+    assert row["mode"] == "transfer-full fine-tuning"
+    csv_row = next(r for r in read_csv(out["paths"]["report.csv"]) if r["freeze"] == "none")
+    assert csv_row["test_dice_std"] == "" and csv_row["ttest_p"] == ""
+    assert "0.750 ± –" in out["markdown"]
+
+
+def test_paired_ttest_matches_scipy_and_pairs_by_seed(tmp_path: Path) -> None:
+    scratch = [0.70, 0.66, 0.74, 0.69]
+    transfer = [0.79, 0.73, 0.80, 0.80]
+    sweep = make_sweep(tmp_path / "s", {"scratch": scratch, "encoder": transfer})
+    rows = aggregate(collect_runs(sweep)[0])
+    expected = stats.ttest_rel(transfer, scratch).pvalue
+    e = row_of(rows, "encoder")
+    assert e["n_paired"] == 4
+    assert e["ttest_p"] == pytest.approx(expected, rel=1e-12)
+    # Pairing is by seed, not by order: an unpaired test would give a different p.
+    assert e["ttest_p"] != pytest.approx(stats.ttest_ind(transfer, scratch).pvalue, rel=1e-3)
+
+
+def test_ttest_uses_only_seeds_present_in_both(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.66, 0.74], "encoder": [0.79, 0.73, 0.80]},
+                       crash=("encoder:1",))
+    e = row_of(aggregate(collect_runs(sweep)[0]), "encoder")
+    assert e["n_paired"] == 2
+    assert e["ttest_p"] == pytest.approx(stats.ttest_rel([0.79, 0.80], [0.70, 0.74]).pvalue, rel=1e-12)
+
+
+def test_bootstrap_clear_gain_is_real(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.5, 0.8, size=20)
+    scratch_pi = [list(base + rng.normal(0, 0.01, 20)) for _ in range(3)]
+    transfer_pi = [list(base + 0.1 + rng.normal(0, 0.01, 20)) for _ in range(3)]
+    sweep = make_sweep(tmp_path / "s",
+                       {"scratch": [float(np.mean(v)) for v in scratch_pi],
+                        "encoder": [float(np.mean(v)) for v in transfer_pi]},
+                       per_image={"scratch": scratch_pi, "encoder": transfer_pi})
+    e = row_of(aggregate(collect_runs(sweep)[0]), "encoder")
+    assert e["verdict"] == VERDICT_GAIN
+    assert e["boot_n_images"] == 20
+    assert 0.05 < e["boot_ci_low"] < 0.1 < e["boot_ci_high"] < 0.15
+    # Averaged over seeds first, then resampled: the CI must match a direct computation.
+    diff = np.mean(transfer_pi, axis=0) - np.mean(scratch_pi, axis=0)
+    assert (e["boot_ci_low"], e["boot_ci_high"]) == paired_bootstrap_ci(diff)
+
+
+def test_bootstrap_no_gain_is_not_significant(tmp_path: Path) -> None:
+    base = [0.5, 0.6, 0.7, 0.8, 0.55, 0.65, 0.75, 0.85]
+    swing = [0.1, -0.1, 0.1, -0.1, 0.1, -0.1, 0.1, -0.1]  # mean difference exactly 0
+    scratch_pi = [base, base]
+    transfer_pi = [[b + s for b, s in zip(base, swing)]] * 2
+    sweep = make_sweep(tmp_path / "s", {"scratch": [0.68, 0.68], "encoder": [0.68, 0.68]},
+                       per_image={"scratch": scratch_pi, "encoder": transfer_pi})
+    e = row_of(aggregate(collect_runs(sweep)[0]), "encoder")
+    assert e["verdict"] == VERDICT_NS
+    assert e["boot_ci_low"] < 0 < e["boot_ci_high"]
+    assert e["ttest_p"] is None  # identical paired differences: t undefined, not a fake p
+
+
+def test_paired_bootstrap_ci_deterministic_and_exact_on_constant() -> None:
+    rng = np.random.default_rng(0)
+    diff = rng.normal(0.02, 0.05, size=50)
+    assert paired_bootstrap_ci(diff) == paired_bootstrap_ci(diff)
+    low, high = paired_bootstrap_ci(diff)
+    assert low < float(np.mean(diff)) < high
+    assert paired_bootstrap_ci(np.full(7, 0.125)) == (0.125, 0.125)
+    with pytest.raises(ValueError):
+        paired_bootstrap_ci([])
+
+
+# --------------------------------------------------------------------------- missing jobs
+
+
+def test_crashed_job_is_reported_missing_with_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.72], "encoder": [0.78, 0.80]},
+                       crash=("encoder:1",))
+    runs, missing = collect_runs(sweep)
+    assert len(runs) == 3
+    assert len(missing) == 1
+    assert missing[0]["job"] == "3"
+    assert missing[0]["overrides"] == ["freeze=encoder", "seed=1"]
+    assert "metrics.json" in missing[0]["reason"]
+
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING" in out and "MISSING" in out and "freeze=encoder seed=1" in out
+    assert "| transfer-frozen encoder |" in out
+    md = (sweep / "report.md").read_text()
+    section = md.split("## MISSING jobs", 1)[1]
+    assert "`3` freeze=encoder seed=1" in section
+    assert "3 finished, 1 MISSING" in md
+
+
+def test_corrupt_metrics_is_missing_not_fatal(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.72], "encoder": [0.78, 0.80]})
+    (sweep / "2" / "metrics.json").write_text('{"test_dice": 0.7')  # truncated write
+    runs, missing = collect_runs(sweep)
+    assert len(runs) == 3
+    assert [m["job"] for m in missing] == ["2"] and "unreadable" in missing[0]["reason"]
+
+
+def test_expected_count_from_multirun_yaml(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_multirun(root, ["freeze=scratch,encoder,none", "seed=0,1,2", "trainer.max_epochs=100"])
+    assert expected_jobs(root)[0] == 9
+    # Only 6 of 9 job dirs were ever created (e.g. the launcher died).
+    job = 0
+    for mode in ("scratch", "encoder"):
+        for seed in range(3):
+            write_job(root, str(job), [f"freeze={mode}", f"seed={seed}", "trainer.max_epochs=100"],
+                      metrics(mode, seed, 0.7))
+            job += 1
+    runs, missing = collect_runs(root)
+    assert len(runs) == 6
+    assert len(missing) == 3
+    assert all(m["job_dir"] is None and "never launched" in m["reason"] for m in missing)
+    assert sorted(m["overrides"][:2] for m in missing) == [["freeze=none", f"seed={s}"] for s in range(3)]
+    result = write_report(root)
+    assert "6 finished, 3 MISSING" in result["markdown"]
+
+
+def test_expected_count_shortfall_when_combos_unmatchable(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_multirun(root, ["freeze=scratch,encoder", "seed=0,1"])
+    # Job overrides written in a form that does not match the sweep axes: count only.
+    for job in range(3):
+        write_job(root, str(job), [f"run={job}"], metrics("scratch", job, 0.7))
+    _, missing = collect_runs(root)
+    assert len(missing) == 1 and missing[0]["count"] == 1
+    assert "1 of 4 expected jobs" in missing[0]["reason"]
+
+
+def test_expected_jobs_unknown_for_unexpandable_sweeps(tmp_path: Path) -> None:
+    assert expected_jobs(tmp_path) == (None, [])  # no multirun.yaml
+    write_multirun(tmp_path / "a", ["seed=range(0,3)", "freeze=scratch,encoder"])
+    assert expected_jobs(tmp_path / "a")[0] is None
+    write_multirun(tmp_path / "b", ["model.channels=[32,64],[16,32]", "seed=0,1,2"])
+    assert expected_jobs(tmp_path / "b")[0] == 6
+
+
+def test_nested_job_dirs_are_collected(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_job(root, "main/0", ["freeze=scratch", "seed=0"], metrics("scratch", 0, 0.7))
+    write_job(root, "label_efficiency/3", ["freeze=encoder", "seed=0"], metrics("encoder", 0, 0.8))
+    write_job(root, "label_efficiency/4", ["freeze=encoder", "seed=1"], None)
+    runs, missing = collect_runs(root)
+    assert sorted(r["job"] for r in runs) == ["label_efficiency/3", "main/0"]
+    assert [m["job"] for m in missing] == ["label_efficiency/4"]
+
+
+def test_missing_fields_fall_back_to_overrides(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    m = metrics("encoder", 2, 0.8)
+    del m["freeze"], m["seed"], m["device"], m["test_dice_per_image"], m["best_val_dice"]
+    write_job(root, "0", ["freeze=encoder", "seed=2"], m)
+    write_job(root, "1", ["freeze=scratch", "seed=2"], metrics("scratch", 2, 0.7))
+    rows = write_report(root)["rows"]
+    e = row_of(rows, "encoder")
+    assert e["seeds"] == [2] and e["val_dice_mean"] is None
+    assert e["gain_abs"] == pytest.approx(0.1)
+    assert e["verdict"].startswith("n/a")
+
+
+def test_partial_mode_label_and_order(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_job(root, "0", ["freeze=none"], metrics("none", 0, 0.81))
+    write_job(root, "1", ["freeze=partial"], metrics("partial", 0, 0.80, freeze_depth=2))
+    write_job(root, "2", ["freeze=scratch"], metrics("scratch", 0, 0.70))
+    write_job(root, "3", ["freeze=encoder"], metrics("encoder", 0, 0.79))
+    rows = aggregate(collect_runs(root)[0])
+    assert [r["mode"] for r in rows] == ["scratch", "transfer-frozen encoder", "partial-2",
+                                         "transfer-full fine-tuning"]
+
+
+# --------------------------------------------------------------------------- label efficiency
+
+
+def test_label_efficiency_csv_when_several_train_sizes(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_multirun(root, ["freeze=scratch,encoder", "seed=0,1", "dataset.max_train_images=10,50"])
+    table = {("scratch", 10): [0.40, 0.44], ("encoder", 10): [0.60, 0.62],
+             ("scratch", 50): [0.60, 0.64], ("encoder", 50): [0.70, 0.74]}
+    job = 0
+    for (mode, size), vals in table.items():
+        for seed, v in enumerate(vals):
+            write_job(root, str(job), [f"freeze={mode}", f"seed={seed}", f"dataset.max_train_images={size}"],
+                      metrics(mode, seed, v, train_images=size))
+            job += 1
+    result = write_report(root)
+    assert "label_efficiency.csv" in result["paths"] and "label_efficiency.png" in result["paths"]
+    rows = read_csv(result["paths"]["label_efficiency.csv"])
+    got = [(r["mode"], int(r["train_images"]), int(r["n_seeds"]), float(r["test_dice_mean"])) for r in rows]
+    assert got == [("scratch", 10, 2, pytest.approx(0.42)), ("scratch", 50, 2, pytest.approx(0.62)),
+                   ("transfer-frozen encoder", 10, 2, pytest.approx(0.61)),
+                   ("transfer-frozen encoder", 50, 2, pytest.approx(0.72))]
+    enc10 = next(r for r in rows if r["freeze"] == "encoder" and r["train_images"] == "10")
+    assert float(enc10["gain_abs"]) == pytest.approx(0.19)  # vs scratch at the same size
+    assert float(enc10["test_dice_std"]) == pytest.approx(math.sqrt(0.0002))
+    assert_png(result["paths"]["label_efficiency.png"])
+
+
+def test_no_label_efficiency_for_single_size(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.72], "encoder": [0.78, 0.80]})
+    result = write_report(sweep)
+    assert "label_efficiency.csv" not in result["paths"]
+    assert not (sweep / "label_efficiency.csv").exists() and not (sweep / "label_efficiency.png").exists()
+
+
+# --------------------------------------------------------------------------- files and CLI
+
+
+def assert_png(path: Path, min_bytes: int = 15_000) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > min_bytes
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(path)
+    assert img.shape[0] > 300 and img.shape[1] > 500
+    assert float(np.std(img[..., :3])) > 0.05  # not a blank canvas
+
+
+def test_pngs_written_and_non_trivial(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.72, 0.71], "encoder": [0.78, 0.80, 0.79],
+                                         "none": [0.80, 0.81, 0.79]})
+    result = write_report(sweep)
+    assert result["paths"]["compare.png"] == sweep / "compare.png"
+    assert_png(sweep / "compare.png")
+    assert "![compare](compare.png)" in result["markdown"]
+    # Atomic writes leave no temp files behind.
+    assert sorted(p.name for p in sweep.iterdir() if p.is_file()) == [
+        "compare.png", "multirun.yaml", "report.csv", "report.md"]
+
+
+def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "does-not-exist")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "does not exist" in err and err.count("\n") == 1
+
+    empty = tmp_path / "empty"
+    write_multirun(empty, ["freeze=scratch,encoder"])
+    write_job(empty, "0", ["freeze=scratch"], None)  # only a crashed job
+    assert main([str(empty)]) == 2
+    assert "no finished job" in capsys.readouterr().err
+    assert not (empty / "report.md").exists()
+
+    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.72], "encoder": [0.78, 0.80]})
+    out_dir = tmp_path / "out"
+    assert main([str(sweep), "--out", str(out_dir)]) == 0
+    stdout = capsys.readouterr().out
+    assert "| dataset |" in stdout and "transfer-frozen encoder" in stdout
+    assert "WARNING" not in stdout
+    assert {p.name for p in out_dir.iterdir()} >= {"report.csv", "report.md", "compare.png"}
+    assert not (sweep / "report.md").exists()
+
+
+def test_module_entry_point_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.72], "encoder": [0.78, 0.80]})
+    proc = subprocess.run([sys.executable, "-m", "defectseg.report", str(sweep), "--no-plots"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "transfer-frozen encoder" in proc.stdout
+    assert (sweep / "report.csv").exists() and not (sweep / "compare.png").exists()
+    assert report.REPORT_CSV_COLUMNS[0] in (sweep / "report.csv").read_text().splitlines()[0]
