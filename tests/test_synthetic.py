@@ -314,3 +314,19 @@ def test_cli_module_entry_point(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "cls").iterdir()) == ["GENERATED.json", "Negative", "Positive"]
+
+
+def test_worker_processes_write_the_same_files(tmp_path: Path) -> None:
+    serial = S.generate_steel_segmentation(tmp_path / "serial", n_images=4, size=32, seed=2, progress=False)
+    parallel = S.generate_steel_segmentation(tmp_path / "parallel", n_images=4, size=32, seed=2, progress=False, workers=2)
+    for sub in ("images", "masks"):
+        a, b = _arrays(serial / sub), _arrays(parallel / sub)
+        assert a.keys() == b.keys() and len(a) == 4
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert S.read_manifest(parallel) == S.read_manifest(serial)
+
+
+def test_cli_rejects_bad_values_instead_of_using_defaults(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert S.main(["seg", str(tmp_path / "seg"), "--n", "0", "--no-progress"]) == 2
+    assert "n_images" in capsys.readouterr().err
+    assert not (tmp_path / "seg").exists()

@@ -27,12 +27,14 @@ import argparse
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -651,6 +653,57 @@ class _NoBar:
         pass
 
 
+_PARALLEL_FROM = 256  # below this many images, starting worker processes costs more than it saves
+
+
+def _resolve_workers(workers: int | None, jobs: int) -> int:
+    """None/1: this process. 0: one process per CPU for sets of 256+ images. n: n processes."""
+    if workers is None or int(workers) == 1:
+        return 1
+    if int(workers) > 1:
+        return int(workers)
+    if jobs < _PARALLEL_FROM:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))  # respects container / taskset limits
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def _write_concrete(root: str, seed: int, label: int, index: int, size: int) -> None:
+    _save_png(_concrete_sample(seed, label, index, size), Path(root) / CLASS_DIRS[1 - label] / f"{index:05d}.png")
+
+
+def _write_steel(root: str, seed: int, index: int, size: int) -> None:
+    image, mask, _ = _steel_sample(seed, index, size)
+    _save_png(image, Path(root) / "images" / f"{index:05d}.png")
+    _save_png(mask.astype(np.uint8) * 255, Path(root) / "masks" / f"{index:05d}.png")
+
+
+def _star(job: tuple[Callable[..., None], tuple[Any, ...]]) -> None:
+    job[0](*job[1])
+
+
+def _run_jobs(fn: Callable[..., None], jobs: list[tuple[Any, ...]], desc: str, progress: bool, workers: int | None) -> None:
+    """Run the per-image jobs here or in worker processes (every image has its own seed, so the
+    files are identical either way). Workers are opt-in: they are started with 'spawn' (the caller
+    may hold torch / data-loader threads a forked child must not inherit), and 'spawn' re-imports
+    the caller's main script, which must then guard its code with ``if __name__ == "__main__":``."""
+    n_workers = _resolve_workers(workers, len(jobs))
+    with _progress(len(jobs), desc, progress) as bar:
+        if n_workers == 1:
+            for job in jobs:
+                fn(*job)
+                bar.update(1)
+            return
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
+            chunk = max(1, min(32, len(jobs) // (4 * n_workers)))
+            for _ in pool.map(_star, [(fn, job) for job in jobs], chunksize=chunk):
+                bar.update(1)
+
+
 def _check_params(n: int, size: int, seed: int, what: str) -> None:
     if int(n) < 1:
         raise ValueError(f"{what} must be at least 1, got {n}")
@@ -691,41 +744,41 @@ def read_manifest(root: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def generate_crack_classification(root: str | Path, n_per_class: int = 300, size: int = 227, seed: int = 0, progress: bool = True) -> Path:
+def generate_crack_classification(
+    root: str | Path, n_per_class: int = 300, size: int = 227, seed: int = 0, progress: bool = True, workers: int | None = None,
+) -> Path:
     """Write the stage-1 set: ``root/Positive/*.png`` (crack) and ``root/Negative/*.png``, then the manifest.
 
     Writes in place; use :func:`ensure_crack_classification` for the idempotent, crash-safe version.
+    ``workers``: None or 1 generate in this process; n > 1 uses n worker processes, 0 one per CPU
+    for sets of 256+ images (from a script, only under ``if __name__ == "__main__":``). The files
+    are the same either way.
     """
     _check_params(n_per_class, size, seed, "n_per_class")
     root, n, size, seed = Path(root).expanduser(), int(n_per_class), int(size), int(seed)
     log.debug("writing %d crack / %d no-crack images of %d px into %s", n, n, size, root)
     _start_writing(root, CLASS_DIRS)
-    with _progress(2 * n, "crack set", progress) as bar:
-        for i in range(n):
-            for label, name in ((1, "Positive"), (0, "Negative")):
-                _save_png(_concrete_sample(seed, label, i, size), root / name / f"{i:05d}.png")
-                bar.update(1)
+    jobs = [(str(root), seed, label, i, size) for i in range(n) for label in (1, 0)]
+    _run_jobs(_write_concrete, jobs, "crack set", progress, workers)
     for name in CLASS_DIRS:
         _remove_stale(root / name, n)
     _write_manifest(root, CRACK_CLASSIFICATION, {"n_per_class": n, "size": size, "seed": seed}, 2 * n)
     return root
 
 
-def generate_steel_segmentation(root: str | Path, n_images: int = 175, size: int = 256, seed: int = 0, progress: bool = True) -> Path:
+def generate_steel_segmentation(
+    root: str | Path, n_images: int = 175, size: int = 256, seed: int = 0, progress: bool = True, workers: int | None = None,
+) -> Path:
     """Write the stage-2 set: ``root/images/*.png`` (RGB) and ``root/masks/*.png`` (L, 0/255), then the manifest.
 
     Writes in place; use :func:`ensure_steel_segmentation` for the idempotent, crash-safe version.
+    ``workers`` as in :func:`generate_crack_classification`.
     """
     _check_params(n_images, size, seed, "n_images")
     root, n, size, seed = Path(root).expanduser(), int(n_images), int(size), int(seed)
     log.debug("writing %d steel images of %d px into %s", n, size, root)
     _start_writing(root, ("images", "masks"))
-    with _progress(n, "steel set", progress) as bar:
-        for i in range(n):
-            image, mask, _ = _steel_sample(seed, i, size)
-            _save_png(image, root / "images" / f"{i:05d}.png")
-            _save_png(mask.astype(np.uint8) * 255, root / "masks" / f"{i:05d}.png")
-            bar.update(1)
+    _run_jobs(_write_steel, [(str(root), seed, i, size) for i in range(n)], "steel set", progress, workers)
     for name in ("images", "masks"):
         _remove_stale(root / name, n)
     _write_manifest(root, STEEL_SEGMENTATION, {"n_images": n, "size": size, "seed": seed}, n)
@@ -826,7 +879,9 @@ def _ensure(
     return root
 
 
-def ensure_crack_classification(root: str | Path, n_per_class: int = 300, size: int = 227, seed: int = 0, progress: bool = True) -> Path:
+def ensure_crack_classification(
+    root: str | Path, n_per_class: int = 300, size: int = 227, seed: int = 0, progress: bool = True, workers: int | None = None,
+) -> Path:
     """Make sure ``root`` holds the stage-1 set for these parameters; cheap when it already does.
 
     Generates into a hidden sibling folder and renames it into place, so an interrupted run never
@@ -836,12 +891,14 @@ def ensure_crack_classification(root: str | Path, n_per_class: int = 300, size: 
     params = {"n_per_class": int(n_per_class), "size": int(size), "seed": int(seed)}
     return _ensure(
         root, CRACK_CLASSIFICATION, params, 2 * int(n_per_class), CLASS_DIRS, int(n_per_class),
-        lambda tmp: generate_crack_classification(tmp, progress=progress, **params),
+        lambda tmp: generate_crack_classification(tmp, progress=progress, workers=workers, **params),
         f"{n_per_class} crack + {n_per_class} no-crack images, {size} px, seed {seed}",
     )
 
 
-def ensure_steel_segmentation(root: str | Path, n_images: int = 175, size: int = 256, seed: int = 0, progress: bool = True) -> Path:
+def ensure_steel_segmentation(
+    root: str | Path, n_images: int = 175, size: int = 256, seed: int = 0, progress: bool = True, workers: int | None = None,
+) -> Path:
     """Make sure ``root`` holds the stage-2 set for these parameters; cheap when it already does.
 
     Same crash-safety and refusal rules as :func:`ensure_crack_classification`.
@@ -850,7 +907,7 @@ def ensure_steel_segmentation(root: str | Path, n_images: int = 175, size: int =
     params = {"n_images": int(n_images), "size": int(size), "seed": int(seed)}
     return _ensure(
         root, STEEL_SEGMENTATION, params, int(n_images), ("images", "masks"), int(n_images),
-        lambda tmp: generate_steel_segmentation(tmp, progress=progress, **params),
+        lambda tmp: generate_steel_segmentation(tmp, progress=progress, workers=workers, **params),
         f"{n_images} images with masks, {size} px, seed {seed}",
     )
 
@@ -870,14 +927,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=None, help="images per class (cls, default 300) or images (seg, default 175)")
     parser.add_argument("--size", type=int, default=None, help="image side in px (default 227 for cls, 256 for seg)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="worker processes; 0 (default): one per CPU for sets of 256+ images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cls = args.kind == "cls"
+    n = args.n if args.n is not None else (300 if cls else 175)
+    size = args.size if args.size is not None else (227 if cls else 256)
+    common = {"size": size, "seed": args.seed, "progress": not args.no_progress, "workers": args.workers}
     try:
-        if args.kind == "cls":
-            root = ensure_crack_classification(args.root, n_per_class=args.n or 300, size=args.size or 227, seed=args.seed, progress=not args.no_progress)
+        if cls:
+            root = ensure_crack_classification(args.root, n_per_class=n, **common)
         else:
-            root = ensure_steel_segmentation(args.root, n_images=args.n or 175, size=args.size or 256, seed=args.seed, progress=not args.no_progress)
+            root = ensure_steel_segmentation(args.root, n_images=n, **common)
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

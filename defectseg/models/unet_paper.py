@@ -16,12 +16,23 @@ from torch.nn import functional as F
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
+    block = nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=True),
         nn.ReLU(inplace=True),
         nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=True),
         nn.ReLU(inplace=True),
     )
+    for module in block:
+        if isinstance(module, nn.Conv2d):
+            he_normal_(module)
+    return block
+
+
+def he_normal_(conv: nn.Conv2d) -> None:
+    """He initialisation, as in the original U-Net: without batch norm, PyTorch's default
+    init shrinks the signal through 18 plain conv+ReLU layers and training stalls at chance."""
+    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
 
 
 class PaperUNetEncoder(nn.Module):
