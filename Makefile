@@ -9,8 +9,11 @@ ARGS ?=
 NOW := $(shell date +%Y-%m-%d_%H-%M-%S)
 DEMO_DIR ?= outputs/demo/$(NOW)
 COMPARE_DIR ?= outputs/compare/$(NOW)
+LE_DIR ?= outputs/label_efficiency/$(NOW)
+EXPERIMENT ?= quick
 SEEDS ?= 0,1,2
 MODES ?= scratch,encoder,none
+BUDGETS ?= 10,25,50,100,null
 
 .PHONY: help install demo pretrain finetune compare label-efficiency report test tensorboard data clean
 
@@ -18,7 +21,7 @@ help:
 	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min), Table-1 summary"
 	@echo "make pretrain          stage 1: encoder as crack classifier (paper protocol: Adam, lr 1e-4, 100 epochs)"
 	@echo "make finetune          stage 2: decoder on defect masks with the stage-1 encoder frozen"
-	@echo "make compare           sweep scratch / frozen / full fine-tuning x seeds, report.md + compare.png"
+	@echo "make compare           sweep scratch / frozen / full fine-tuning x 3 seeds: report.md, report.csv, compare.png"
 	@echo "make label-efficiency  Dice vs number of labelled images, scratch vs transfer"
 	@echo "make test              the test suite"
 	@echo "make tensorboard       TensorBoard over outputs/"
@@ -48,9 +51,15 @@ data: $(STAMP)
 	$(PY) -m defectseg.data.synthetic seg data/synthetic_steel_defects_256px_n175_seed0 --n 175
 
 compare: $(STAMP)
-	$(PY) -m defectseg.pretrain experiment=quick hydra.run.dir=$(COMPARE_DIR)/pretrain $(ARGS)
-	$(PY) -m defectseg.finetune -m experiment=quick freeze=$(MODES) seed=$(SEEDS) pretrained_encoder=$(COMPARE_DIR)/pretrain hydra.sweep.dir=$(COMPARE_DIR)/finetune $(ARGS)
+	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) hydra.run.dir=$(COMPARE_DIR)/pretrain $(ARGS)
+	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=$(MODES) seed=$(SEEDS) pretrained_encoder=$(COMPARE_DIR)/pretrain hydra.sweep.dir=$(COMPARE_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(COMPARE_DIR)/finetune
+
+# Equal optimiser steps for every budget: each epoch draws 120 images (with replacement) from the labelled subset.
+label-efficiency: $(STAMP)
+	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) hydra.run.dir=$(LE_DIR)/pretrain $(ARGS)
+	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=scratch,encoder seed=$(SEEDS) dataset.max_train_images=$(BUDGETS) dataset.samples_per_epoch=120 pretrained_encoder=$(LE_DIR)/pretrain hydra.sweep.dir=$(LE_DIR)/finetune $(ARGS)
+	$(PY) -m defectseg.report $(LE_DIR)/finetune
 
 report: $(STAMP)
 	$(PY) -m defectseg.report $(ARGS)

@@ -14,6 +14,7 @@ from typing import Any
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
 from defectseg.models import FreezePolicy, parameter_counts
 from defectseg.models.encoder_io import load_encoder, resolve_encoder_path
@@ -44,6 +45,13 @@ def load_pretrained(model: Any, policy: FreezePolicy, location: str | None) -> d
     return {"path": str(path.resolve()), "sha256": info.get("sha256"), **info.get("pretrain", {})}
 
 
+def calibrate_features(model: Any, datamodule: Any, batches: int) -> None:
+    """Fix the decoder's input scale from un-augmented training images (see FeatureStandardizer)."""
+    loader = DataLoader(datamodule.calibration_dataset(), batch_size=datamodule.batch_size, shuffle=False)
+    images = (batch["image"].float() / 255.0 for batch, _ in zip(loader, range(batches)))
+    model.calibrate_feature_scale(images)
+
+
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     policy = FreezePolicy(str(cfg.freeze.mode), cfg.freeze.get("depth"))
     run = Run(cfg, monitor="val/dice", mode="max")
@@ -55,6 +63,8 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(cfg.model)
     pretrained = load_pretrained(model, policy, cfg.get("pretrained_encoder"))
     policy.apply(model)
+    if cfg.get("calibrate_features", True):
+        calibrate_features(model, datamodule, int(cfg.get("calibration_batches", 8)))
     counts = parameter_counts(model)
     task = SegmentationTask(model, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), **cfg.task)
     log.info(

@@ -34,7 +34,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     datamodule.write_split(run.output_dir / "split.json")
 
     segmentation_model = instantiate(cfg.model)
-    network = EncoderClassifier(segmentation_model, num_classes=datamodule.num_classes, hidden=list(cfg.head.hidden), dropout=float(cfg.head.dropout))
+    network = EncoderClassifier(segmentation_model, num_classes=datamodule.num_classes, hidden=list(cfg.head.hidden), dropout=float(cfg.head.dropout), pooling=str(cfg.head.pooling))
     task = ClassificationTask(network, num_classes=datamodule.num_classes, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last))
     log.info("stage 1 on %s: %s images (%s), classes %s, %s", datamodule.root, datamodule.summary(), run.device, datamodule.class_names, run.precision)
 

@@ -185,6 +185,11 @@ class _FolderDataModule(L.LightningDataModule):
             raise ValueError(f"dataset {self.name!r} has no test images (dataset.split_fractions={list(self.split_fractions)})")
         return self._loader("test")
 
+    def calibration_dataset(self) -> Dataset:
+        """The training images without augmentation (for statistics taken before training)."""
+        train = self.datasets["train"]
+        return type(train)(train.pairs if hasattr(train, "pairs") else train.samples, self.cache, build_transform(self.image_size, train=False))
+
     def write_split(self, path: str | Path) -> None:
         """Record exactly which files went where, so a run can be audited and repeated."""
         atomic_write_json(path, {"root": str(self.root), "split_seed": self.split_seed, **self.split_files})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -25,6 +25,51 @@ class InputNormalization(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
+class FeatureStandardizer(nn.Module):
+    """Per-channel standardisation of the encoder's features before the decoder (buffers, no parameters).
+
+    A transferred encoder's deep features drift far from the unit scale the decoder's
+    He init assumes (measured on unet_paper after stage 1: std 12.6 at the bottleneck vs
+    0.7-1.0 in the first levels), so the decoder trains on badly conditioned inputs. Fixing
+    mean and std from the training images at the start of stage 2 (a frozen BatchNorm in
+    effect) gives every mode the same starting point, and keeps the paper's parameter counts.
+    """
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.levels = len(channels)
+        for index, width in enumerate(channels):
+            self.register_buffer(f"mean_{index}", torch.zeros(1, int(width), 1, 1))
+            self.register_buffer(f"inv_std_{index}", torch.ones(1, int(width), 1, 1))
+
+    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [
+            (feature - getattr(self, f"mean_{i}").to(feature.dtype)) * getattr(self, f"inv_std_{i}").to(feature.dtype)
+            for i, feature in enumerate(features)
+        ]
+
+    @torch.no_grad()
+    def calibrate(self, feature_batches: Iterable[Sequence[torch.Tensor]]) -> None:
+        """Set mean/std per channel from raw (unstandardised) encoder features; dead channels stay at scale 1."""
+        sums: list[torch.Tensor | None] = [None] * self.levels
+        squares: list[torch.Tensor | None] = [None] * self.levels
+        count = [0] * self.levels
+        for features in feature_batches:
+            for i, feature in enumerate(features):
+                values = feature.detach().float().transpose(0, 1).reshape(feature.shape[1], -1)
+                sums[i] = values.sum(dim=1) if sums[i] is None else sums[i] + values.sum(dim=1)
+                squares[i] = values.pow(2).sum(dim=1) if squares[i] is None else squares[i] + values.pow(2).sum(dim=1)
+                count[i] += values.shape[1]
+        if not count[0]:
+            raise ValueError("feature calibration saw no images")
+        for i in range(self.levels):
+            mean = sums[i] / count[i]
+            std = (squares[i] / count[i] - mean.pow(2)).clamp_min(0).sqrt()
+            inv_std = torch.where(std > 1e-6, 1.0 / std.clamp_min(1e-6), torch.ones_like(std))
+            getattr(self, f"mean_{i}").copy_(mean.view(1, -1, 1, 1))
+            getattr(self, f"inv_std_{i}").copy_(inv_std.view(1, -1, 1, 1))
+
+
 class SegmentationModel(nn.Module):
     """Encoder -> decoder -> 1x1 head producing one logit map per class.
 
@@ -44,14 +89,23 @@ class SegmentationModel(nn.Module):
         super().__init__()
         self.normalize = InputNormalization(mean, std)
         self.encoder = encoder
+        self.feature_scale = FeatureStandardizer(encoder.out_channels)
         self.decoder = decoder
         self.segmentation_head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=1)
         self.architecture = dict(architecture or {})
         self._frozen_modules: list[nn.Module] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(self.normalize(images))
+        features = self.feature_scale(self.encoder(self.normalize(images)))
         return self.segmentation_head(self.decoder(features))
+
+    @torch.no_grad()
+    def calibrate_feature_scale(self, image_batches: Iterable[torch.Tensor]) -> None:
+        """Standardise the decoder's inputs from a few training batches (floats in [0, 1])."""
+        was_training = self.training
+        self.eval()
+        self.feature_scale.calibrate(self.encoder(self.normalize(images)) for images in image_batches)
+        self.train(was_training)
 
     def mark_frozen(self, modules: Sequence[nn.Module]) -> None:
         """Modules that ``train()`` must leave in eval mode (frozen BatchNorm keeps its statistics)."""
