@@ -22,8 +22,10 @@ from defectseg.training.modules import SegmentationTask
 from defectseg.training.runner import Run
 from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
 from defectseg.utils.io import atomic_write_json
+from defectseg.utils.naming import register_resolvers
 
 log = logging.getLogger(__name__)
+register_resolvers()
 
 
 def load_pretrained(model: Any, policy: FreezePolicy, location: str | None) -> dict[str, Any] | None:

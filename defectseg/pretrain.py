@@ -22,8 +22,10 @@ from defectseg.training.modules import ClassificationTask
 from defectseg.training.runner import Run
 from defectseg.utils.errors import exit_cleanly_on_user_error
 from defectseg.utils.io import atomic_write_json, point_link
+from defectseg.utils.naming import register_resolvers
 
 log = logging.getLogger(__name__)
+register_resolvers()
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:

@@ -134,3 +134,11 @@ def test_transfer_without_encoder_says_run_pretrain(compose_config, segmentation
     with pytest.raises(UserError, match=r"make pretrain.*pretrained_encoder="):
         run_finetune(cfg)
     assert not (tmp_path / "outputs" / "finetune" / "run" / "metrics.json").exists()
+
+
+def test_job_names_keep_the_compared_axes_only():
+    from defectseg.utils.naming import job_name
+
+    name = job_name(["freeze=encoder", "seed=2", "dataset.root=/very/long/path", "dataset.max_train_images=25", "trainer.max_epochs=3"])
+    assert name == "freeze=encoder,labels=25,seed=2"
+    assert "/" not in job_name(["dataset=../some/where"]) and len(job_name([f"seed={'9' * 500}"])) <= 100

@@ -1,0 +1,41 @@
+"""Short, readable names for sweep job folders (and so for TensorBoard runs).
+
+Hydra's ``override_dirname`` holds every override, paths included: names grow past the
+file system's limit and a path value creates nested folders. Only the axes people compare
+(mode, seed, model, data, label budget...) make it into the name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from omegaconf import OmegaConf
+
+JOB_NAME_KEYS = {
+    "freeze": "freeze",
+    "freeze.depth": "depth",
+    "seed": "seed",
+    "model": "model",
+    "dataset": "dataset",
+    "experiment": "experiment",
+    "pretrain_task": "pretrain_task",
+    "dataset.max_train_images": "labels",
+    "optim.lr": "lr",
+}
+MAX_LENGTH = 100
+
+
+def job_name(overrides: Sequence[str]) -> str:
+    parts = []
+    for override in overrides or ():
+        key, _, value = str(override).lstrip("+~").partition("=")
+        if key in JOB_NAME_KEYS:
+            value = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-") or "none"
+            parts.append(f"{JOB_NAME_KEYS[key]}={value}")
+    return ",".join(sorted(parts))[:MAX_LENGTH] or "run"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("job_name"):
+        OmegaConf.register_new_resolver("job_name", job_name)
