@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from defectseg.models import FreezePolicy, parameter_counts
 from defectseg.models.encoder_io import load_encoder, resolve_encoder_path
 from defectseg.training.modules import SegmentationTask
-from defectseg.training.runner import Run
+from defectseg.training.runner import Run, seed_run
 from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
 from defectseg.utils.io import atomic_write_json
 from defectseg.utils.naming import register_resolvers
@@ -55,15 +55,15 @@ def calibrate_features(model: Any, datamodule: Any, batches: int) -> None:
 
 
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
+    seed_run(int(cfg.seed))
     policy = FreezePolicy(str(cfg.freeze.mode), cfg.freeze.get("depth"))
+    model = instantiate(cfg.model)
+    pretrained = load_pretrained(model, policy, cfg.get("pretrained_encoder"))  # before any slow work
     run = Run(cfg, monitor="val/dice", mode="max")
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.write_split(run.output_dir / "split.json")
-
-    model = instantiate(cfg.model)
-    pretrained = load_pretrained(model, policy, cfg.get("pretrained_encoder"))
     policy.apply(model)
     if cfg.get("calibrate_features", True):
         calibrate_features(model, datamodule, int(cfg.get("calibration_batches", 8)))

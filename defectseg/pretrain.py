@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from defectseg.models import EncoderClassifier, parameter_counts
 from defectseg.models.encoder_io import save_encoder
 from defectseg.training.modules import ClassificationTask
-from defectseg.training.runner import Run
+from defectseg.training.runner import Run, seed_run
 from defectseg.utils.errors import exit_cleanly_on_user_error
 from defectseg.utils.io import atomic_write_json, point_link
 from defectseg.utils.naming import register_resolvers
@@ -29,6 +29,7 @@ register_resolvers()
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
+    seed_run(int(cfg.seed))
     run = Run(cfg, monitor="val/loss", mode="min")
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()

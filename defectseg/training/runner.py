@@ -54,6 +54,11 @@ def device_name(accelerator: str = "auto") -> str:
     return f"cpu: {name} ({torch.get_num_threads()} threads)"
 
 
+def seed_run(seed: int) -> None:
+    """Seed Python, NumPy, torch and dataloader workers; first thing a stage does, so model init is seeded."""
+    L.seed_everything(int(seed), workers=True, verbose=False)
+
+
 class Run:
     """One training run's trainer, its bookkeeping callbacks and the files it writes."""
 
@@ -65,7 +70,6 @@ class Run:
         self._start = time.perf_counter()
         # A frozen encoder is in eval mode on purpose (its norm statistics stay fixed).
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         torch.set_float32_matmul_precision("high")
         accelerator = str(cfg.trainer.get("accelerator", "auto"))
         self.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
