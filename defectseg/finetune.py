@@ -95,16 +95,8 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         "test_dice": tested.get("test/dice"),
         "test_dice_per_image": [round(v, 6) for v in task.test_dice_per_image],
         "threshold": float(task.hparams.threshold),
-        "epochs": run.trainer.current_epoch,
-        "train_seconds": round(run.clock.train_seconds, 3),
-        "fit_seconds": round(run.clock.fit_seconds, 3),
-        "train_images_per_second": round(run.clock.images_per_second, 3),
-        "device": run.device,
-        "precision": str(run.precision),
         "pretrained_encoder": pretrained,
-        "checkpoint": run.checkpoint.best_model_path or None,
-        "output_dir": str(run.output_dir),
-        **run.timing(),
+        **run.summary(),
     }
     if run.trainer.is_global_zero:
         atomic_write_json(run.output_dir / "metrics.json", metrics)

@@ -66,15 +66,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         "best_epoch": run.history.best("val/loss", "min").get("epoch"),
         "test_accuracy": tested.get("test/accuracy"),
         "test_auroc": tested.get("test/auroc"),
-        "epochs": run.trainer.current_epoch,
-        "train_seconds": round(run.clock.train_seconds, 3),
-        "fit_seconds": round(run.clock.fit_seconds, 3),
-        "train_images_per_second": round(run.clock.images_per_second, 3),
-        "device": run.device,
-        "precision": str(run.precision),
-        "checkpoint": run.checkpoint.best_model_path or None,
-        "output_dir": str(run.output_dir),
-        **run.timing(),
+        **run.summary(),
     }
     if run.trainer.is_global_zero:
         provenance = {key: metrics[key] for key in ("pretrain_task", "dataset", "experiment", "seed", "classes", "best_val_accuracy", "best_val_auroc", "test_accuracy", "test_auroc")}

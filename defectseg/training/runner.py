@@ -97,8 +97,17 @@ class Run:
         """'best' for Lightning when a checkpoint was written (not under fast_dev_run)."""
         return "best" if self.checkpoint.best_model_path else None
 
-    def timing(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
+        """The metrics.json fields every stage shares: epochs, time, throughput, machine, files."""
         return {
+            "epochs": self.trainer.current_epoch,
+            "train_seconds": round(self.clock.train_seconds, 3),
+            "fit_seconds": round(self.clock.fit_seconds, 3),
+            "train_images_per_second": round(self.clock.images_per_second, 3),
+            "device": self.device,
+            "precision": str(self.precision),
+            "checkpoint": self.checkpoint.best_model_path or None,
+            "output_dir": str(self.output_dir),
             "start_time": self.start_time,
             "end_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "wall_seconds": round(time.perf_counter() - self._start, 3),
