@@ -24,7 +24,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+from defectseg.utils.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "ReportError",
@@ -129,25 +130,6 @@ def _mean(values: Sequence[float]) -> float | None:
 def _std(values: Sequence[float]) -> float | None:
     """Sample std (ddof=1); undefined for fewer than two seeds."""
     return float(np.std(values, ddof=1)) if len(values) >= 2 else None
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same dir + os.replace so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _load_yaml(path: Path) -> Any:
@@ -702,7 +684,7 @@ def _new_figure(width: float, height: float) -> Any:
 def _save_figure(fig: Any, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _mode_colours(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
@@ -882,12 +864,12 @@ def write_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
     rows = aggregate(runs)
     paths: dict[str, Path] = {}
     paths["report.csv"] = out / "report.csv"
-    _atomic_write_text(paths["report.csv"], _csv_text(rows, REPORT_CSV_COLUMNS))
+    atomic_write_text(paths["report.csv"], _csv_text(rows, REPORT_CSV_COLUMNS))
     images: list[str] = []
     several_sizes = len({r["train_images"] for r in rows if r["train_images"] is not None}) > 1
     if several_sizes:
         paths["label_efficiency.csv"] = out / "label_efficiency.csv"
-        _atomic_write_text(paths["label_efficiency.csv"],
+        atomic_write_text(paths["label_efficiency.csv"],
                            _csv_text(_label_eff_rows(rows), LABEL_EFF_CSV_COLUMNS))
     if plots:
         paths["compare.png"] = plot_compare(rows, out / "compare.png")
@@ -897,7 +879,7 @@ def write_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
             images.append("label_efficiency.png")
     markdown = _markdown_report(root, rows, runs, missing, images)
     paths["report.md"] = out / "report.md"
-    _atomic_write_text(paths["report.md"], markdown)
+    atomic_write_text(paths["report.md"], markdown)
     public_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     return {"paths": paths, "rows": public_rows, "missing": missing, "runs": runs,
             "markdown": markdown, "table": markdown_table(rows)}
