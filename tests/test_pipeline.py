@@ -142,3 +142,13 @@ def test_job_names_keep_the_compared_axes_only():
     name = job_name(["freeze=encoder", "seed=2", "dataset.root=/very/long/path", "dataset.max_train_images=25", "trainer.max_epochs=3"])
     assert name == "freeze=encoder,labels=25,seed=2"
     assert "/" not in job_name(["dataset=../some/where"]) and len(job_name([f"seed={'9' * 500}"])) <= 100
+
+
+def test_same_seed_same_metrics_and_no_state_leaks_between_runs(compose_config, segmentation_set):
+    """Two runs in one process (as in a sequential sweep): the second neither inherits RNG state nor logs into the first."""
+    first = run_finetune(compose_config("finetune", stage2_overrides(segmentation_set, "scratch"), run_name="a"))
+    second = run_finetune(compose_config("finetune", stage2_overrides(segmentation_set, "scratch"), run_name="b"))
+    assert first["test_dice_per_image"] == second["test_dice_per_image"]
+    assert first["best_val_dice"] == second["best_val_dice"]
+    assert first["output_dir"] != second["output_dir"]
+    assert list((Path(second["output_dir"]) / "tensorboard").glob("events.out.tfevents.*"))

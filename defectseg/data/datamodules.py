@@ -34,6 +34,24 @@ def resolve_num_workers(num_workers: int | str) -> int:
     return 0 if cpus <= 2 else min(8, cpus // 2)
 
 
+def seed_augmentations(dataset: Dataset, seed: int) -> None:
+    """albumentations' Compose ignores global seeds; without this, same seed would not mean same run."""
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def _init_worker(worker_id: int) -> None:
+    """Each worker: Lightning's seeding of numpy/random, and a distinct, reproducible augmentation seed."""
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+    from torch.utils.data import get_worker_info
+
+    pl_worker_init_function(worker_id)
+    info = get_worker_info()
+    if info is not None:
+        seed_augmentations(info.dataset, int(torch.initial_seed() % (2**31 - 1)))
+
+
 class ImageCache:
     """Decoded images (and masks), pre-resized to the training size, held in memory after first use."""
 
@@ -163,8 +181,12 @@ class _FolderDataModule(L.LightningDataModule):
         if train and self.samples_per_epoch:
             # A fixed epoch length whatever the label budget, so 10 and 100 labelled images get the same number of steps.
             sampler = RandomSampler(dataset, replacement=True, num_samples=self.samples_per_epoch)
+        if self.num_workers == 0:
+            # Augmentations draw from their own generator: seed it from the (seeded) torch RNG.
+            seed_augmentations(dataset, int(torch.randint(2**31 - 1, ()).item()))
         return DataLoader(
             dataset,
+            worker_init_fn=_init_worker,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
