@@ -417,3 +417,17 @@ def test_classification_module_honours_classes_order(classification_set: Path):
     assert dm.class_names == ["Positive", "Negative"]
     train = dm.datasets["train"].samples
     assert all((path.parent.name == "Positive") == (label == 0) for path, label in train)
+
+
+def test_grayscale_option_makes_all_splits_grey(segmentation_set):
+    from defectseg.data.datamodules import SegmentationDataModule
+
+    datamodule = SegmentationDataModule(root=str(segmentation_set), image_size=32, batch_size=4, num_workers=0, grayscale=True)
+    datamodule.setup()
+    for split in ("train", "val"):
+        image = datamodule.datasets[split][0]["image"]
+        assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+    colour = SegmentationDataModule(root=str(segmentation_set), image_size=32, batch_size=4, num_workers=0)
+    colour.setup()
+    channels = colour.datasets["val"][0]["image"]
+    assert not (torch.equal(channels[0], channels[1]) and torch.equal(channels[1], channels[2]))

@@ -140,6 +140,7 @@ class _FolderDataModule(L.LightningDataModule):
         augment: dict[str, Any] | None = None,
         synthetic: dict[str, Any] | None = None,
         samples_per_epoch: int | None = None,
+        grayscale: bool = False,
     ) -> None:
         super().__init__()
         if int(image_size) < 16:
@@ -160,6 +161,7 @@ class _FolderDataModule(L.LightningDataModule):
         if samples_per_epoch is not None and int(samples_per_epoch) < 1:
             raise ValueError(f"dataset.samples_per_epoch must be at least 1 or null, got {samples_per_epoch}")
         self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
+        self.grayscale = bool(grayscale)
         self.datasets: dict[str, Dataset] = {}
         self.split_files: dict[str, list[str]] = {}
 
@@ -210,7 +212,10 @@ class _FolderDataModule(L.LightningDataModule):
     def calibration_dataset(self) -> Dataset:
         """The training images without augmentation (for statistics taken before training)."""
         train = self.datasets["train"]
-        return type(train)(train.pairs if hasattr(train, "pairs") else train.samples, self.cache, build_transform(self.image_size, train=False))
+        return type(train)(train.pairs if hasattr(train, "pairs") else train.samples, self.cache, self.transform(train=False))
+
+    def transform(self, train: bool) -> Any:
+        return build_transform(self.image_size, train=train, augment=self.augment if train else None, grayscale=self.grayscale)
 
     def write_split(self, path: str | Path) -> None:
         """Record exactly which files went where, so a run can be audited and repeated."""
@@ -232,8 +237,7 @@ class ClassificationDataModule(_FolderDataModule):
         if self.datasets:
             return
         folders = readers.find_split_folders(self.root)
-        train_tf = build_transform(self.image_size, train=True, augment=self.augment)
-        eval_tf = build_transform(self.image_size, train=False)
+        train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
         if folders:
             per_split = {}
             for split, folder in folders.items():
@@ -286,8 +290,7 @@ class SegmentationDataModule(_FolderDataModule):
         train = per_split["train"]
         per_split["train"] = [train[i] for i in subset_for_budget(range(len(train)), self.max_train_images, self.split_seed)]
         self._check_readable(per_split)
-        train_tf = build_transform(self.image_size, train=True, augment=self.augment)
-        eval_tf = build_transform(self.image_size, train=False)
+        train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
         for split, pairs in per_split.items():
             self.datasets[split] = SegmentationDataset(pairs, self.cache, train_tf if split == "train" else eval_tf)
             self.split_files[split] = [str(image) for image, _ in pairs]

@@ -17,12 +17,18 @@ import torch
 Transform = Callable[..., dict[str, Any]]
 
 
-def build_transform(image_size: int, train: bool, augment: dict[str, Any] | None = None) -> A.Compose:
-    """Resize (area when shrinking, so thin cracks survive), then light photometric/geometric noise for training."""
+def build_transform(image_size: int, train: bool, augment: dict[str, Any] | None = None, grayscale: bool = False) -> A.Compose:
+    """Resize (area when shrinking, so thin cracks survive), then light photometric/geometric noise for training.
+
+    ``grayscale`` turns every image into grey replicated over 3 channels (all splits), for
+    mixing grey and colour sources or measuring how much a model relies on colour.
+    """
     augment = dict(augment or {})
     steps: list[A.BasicTransform] = [
         A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR, area_for_downscale="image_mask")
     ]
+    if grayscale:
+        steps.append(A.ToGray(num_output_channels=3, p=1.0))
     if train and augment.get("enabled", True):
         steps += [
             A.HorizontalFlip(p=0.5),
