@@ -27,8 +27,6 @@ def build_transform(image_size: int, train: bool, augment: dict[str, Any] | None
     steps: list[A.BasicTransform] = [
         A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR, area_for_downscale="image_mask")
     ]
-    if grayscale:
-        steps.append(A.ToGray(num_output_channels=3, p=1.0))
     if train and augment.get("enabled", True):
         steps += [
             A.HorizontalFlip(p=0.5),
@@ -38,6 +36,8 @@ def build_transform(image_size: int, train: bool, augment: dict[str, Any] | None
             A.GaussNoise(std_range=(0.01, float(augment.get("noise_std", 0.04))), p=float(augment.get("noise_p", 0.2))),
             A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.3, float(augment.get("blur_sigma", 1.0))), p=float(augment.get("blur_p", 0.1))),
         ]
+    if grayscale:  # last, so colour noise from the augmentations cannot bring colour back
+        steps.append(A.ToGray(num_output_channels=3, p=1.0))
     return A.Compose(steps)
 
 
