@@ -6,6 +6,7 @@ cached in memory once and augmentation runs on uint8 arrays: the model is never 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -211,8 +212,9 @@ class _FolderDataModule(L.LightningDataModule):
 
     def calibration_dataset(self) -> Dataset:
         """The training images without augmentation (for statistics taken before training)."""
-        train = self.datasets["train"]
-        return type(train)(train.pairs if hasattr(train, "pairs") else train.samples, self.cache, self.transform(train=False))
+        view = copy.copy(self.datasets["train"])  # shares the file list and the cache
+        view.transform = self.transform(train=False)
+        return view
 
     def transform(self, train: bool) -> Any:
         return build_transform(self.image_size, train=train, augment=self.augment if train else None, grayscale=self.grayscale)

@@ -21,6 +21,8 @@ from defectseg.training.callbacks import EpochHistory, TrainingClock
 from defectseg.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+# A frozen encoder is in eval mode on purpose (its norm statistics stay fixed).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def cpu_supports_bf16() -> bool:
@@ -68,8 +70,6 @@ class Run:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.start_time = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._start = time.perf_counter()
-        # A frozen encoder is in eval mode on purpose (its norm statistics stay fixed).
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         torch.set_float32_matmul_precision("high")
         accelerator = str(cfg.trainer.get("accelerator", "auto"))
         self.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
