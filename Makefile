@@ -14,8 +14,18 @@ EXPERIMENT ?= quick
 SEEDS ?= 0,1,2
 MODES ?= scratch,encoder,none
 BUDGETS ?= 10,25,50,100,null
+# Real public sets (../shared/datasets, absent on most machines): make compare-real, make label-efficiency-real
+SHARED_DATASETS ?= ../shared/datasets
+REAL_DIR ?= outputs/compare_real/$(NOW)
+REAL_LE_DIR ?= outputs/label_efficiency_real/$(NOW)
+REAL_PRETRAIN ?= real_crack_cls
+REAL_SETS ?= real_magnetic_tile,real_crackforest,real_deepcrack
+REAL_LE_SET ?= real_magnetic_tile
+REAL_BUDGETS ?= 10,25,50,100,null
+REAL_ENCODER ?=
+REAL_SKIP = if [ ! -d "$(SHARED_DATASETS)" ]; then echo "$@: skipped, no real data sets at $(SHARED_DATASETS) (set SHARED_DATASETS=DIR)"; exit 0; fi
 
-.PHONY: help install demo pretrain finetune compare label-efficiency report test tensorboard data clean
+.PHONY: help install demo pretrain finetune compare label-efficiency compare-real label-efficiency-real report test tensorboard data clean
 
 help:
 	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min), Table-1 summary"
@@ -23,6 +33,8 @@ help:
 	@echo "make finetune          stage 2: decoder on defect masks with the stage-1 encoder frozen"
 	@echo "make compare           sweep scratch / frozen / full fine-tuning x 3 seeds: report.md, report.csv, compare.png"
 	@echo "make label-efficiency  Dice vs number of labelled images, scratch vs transfer"
+	@echo "make compare-real      the comparison on real photos (../shared/datasets): stage 1 on real crack photos, 3 real sets x 3 modes x 3 seeds"
+	@echo "make label-efficiency-real  Dice vs labelled images on one real set (REAL_LE_SET), scratch vs transfer"
 	@echo "make test              the test suite"
 	@echo "make tensorboard       TensorBoard over outputs/"
 	@echo "Hydra overrides go in ARGS=\"...\", e.g. make finetune ARGS=\"freeze=scratch\""
@@ -60,6 +72,23 @@ label-efficiency: $(STAMP)
 	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) hydra.run.dir=$(LE_DIR)/pretrain $(ARGS)
 	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=scratch,encoder seed=$(SEEDS) dataset.max_train_images=$(BUDGETS) dataset.samples_per_epoch=120 pretrained_encoder=$(LE_DIR)/pretrain hydra.sweep.dir=$(LE_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(LE_DIR)/finetune
+
+# Stage 1 on the real crack folders (split by source photo), then scratch / frozen / full fine-tuning on each
+# real segmentation set at 175 labelled train images x 3 seeds, then the report. Skips without the shared sets.
+compare-real: $(STAMP)
+	@$(REAL_SKIP); set -ex; \
+	$(PY) -m defectseg.pretrain experiment=real dataset=$(REAL_PRETRAIN) paths.shared_datasets=$(SHARED_DATASETS) hydra.run.dir=$(REAL_DIR)/pretrain $(ARGS); \
+	$(PY) -m defectseg.finetune -m experiment=real dataset=$(REAL_SETS) freeze=$(MODES) seed=$(SEEDS) paths.shared_datasets=$(SHARED_DATASETS) pretrained_encoder=$(REAL_DIR)/pretrain hydra.sweep.dir=$(REAL_DIR)/finetune $(ARGS); \
+	$(PY) -m defectseg.report $(REAL_DIR)/finetune
+
+# REAL_ENCODER=outputs/compare_real/<run>/pretrain reuses compare-real's stage 1; null = the whole 175-image budget.
+label-efficiency-real: $(STAMP)
+	@$(REAL_SKIP); set -ex; \
+	encoder="$(REAL_ENCODER)"; \
+	if [ -z "$$encoder" ]; then encoder=$(REAL_LE_DIR)/pretrain; \
+	  $(PY) -m defectseg.pretrain experiment=real dataset=$(REAL_PRETRAIN) paths.shared_datasets=$(SHARED_DATASETS) hydra.run.dir=$$encoder $(ARGS); fi; \
+	$(PY) -m defectseg.finetune -m experiment=real dataset=$(REAL_LE_SET) freeze=scratch,encoder seed=$(SEEDS) dataset.max_train_images=$(REAL_BUDGETS) dataset.samples_per_epoch=175 paths.shared_datasets=$(SHARED_DATASETS) pretrained_encoder=$$encoder hydra.sweep.dir=$(REAL_LE_DIR)/finetune $(ARGS); \
+	$(PY) -m defectseg.report $(REAL_LE_DIR)/finetune
 
 report: $(STAMP)
 	$(PY) -m defectseg.report $(ARGS)

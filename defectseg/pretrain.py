@@ -39,13 +39,16 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     segmentation_model = instantiate(cfg.model)
     network = EncoderClassifier(segmentation_model, num_classes=datamodule.num_classes, hidden=list(cfg.head.hidden), dropout=float(cfg.head.dropout), pooling=str(cfg.head.pooling))
     task = ClassificationTask(network, num_classes=datamodule.num_classes, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last))
-    log.info("stage 1 on %s: %s images (%s), classes %s, %s", datamodule.root, datamodule.summary(), run.device, datamodule.class_names, run.precision)
+    log.info("stage 1 on %s: %s images (%s), classes %s, %s", ", ".join(map(str, datamodule.roots)), datamodule.summary(), run.device, datamodule.class_names, run.precision)
 
     run.trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     validated = run.trainer.validate(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
-    tested = {}
+    tested, tested_by_source = {}, {}
     if len(datamodule.datasets.get("test", ())):
         tested = run.trainer.test(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
+        for source, loader in datamodule.test_loaders_by_source().items():  # several roots: quality on each kind of photo
+            result = run.trainer.test(task, dataloaders=loader, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
+            tested_by_source[source] = {"test_images": len(loader.dataset), "test_accuracy": result.get("test/accuracy"), "test_auroc": result.get("test/auroc")}
 
     counts = parameter_counts(segmentation_model)
     metrics: dict[str, Any] = {
@@ -66,6 +69,9 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         "best_epoch": run.history.best("val/loss", "min").get("epoch"),
         "test_accuracy": tested.get("test/accuracy"),
         "test_auroc": tested.get("test/auroc"),
+        "test_by_source": tested_by_source or None,
+        "split_groups": datamodule.split_groups,
+        "grouped_images": datamodule.grouped_images if datamodule.split_groups else None,
         **run.summary(),
     }
     if run.trainer.is_global_zero:

@@ -1,7 +1,8 @@
-"""Lightning DataModules for both stages: folder readers + split + cache + augmentation.
+"""Lightning DataModules for both stages: folder readers / layouts + split + cache + augmentation.
 
 The sets are small (hundreds to a few thousand photos), so decoded, resized images are
 cached in memory once and augmentation runs on uint8 arrays: the model is never starved.
+Where masks live and what their values mean is the layout's business (``layouts.py``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from defectseg.data import readers
-from defectseg.data.splits import split_indices, subset_for_budget
+from defectseg.data.layouts import FolderLayout, Layout, Mask, Sample
+from defectseg.data.splits import cap_train_split, group_keys, split_indices, subset_for_budget
 from defectseg.data.transforms import build_transform, to_tensors
 from defectseg.utils.io import atomic_write_json
 
@@ -69,12 +71,12 @@ class ImageCache:
             self._store[path] = image
         return image
 
-    def pair(self, image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def pair(self, image_path: Path, mask: Mask) -> tuple[np.ndarray, np.ndarray]:
         """Image and its 0/255 mask; the mask must match the image's original size."""
         if image_path in self._store:
             return self._store[image_path]
         image = readers.read_image(image_path)
-        mask = readers.read_mask(mask_path, expected_size=image.shape[:2]) * np.uint8(255)
+        mask = mask.load(image.shape[:2]) * np.uint8(255)
         pair = (_shrink(image, self.image_size), _shrink(mask, self.image_size))
         if self.enabled:
             self._store[image_path] = pair
@@ -108,7 +110,7 @@ class ClassificationDataset(Dataset):
 
 
 class SegmentationDataset(Dataset):
-    def __init__(self, pairs: Sequence[tuple[Path, Path]], cache: ImageCache, transform: Any) -> None:
+    def __init__(self, pairs: Sequence[Sample], cache: ImageCache, transform: Any) -> None:
         self.pairs = list(pairs)
         self.cache = cache
         self.transform = transform
@@ -117,8 +119,8 @@ class SegmentationDataset(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image_path, mask_path = self.pairs[index]
-        image, mask = self.cache.pair(image_path, mask_path)
+        image_path, mask_ref = self.pairs[index]
+        image, mask = self.cache.pair(image_path, mask_ref)
         out = self.transform(image=image, mask=mask)
         image, mask = to_tensors(out["image"], out["mask"])
         return {"image": image, "mask": mask, "index": index}
@@ -129,7 +131,7 @@ class _FolderDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        root: str,
+        root: str | Sequence[str],
         name: str = "dataset",
         image_size: int = 256,
         batch_size: int = 8,
@@ -137,6 +139,8 @@ class _FolderDataModule(L.LightningDataModule):
         num_workers: int | str = "auto",
         split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
         split_seed: int = 0,
+        split_groups: str | None = None,
+        train_split_size: int | None = None,
         cache: bool = True,
         augment: dict[str, Any] | None = None,
         synthetic: dict[str, Any] | None = None,
@@ -148,7 +152,10 @@ class _FolderDataModule(L.LightningDataModule):
             raise ValueError(f"dataset.image_size must be at least 16, got {image_size}")
         if int(batch_size) < 1:
             raise ValueError(f"dataset.batch_size must be at least 1, got {batch_size}")
-        self.root = Path(root).expanduser()
+        self.roots = [Path(r).expanduser() for r in ([root] if isinstance(root, (str, Path)) else root)]
+        if not self.roots:
+            raise ValueError("dataset.root names no folder")
+        self.root: Path | list[Path] = self.roots[0] if len(self.roots) == 1 else self.roots
         self.name = name
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
@@ -156,6 +163,11 @@ class _FolderDataModule(L.LightningDataModule):
         self.num_workers = resolve_num_workers(num_workers)
         self.split_fractions = tuple(float(f) for f in split_fractions)
         self.split_seed = int(split_seed)
+        self.split_groups = split_groups or None
+        if train_split_size is not None and int(train_split_size) < 1:
+            raise ValueError(f"dataset.train_split_size must be at least 1 or null, got {train_split_size}")
+        self.train_split_size = None if train_split_size is None else int(train_split_size)
+        self.grouped_images = 0  # images that split_groups put in a group (the rest are one group each)
         self.cache = ImageCache(self.image_size, enabled=bool(cache))
         self.augment = dict(augment or {})
         self.synthetic = dict(synthetic) if synthetic else None
@@ -177,9 +189,20 @@ class _FolderDataModule(L.LightningDataModule):
                 raise ValueError(f"dataset.synthetic.kind={kind!r} is not one of {sorted(ensure)}")
             ensure[kind](self.root, **params)
 
+    def _split(self, labels: Sequence[int], paths: Sequence[Path]) -> dict[str, list[int]]:
+        """The computed split: stratified by label, whole groups per split (``split_groups``), train capped (``train_split_size``)."""
+        groups = group_keys(paths, self.split_groups, require_match=len(self.roots) == 1)
+        if groups is not None:
+            grouped = [key for key in groups if key.startswith("group:")]
+            self.grouped_images += len(grouped)
+            log.info("dataset.split_groups=%r: %d of %d images in %d groups, the others one group each", self.split_groups, len(grouped), len(groups), len(set(grouped)))
+        splits = split_indices(labels, self.split_fractions, self.split_seed, groups)
+        return cap_train_split(splits, self.train_split_size, self.split_seed, groups)
+
     def _loader(self, split: str) -> DataLoader:
-        dataset = self.datasets[split]
-        train = split == "train"
+        return self._make_loader(self.datasets[split], train=split == "train")
+
+    def _make_loader(self, dataset: Dataset, train: bool) -> DataLoader:
         sampler = None
         if train and self.samples_per_epoch:
             # A fixed epoch length whatever the label budget, so 10 and 100 labelled images get the same number of steps.
@@ -207,7 +230,7 @@ class _FolderDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if len(self.datasets.get("test", ())) == 0:
-            raise ValueError(f"dataset {self.name!r} has no test images (dataset.split_fractions={list(self.split_fractions)})")
+            raise ValueError(f"dataset {self.name!r} has no test images (dataset.split_fractions={list(self.split_fractions)}, or the set's own split has no test part)")
         return self._loader("test")
 
     def calibration_dataset(self) -> Dataset:
@@ -221,7 +244,8 @@ class _FolderDataModule(L.LightningDataModule):
 
     def write_split(self, path: str | Path) -> None:
         """Record exactly which files went where, so a run can be audited and repeated."""
-        atomic_write_json(path, {"root": str(self.root), "split_seed": self.split_seed, **self.split_files})
+        root = str(self.root) if len(self.roots) == 1 else [str(r) for r in self.roots]
+        atomic_write_json(path, {"root": root, "split_seed": self.split_seed, "split_groups": self.split_groups, **self.split_files})
 
     def summary(self) -> dict[str, int]:
         return {f"{split}_images": len(dataset) for split, dataset in self.datasets.items()}
@@ -234,27 +258,54 @@ class ClassificationDataModule(_FolderDataModule):
         super().__init__(*args, **kwargs)
         self.classes = list(classes) if classes else None
         self.class_names: list[str] = []
+        self.sample_sources: dict[str, list[int]] = {}  # split -> index into self.roots of each sample
 
     def setup(self, stage: str | None = None) -> None:
+        """Each root is split on its own (same fractions and seed), then the splits are joined: every source is in every split."""
         if self.datasets:
             return
-        folders = readers.find_split_folders(self.root)
+        per_split: dict[str, list[tuple[Path, int]]] = {}
+        for source, root in enumerate(self.roots):
+            for split, split_samples in self._scan_root(root).items():
+                per_split.setdefault(split, []).extend(split_samples)
+                self.sample_sources.setdefault(split, []).extend([source] * len(split_samples))
+        if self.split_groups and not self.grouped_images:
+            raise ValueError(f"dataset.split_groups={self.split_groups!r} matches no file name in {[str(r) for r in self.roots]}")
         train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
-        if folders:
-            per_split = {}
-            for split, folder in folders.items():
-                samples, names = readers.scan_classification_folder(folder, self.classes)
-                if self.class_names and names != self.class_names:
-                    raise readers.DataError(f"{folder}: classes {names} differ from {self.class_names} in the other splits")
-                self.class_names = names
-                per_split[split] = samples
-        else:
-            samples, self.class_names = readers.scan_classification_folder(self.root, self.classes)
-            indices = split_indices([label for _, label in samples], self.split_fractions, self.split_seed)
-            per_split = {split: [samples[i] for i in idx] for split, idx in indices.items()}
         for split, split_samples in per_split.items():
             self.datasets[split] = ClassificationDataset(split_samples, self.cache, train_tf if split == "train" else eval_tf)
             self.split_files[split] = [str(path) for path, _ in split_samples]
+
+    def _scan_root(self, root: Path) -> dict[str, list[tuple[Path, int]]]:
+        folders = readers.find_split_folders(root)
+        if folders:
+            return {split: self._scan_classes(folder) for split, folder in folders.items()}
+        samples = self._scan_classes(root)
+        indices = self._split([label for _, label in samples], [path for path, _ in samples])
+        return {split: [samples[i] for i in idx] for split, idx in indices.items()}
+
+    def _scan_classes(self, folder: Path) -> list[tuple[Path, int]]:
+        samples, names = readers.scan_classification_folder(folder, self.classes)
+        if self.class_names and names != self.class_names:
+            raise readers.DataError(f"{folder}: classes {names} differ from {self.class_names} in the other folders (splits or roots)")
+        self.class_names = names
+        return samples
+
+    @property
+    def source_names(self) -> list[str]:
+        names = [root.name for root in self.roots]
+        return names if len(set(names)) == len(names) else [f"{i}_{name}" for i, name in enumerate(names)]
+
+    def test_loaders_by_source(self) -> dict[str, DataLoader]:
+        """One test loader per root, when there are several: stage-1 quality on each kind of photo."""
+        test = self.datasets.get("test")
+        if len(self.roots) < 2 or test is None:
+            return {}
+        sources = np.asarray(self.sample_sources["test"])
+        return {
+            name: self._make_loader(Subset(test, np.flatnonzero(sources == i).tolist()), train=False)
+            for i, name in enumerate(self.source_names) if (sources == i).any()
+        }
 
     @property
     def num_classes(self) -> int:
@@ -262,11 +313,13 @@ class ClassificationDataModule(_FolderDataModule):
 
 
 class SegmentationDataModule(_FolderDataModule):
-    """Stage 2: ``root/images/x.png`` + ``root/masks/x.png`` (or ``train/ val/ test/`` each holding both)."""
+    """Stage 2: ``root/images/x.png`` + ``root/masks/x.png`` (or ``train/ val/ test/`` each holding both),
+    or any other ``layout`` (``defectseg.data.layouts``: mask beside the image, Pascal VOC, Severstal CSV)."""
 
     def __init__(
         self,
         *args: Any,
+        layout: Layout | None = None,
         image_dir: str = "images",
         mask_dir: str = "masks",
         mask_suffix: str = "",
@@ -274,21 +327,21 @@ class SegmentationDataModule(_FolderDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.image_dir = image_dir
-        self.mask_dir = mask_dir
-        self.mask_suffix = mask_suffix
+        if len(self.roots) != 1:
+            raise ValueError(f"dataset.root: a segmentation set is one folder, got {len(self.roots)}")
+        if layout is not None and (image_dir, mask_dir, mask_suffix) != ("images", "masks", ""):
+            raise ValueError("dataset.image_dir / mask_dir / mask_suffix describe the images/ + masks/ layout; with dataset.layout set, use its own options (dataset.layout.*)")
+        self.layout = layout or FolderLayout(image_dir, mask_dir, mask_suffix)
         self.max_train_images = None if max_train_images is None else int(max_train_images)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        folders = readers.find_split_folders(self.root)
-        if folders:
-            per_split = {split: readers.scan_segmentation_folder(folder, self.image_dir, self.mask_dir, self.mask_suffix) for split, folder in folders.items()}
-        else:
-            pairs = readers.scan_segmentation_folder(self.root, self.image_dir, self.mask_dir, self.mask_suffix)
-            indices = split_indices([0] * len(pairs), self.split_fractions, self.split_seed)
-            per_split = {split: [pairs[i] for i in idx] for split, idx in indices.items()}
+        scan = self.layout.scan(self.root)
+        indices = scan.splits if scan.splits is not None else self._split([0] * len(scan.samples), [image for image, _ in scan.samples])
+        per_split = {split: [scan.samples[i] for i in idx] for split, idx in indices.items()}
+        if "train" not in per_split:
+            raise readers.DataError(f"{self.root}: the set's own split has no train part")
         train = per_split["train"]
         per_split["train"] = [train[i] for i in subset_for_budget(range(len(train)), self.max_train_images, self.split_seed)]
         self._check_readable(per_split)
@@ -297,20 +350,19 @@ class SegmentationDataModule(_FolderDataModule):
             self.datasets[split] = SegmentationDataset(pairs, self.cache, train_tf if split == "train" else eval_tf)
             self.split_files[split] = [str(image) for image, _ in pairs]
 
-    def _check_readable(self, per_split: dict[str, list[tuple[Path, Path]]]) -> None:
+    def _check_readable(self, per_split: dict[str, list[Sample]]) -> None:
         """Decode every pair up front (filling the cache): a bad file fails now, not at epoch 37."""
         if not self.cache.enabled:
             return
         problems = []
         for pairs in per_split.values():
-            for image_path, mask_path in pairs:
+            for image_path, mask in pairs:
                 try:
-                    self.cache.pair(image_path, mask_path)
+                    self.cache.pair(image_path, mask)
                 except readers.DataError as error:
                     problems.append(str(error))
         if problems:
-            shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
-            raise readers.DataError(f"{len(problems)} problem(s) in {self.root}:\n  {shown}")
+            raise readers.DataError.listing(problems, self.root)
 
 
 def read_split_file(path: str | Path) -> dict[str, Any]:

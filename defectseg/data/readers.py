@@ -19,6 +19,16 @@ SPLITS = ("train", "val", "test")
 class DataError(ValueError):
     """A data set problem a user can fix: the message names the file or folder."""
 
+    @classmethod
+    def listing(cls, problems: Sequence[str], where: str | Path, limit: int = 10) -> DataError:
+        """One error for many problems found in one pass, so a user can fix them all at once."""
+        shown = "\n  ".join(problems[:limit]) + (f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else "")
+        return cls(f"{len(problems)} problem(s) in {where}:\n  {shown}")
+
+
+def shorten(items: Sequence[object], limit: int = 5) -> str:
+    return ", ".join(str(i) for i in items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
 
 def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
     suffixes = {e.lower() for e in extensions}
@@ -75,8 +85,7 @@ def scan_segmentation_folder(root: str | Path, image_dir: str = "images", mask_d
         else:
             pairs.append((image, mask))
     if missing:
-        shown = ", ".join(str(p) for p in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DataError(f"{len(missing)} image(s) without a mask in {root / mask_dir}: {shown}")
+        raise DataError(f"{len(missing)} image(s) without a mask in {root / mask_dir}: {shorten(missing)}")
     return pairs
 
 
@@ -113,12 +122,11 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read image ({error})") from error
 
 
-def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode a binary mask to HxW uint8 in {0, 1}.
+def read_mask_values(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a mask to its raw HxW values (palette PNGs give their indices, not colours).
 
-    Accepted: 0/1 or 0/255 values, and 8-bit masks with soft (anti-aliased, JPEG) edges,
-    thresholded at 128. Anything else (e.g. class indices 0..k) is refused rather than guessed.
-    ``expected_size`` is the image's (height, width).
+    Grey RGB masks are accepted as one channel; colour masks are refused. ``expected_size``
+    is the image's (height, width).
     """
     path = Path(path)
     try:
@@ -127,18 +135,21 @@ def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) ->
             if image.mode in ("RGB", "RGBA"):
                 rgb = np.asarray(image.convert("RGB"))
                 if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-                    raise DataError(f"{path}: colour mask (mode {image.mode}); masks must be single-channel 0/255 or 0/1")
+                    raise DataError(f"{path}: colour mask (mode {image.mode}); masks must be single-channel (0/255, 0/1 or class indices)")
                 array = rgb[..., 0]
-            elif image.mode == "P":
-                array = np.asarray(image)  # palette indices are class indices
             else:
-                array = np.asarray(image)
+                array = np.asarray(image)  # mode P: palette indices are class indices
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise DataError(f"{path}: cannot read mask ({error})") from error
     if array.ndim != 2:
         raise DataError(f"{path}: mask has shape {array.shape}, expected a single channel")
     if expected_size is not None and tuple(array.shape) != tuple(expected_size):
         raise DataError(f"{path}: mask is {array.shape[1]}x{array.shape[0]} but its image is {expected_size[1]}x{expected_size[0]} (width x height)")
+    return array
+
+
+def binary_mask(array: np.ndarray, source: str | Path) -> np.ndarray:
+    """0/1 or 0/255 values (soft 8-bit edges thresholded at 128) to {0, 1}; anything else is refused, not guessed."""
     if array.dtype == bool:
         return array.astype(np.uint8)
     peak = int(array.max()) if array.size else 0
@@ -147,4 +158,17 @@ def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) ->
     if peak == 255 or (array.dtype == np.uint16 and peak == 65535):
         return (array >= (peak + 1) // 2).astype(np.uint8)
     values = np.unique(array)
-    raise DataError(f"{path}: mask values {values[:8].tolist()}{'...' if values.size > 8 else ''} are neither 0/1 nor 0/255 (a class-index mask?)")
+    raise DataError(
+        f"{source}: mask values {values[:8].tolist()}{'...' if values.size > 8 else ''} are neither 0/1 nor 0/255 "
+        "(a class-index mask? read it with a layout that has mask_values=classes, see README: Real data and public layouts)"
+    )
+
+
+def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a binary mask to HxW uint8 in {0, 1}.
+
+    Accepted: 0/1 or 0/255 values, and 8-bit masks with soft (anti-aliased, JPEG) edges,
+    thresholded at 128. Anything else (e.g. class indices 0..k) is refused rather than guessed.
+    ``expected_size`` is the image's (height, width).
+    """
+    return binary_mask(read_mask_values(path, expected_size), path)
