@@ -9,6 +9,7 @@ The stage-1 encoder comes from ``pretrained_encoder`` (default: ``outputs/pretra
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -29,9 +30,21 @@ register_resolvers()
 
 
 def load_pretrained(model: Any, policy: FreezePolicy, location: str | None) -> dict[str, Any] | None:
-    """Load the stage-1 encoder the policy asks for, or say in one line how to get one."""
+    """Load the stage-1 encoder the policy asks for, or say in one line how to get one.
+
+    An encoder built with ``model.encoder_weights`` (ImageNet, a local file) already holds
+    its starting point: the policy applies to those weights and no stage-1 encoder is read.
+    """
     if not policy.loads_encoder:
+        if model.encoder_init:
+            raise UserError(
+                f"freeze=scratch trains from random weights, but model.encoder_weights={model.encoder_init} starts the encoder from pretrained ones: "
+                "use freeze=encoder, none or partial to train from them, or model.encoder_weights=null"
+            )
         return None
+    if model.encoder_init:
+        log.info("freeze=%s applies to the encoder weights from model.encoder_weights=%s; no stage-1 encoder is loaded", policy.mode, model.encoder_init)
+        return {"path": model.encoder_init, "pretrain_task": Path(model.encoder_init).name}
     try:
         if not location:
             raise FileNotFoundError("pretrained_encoder is not set")
@@ -64,7 +77,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.write_split(run.output_dir / "split.json")
-    policy.apply(model)
+    frozen_levels = policy.apply(model)
     if cfg.get("calibrate_features", True):
         calibrate_features(model, datamodule, int(cfg.get("calibration_batches", 8)))
     counts = parameter_counts(model)
@@ -81,9 +94,9 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {
         "stage": "finetune",
-        "model": model.architecture.get("name"),
+        "model": model.name,
         "freeze": policy.mode,
-        "freeze_depth": policy.frozen_levels(len(model.encoder.levels)) if policy.mode == "partial" else None,
+        "freeze_depth": frozen_levels if policy.mode == "partial" else None,
         "pretrain_task": (pretrained or {}).get("pretrain_task"),
         "dataset": datamodule.name,
         "experiment": cfg.get("experiment_name"),
@@ -100,13 +113,17 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     }
     if run.trainer.is_global_zero:
         atomic_write_json(run.output_dir / "metrics.json", metrics)
-        log.info("freeze=%s: best val Dice %.4f (epoch %s), test Dice %.4f -> %s", policy.mode, metrics["best_val_dice"] or float("nan"), metrics["best_epoch"], metrics["test_dice"] or float("nan"), run.output_dir / "metrics.json")
+        log.info("freeze=%s: best val Dice %.4f (epoch %s), test Dice %.4f -> %s", policy.mode, _or_nan(metrics["best_val_dice"]), metrics["best_epoch"], _or_nan(metrics["test_dice"]), run.output_dir / "metrics.json")
     run.log_hparams(
         {"stage": "finetune", "model": metrics["model"], "freeze": policy.mode, "dataset": metrics["dataset"], "seed": metrics["seed"], "train_images": metrics.get("train_images", 0), "lr": float(cfg.optim.lr)},
         {k: metrics[k] for k in ("best_val_dice", "test_dice", "trainable_params")},
     )
     run.close()
     return metrics
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")

@@ -30,16 +30,20 @@ register_resolvers()
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     seed_run(int(cfg.seed))
+    segmentation_model = instantiate(cfg.model)  # before any slow work: starting weights may be refused
     run = Run(cfg, monitor="val/loss", mode="min")
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.write_split(run.output_dir / "split.json")
 
-    segmentation_model = instantiate(cfg.model)
     network = EncoderClassifier(segmentation_model, num_classes=datamodule.num_classes, hidden=list(cfg.head.hidden), dropout=float(cfg.head.dropout), pooling=str(cfg.head.pooling))
     task = ClassificationTask(network, num_classes=datamodule.num_classes, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last))
-    log.info("stage 1 on %s: %s images (%s), classes %s, %s", ", ".join(map(str, datamodule.roots)), datamodule.summary(), run.device, datamodule.class_names, run.precision)
+    counts = parameter_counts(segmentation_model)
+    head_params = sum(p.numel() for p in network.head.parameters())
+    parameters = f"{segmentation_model.name} encoder: {counts['encoder_params']:,} | classification head: {head_params:,}"
+    run.log_text("model/parameters", parameters)
+    log.info("stage 1 on %s: %s images (%s), classes %s, %s; %s", ", ".join(map(str, datamodule.roots)), datamodule.summary(), run.device, datamodule.class_names, run.precision, parameters)
 
     run.trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     validated = run.trainer.validate(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
@@ -50,18 +54,19 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
             result = run.trainer.test(task, dataloaders=loader, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
             tested_by_source[source] = {"test_images": len(loader.dataset), "test_accuracy": result.get("test/accuracy"), "test_auroc": result.get("test/auroc")}
 
-    counts = parameter_counts(segmentation_model)
     metrics: dict[str, Any] = {
         "stage": "pretrain",
         "pretrain_task": "classification",
-        "model": segmentation_model.architecture.get("name"),
+        "model": segmentation_model.name,
+        "encoder_init": segmentation_model.encoder_init,
         "dataset": datamodule.name,
         "experiment": cfg.get("experiment_name"),
         "seed": int(cfg.seed),
         "classes": datamodule.class_names,
         **datamodule.summary(),
         "encoder_params": counts["encoder_params"],
-        "head_params": sum(p.numel() for p in network.head.parameters()),
+        "head_params": head_params,
+        "total_params": counts["encoder_params"] + head_params,
         "trainable_params": sum(p.numel() for p in task.parameters() if p.requires_grad),
         "best_val_loss": validated.get("val/loss"),
         "best_val_accuracy": validated.get("val/accuracy"),
@@ -75,7 +80,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         **run.summary(),
     }
     if run.trainer.is_global_zero:
-        provenance = {key: metrics[key] for key in ("pretrain_task", "dataset", "experiment", "seed", "classes", "best_val_accuracy", "best_val_auroc", "test_accuracy", "test_auroc")}
+        provenance = {key: metrics[key] for key in ("pretrain_task", "model", "encoder_init", "dataset", "experiment", "seed", "classes", "best_val_accuracy", "best_val_auroc", "test_accuracy", "test_auroc")}
         metrics["encoder_weights"] = str(save_encoder(network.encoder, run.output_dir, segmentation_model.architecture, extra={"pretrain": provenance}))
         latest = Path(cfg.paths.pretrain_latest)
         point_link(latest, run.output_dir)

@@ -1,16 +1,22 @@
 """Exchange of encoder weights between the stages: safetensors + a JSON description.
 
 Safetensors cannot run code when read, unlike a pickle; the JSON lets stage 2 refuse an
-encoder trained for another architecture with a message instead of a shape error.
+encoder trained for another architecture with a message instead of a shape error. Other
+weights files (e.g. ImageNet weights copied to an offline machine) load through the same
+key and shape checks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
@@ -21,6 +27,8 @@ WEIGHTS_NAME = "encoder.safetensors"
 INFO_NAME = "encoder.json"
 FORMAT = "defectseg-encoder"
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class EncoderMismatchError(ValueError):
@@ -74,7 +82,7 @@ def load_encoder(encoder: nn.Module, path: str | Path, architecture: dict[str, A
     found = info.get("architecture")
     if found != architecture:
         raise EncoderMismatchError(
-            f"{weights_path} was pretrained for architecture {found}, but this run builds {architecture}; "
+            f"{weights_path} was pretrained for architecture {found}, but this run builds {architecture}{_differences(found, architecture)}; "
             "pretrain an encoder for this model or point pretrained_encoder= at a matching one"
         )
     expected = info.get("sha256")
@@ -84,14 +92,81 @@ def load_encoder(encoder: nn.Module, path: str | Path, architecture: dict[str, A
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise EncoderMismatchError(f"{weights_path}: unreadable safetensors file ({error})") from error
-    current = encoder.state_dict()
-    wrong_shape = [name for name, tensor in state.items() if name in current and tuple(tensor.shape) != tuple(current[name].shape)]
-    if wrong_shape:
-        raise EncoderMismatchError(f"{weights_path}: tensor shapes do not match the encoder ({wrong_shape[:5]})")
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise EncoderMismatchError(f"{weights_path}: tensors do not match the encoder (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    load_checked(encoder, state, weights_path)
     return info
+
+
+def load_checked(encoder: nn.Module, state: Mapping[str, torch.Tensor], source: Any, allow_unexpected: bool = False) -> list[str]:
+    """Copy ``state`` into ``encoder`` only if every tensor fits (nothing changes otherwise); returns the keys ignored.
+
+    ``allow_unexpected`` tolerates extra tensors, e.g. the ImageNet classifier of a backbone file.
+    """
+    current = encoder.state_dict()
+    wrong_shape = [f"{name}: {tuple(tensor.shape)} in the file, {tuple(current[name].shape)} here" for name, tensor in state.items() if name in current and tuple(tensor.shape) != tuple(current[name].shape)]
+    if wrong_shape:
+        raise EncoderMismatchError(f"{source}: tensor shapes do not match the encoder ({'; '.join(wrong_shape[:5])})")
+    missing = [name for name in current if name not in state and not name.endswith("num_batches_tracked")]
+    unexpected = [name for name in state if name not in current]
+    if missing or (unexpected and not allow_unexpected):
+        raise EncoderMismatchError(f"{source}: tensors do not match the encoder ({len(missing)} missing, e.g. {missing[:5]}; {len(unexpected)} unexpected, e.g. {unexpected[:5]})")
+    extra_blocks = [name for name in unexpected if _extends_a_sequence(encoder, name)]
+    if extra_blocks:
+        raise EncoderMismatchError(f"{source}: the file has blocks this encoder lacks (e.g. {extra_blocks[:3]}); it holds the weights of a deeper variant")
+    encoder.load_state_dict({**current, **{name: tensor for name, tensor in state.items() if name in current}})
+    return unexpected
+
+
+def load_weights_file(encoder: nn.Module, path: str | Path) -> list[str]:
+    """Load a local weights file into ``encoder`` (``model.encoder_weights=/path``); returns the tensors it ignored.
+
+    Safetensors, or a state dict saved with ``torch.save`` (read with ``weights_only=True``, so
+    no code runs). Keys saved from a whole model (``encoder.``), through DataParallel
+    (``module.``) or from timm itself (without smp's ``model.``) fit too.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.encoder_weights: no weights file at {path}")
+    try:
+        if path.suffix == ".safetensors":
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise EncoderMismatchError(f"{path}: not a safetensors file or a state dict torch.load can read safely ({str(error).splitlines()[0]})") from error
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(tensor, torch.Tensor) for tensor in state.values()):
+        raise EncoderMismatchError(f"{path}: expected a state dict (names -> tensors), found {type(state).__name__}")
+    state = _align_keys(dict(state), set(encoder.state_dict()))
+    ignored = load_checked(encoder, state, path, allow_unexpected=True)
+    if ignored:
+        log.warning("%s: ignored %d tensors the encoder does not have (e.g. %s)", path, len(ignored), ", ".join(ignored[:3]))
+    return ignored
+
+
+def _extends_a_sequence(module: nn.Module, name: str) -> bool:
+    """Whether ``name`` continues one of the encoder's block sequences past its end (resnet34's layer1.2 in a resnet18)."""
+    for part in name.split(".")[:-1]:
+        child = dict(module.named_children()).get(part)
+        if child is None:
+            return part.isdigit()
+        module = child
+    return False
+
+
+def _align_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    def strip(prefix: str) -> dict[str, torch.Tensor]:
+        return {name.removeprefix(prefix): tensor for name, tensor in state.items()}
+
+    candidates = [state, strip("module."), strip("encoder."), strip("module.encoder."), {f"model.{name}": tensor for name, tensor in state.items()}]
+    return max(candidates, key=lambda candidate: len(expected & candidate.keys()))
+
+
+def _differences(found: Any, wanted: dict[str, Any]) -> str:
+    if not isinstance(found, dict):
+        return ""
+    keys = [key for key in sorted(set(found) | set(wanted)) if found.get(key) != wanted.get(key)]
+    return " (" + ", ".join(f"{key}: {found.get(key)} in the file, {wanted.get(key)} here" for key in keys) + ")"
 
 
 def _sha256(path: Path) -> str:

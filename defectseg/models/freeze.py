@@ -4,12 +4,19 @@
 ``encoder``  stage-1 encoder loaded and frozen, only decoder + head train (the paper's method);
 ``none``     stage-1 encoder loaded, everything trains (full fine-tuning);
 ``partial``  stage-1 encoder loaded, its first ``depth`` levels frozen.
+
+A level is what computes one of the encoder's feature maps (the decoder's skips), shallowest
+first: the five double convs of unet_paper; for smp encoders the modules each downsampled
+map (stride 2, 4, ... 2**encoder_depth) depends on and no shallower one does. For a ResNet:
+1 = stem conv + BN, 2 = max-pool + layer1, 3 = layer2, 4 = layer3, 5 = layer4. Encoders
+whose first map has stride 4 (ConvNeXt) have an empty level 1.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from defectseg.models.segmentation import SegmentationModel
@@ -41,16 +48,16 @@ class FreezePolicy:
             return int(self.depth)
         return 0
 
-    def apply(self, model: SegmentationModel) -> None:
-        """Turn gradients off for the frozen encoder levels and keep them in eval mode."""
+    def apply(self, model: SegmentationModel) -> int:
+        """Turn gradients off for the frozen encoder levels and keep them in eval mode; returns how many are frozen."""
         encoder = model.encoder
-        levels = list(_encoder_levels(encoder))
+        levels = encoder_levels(encoder)
         count = self.frozen_levels(len(levels))
         for parameter in encoder.parameters():
             parameter.requires_grad_(True)
-        frozen = levels[:count]
-        for level in frozen:
-            for parameter in level.parameters():
+        frozen = [module for level in levels[:count] for module in level]
+        for module in frozen:
+            for parameter in module.parameters():
                 parameter.requires_grad_(False)
         if hasattr(encoder, "frozen_levels"):
             encoder.frozen_levels = count
@@ -60,10 +67,66 @@ class FreezePolicy:
                 parameter.requires_grad_(False)
             frozen = [encoder]
         model.mark_frozen(frozen)
+        return count
 
 
-def _encoder_levels(encoder: nn.Module) -> list[nn.Module]:
+def encoder_levels(encoder: nn.Module) -> list[list[nn.Module]]:
+    """The encoder's levels, shallowest first, each as the modules that compute it."""
     levels = getattr(encoder, "levels", None)
-    if levels is None:
-        raise TypeError(f"{type(encoder).__name__} exposes no `levels`; it cannot be frozen level by level")
-    return list(levels)
+    if levels is not None:
+        return [[level] for level in levels]
+    return _levels_by_dependency(encoder)
+
+
+def _levels_by_dependency(encoder: nn.Module) -> list[list[nn.Module]]:
+    """Assign every module with parameters to the shallowest feature map whose autograd graph reaches it.
+
+    Works for any encoder returning a list of feature maps (smp's contract), without a table
+    per encoder family; the input itself, which smp returns as the first map, is no level.
+    One forward pass on a small probe, no backward.
+    """
+    parameters = list(encoder.parameters())
+    if not parameters:
+        raise TypeError(f"{type(encoder).__name__} has no parameters to freeze")
+    stride = int(getattr(encoder, "output_stride", 32))
+    channels = int(getattr(encoder, "in_channels", getattr(encoder, "_in_channels", 3)))
+    probe = torch.rand(1, channels, 2 * stride, 2 * stride, device=parameters[0].device, dtype=parameters[0].dtype)
+    modes, wanted = [(module, module.training) for module in encoder.modules()], [p.requires_grad for p in parameters]
+    encoder.eval()  # the probe updates no batch-norm statistics
+    try:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        with torch.enable_grad():
+            maps = [feature for feature in encoder(probe) if feature is not probe]
+        level_of: dict[int, int] = {}
+        for index, feature in enumerate(maps):
+            for leaf in _graph_leaves(feature.grad_fn):  # none for a zero-width placeholder
+                level_of.setdefault(leaf, index)
+    finally:
+        for parameter, flag in zip(parameters, wanted):
+            parameter.requires_grad_(flag)
+        for module, mode in modes:
+            module.training = mode
+    levels: list[list[nn.Module]] = [[] for _ in maps]
+    for module in encoder.modules():
+        own = [level_of.get(id(p)) for p in module.parameters(recurse=False)]
+        if own and None not in own:
+            levels[max(own)].append(module)
+    return levels
+
+
+def _graph_leaves(grad_fn: object) -> set[int]:
+    """ids of the tensors a result's autograd graph accumulates gradients into."""
+    leaves: set[int] = set()
+    seen: set[object] = set()
+    stack = [grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.add(id(variable))
+        stack.extend(parent for parent, _ in node.next_functions)
+    return leaves

@@ -56,13 +56,17 @@ class FeatureStandardizer(nn.Module):
         count = [0] * self.levels
         for features in feature_batches:
             for i, feature in enumerate(features):
+                if not feature.shape[1]:
+                    continue  # smp's zero-width placeholder for encoders without a stride-2 level
                 values = feature.detach().float().transpose(0, 1).reshape(feature.shape[1], -1)
                 sums[i] = values.sum(dim=1) if sums[i] is None else sums[i] + values.sum(dim=1)
                 squares[i] = values.pow(2).sum(dim=1) if squares[i] is None else squares[i] + values.pow(2).sum(dim=1)
                 count[i] += values.shape[1]
-        if not count[0]:
+        if not any(count):
             raise ValueError("feature calibration saw no images")
         for i in range(self.levels):
+            if not count[i]:
+                continue
             mean = sums[i] / count[i]
             std = (squares[i] / count[i] - mean.pow(2)).clamp_min(0).sqrt()
             inv_std = torch.where(std > 1e-6, 1.0 / std.clamp_min(1e-6), torch.ones_like(std))
@@ -71,10 +75,14 @@ class FeatureStandardizer(nn.Module):
 
 
 class SegmentationModel(nn.Module):
-    """Encoder -> decoder -> 1x1 head producing one logit map per class.
+    """Encoder -> decoder -> head producing one logit map per class; the one wrapper every model shares.
 
     ``architecture`` is the plain-dict description written next to transferred encoder
-    weights, so a stage can refuse an encoder built for another network.
+    weights, so a stage can refuse an encoder built for another network; ``name`` labels
+    runs and reports. The head defaults to a 1x1 conv on the decoder's ``out_channels``;
+    smp models bring their own (it may upsample). ``input_multiple``: image sides must be
+    multiples of it (the encoder's output stride for decoders that concatenate skips).
+    ``encoder_init`` names where the encoder's starting weights came from (None: random).
     """
 
     def __init__(
@@ -85,19 +93,34 @@ class SegmentationModel(nn.Module):
         architecture: dict | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        segmentation_head: nn.Module | None = None,
+        name: str | None = None,
+        input_multiple: int = 1,
+        encoder_init: str | None = None,
     ) -> None:
         super().__init__()
         self.normalize = InputNormalization(mean, std)
         self.encoder = encoder
         self.feature_scale = FeatureStandardizer(encoder.out_channels)
         self.decoder = decoder
-        self.segmentation_head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=1)
+        self.segmentation_head = segmentation_head if segmentation_head is not None else nn.Conv2d(decoder.out_channels, num_classes, kernel_size=1)
         self.architecture = dict(architecture or {})
+        self.name = name or str(self.architecture.get("name"))
+        self.input_multiple = int(input_multiple)
+        self.encoder_init = encoder_init
         self._frozen_modules: list[nn.Module] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.input_multiple > 1 and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            self._check_input_size(images)
         features = self.feature_scale(self.encoder(self.normalize(images)))
         return self.segmentation_head(self.decoder(features))
+
+    def _check_input_size(self, images: torch.Tensor) -> None:
+        """A clear message instead of a shape error deep inside the decoder."""
+        height, width = images.shape[-2:]
+        if height % self.input_multiple or width % self.input_multiple:
+            raise ValueError(f"{self.name} needs image sides that are multiples of {self.input_multiple}, got {height}x{width}: set dataset.image_size accordingly")
 
     @torch.no_grad()
     def calibrate_feature_scale(self, image_batches: Iterable[torch.Tensor]) -> None:

@@ -25,6 +25,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UserError, DataError, EncoderMismatchError, OmegaConfBaseException, ValueError, FileNotFoundError)
 
 
+def user_error_in(error: BaseException) -> BaseException | None:
+    """The user error itself, also when Hydra's instantiate wrapped it (a model or data module refusing its config)."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error if isinstance(error, user_errors()) else None
+
+
 def exit_cleanly_on_user_error(function: F) -> F:
     """Print ``error: ...`` and exit 2 instead of a stack trace for problems the user can fix (HYDRA_FULL_ERROR=1 shows the trace)."""
 
@@ -32,11 +41,12 @@ def exit_cleanly_on_user_error(function: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
-        except user_errors() as error:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        except Exception as error:
+            cause = user_error_in(error)
+            if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             logging.getLogger("defectseg").debug("user error", exc_info=True)
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {cause}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
