@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from defectseg.data import readers
+from defectseg.data import readers, validation
 from defectseg.data.splits import split_indices, subset_for_budget
 from defectseg.data.transforms import build_transform, to_tensors
 from defectseg.utils.io import atomic_write_json
@@ -125,7 +125,9 @@ class SegmentationDataset(Dataset):
 
 
 class _FolderDataModule(L.LightningDataModule):
-    """What both stages share: synthetic generation, splitting, loaders, the split file."""
+    """What both stages share: synthetic generation, splitting, the up-front data check, loaders, the split file."""
+
+    task = "dataset"
 
     def __init__(
         self,
@@ -142,8 +144,11 @@ class _FolderDataModule(L.LightningDataModule):
         synthetic: dict[str, Any] | None = None,
         samples_per_epoch: int | None = None,
         grayscale: bool = False,
+        on_error: str = "raise",
     ) -> None:
         super().__init__()
+        if on_error not in validation.ON_ERROR:
+            raise ValueError(f"dataset.on_error must be one of {', '.join(validation.ON_ERROR)}, got {on_error!r}")
         if int(image_size) < 16:
             raise ValueError(f"dataset.image_size must be at least 16, got {image_size}")
         if int(batch_size) < 1:
@@ -163,8 +168,44 @@ class _FolderDataModule(L.LightningDataModule):
             raise ValueError(f"dataset.samples_per_epoch must be at least 1 or null, got {samples_per_epoch}")
         self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
         self.grayscale = bool(grayscale)
+        self.on_error = on_error
         self.datasets: dict[str, Dataset] = {}
         self.split_files: dict[str, list[str]] = {}
+        self.skipped: list[validation.Problem] = []
+
+    def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
+        """Every sample per split (no label budget, nothing decoded), and what the listing found wrong."""
+        raise NotImplementedError
+
+    def _select(self, per_split: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """The samples this run uses of those listed (a label budget)."""
+        return per_split
+
+    def _load(self, sample: Any) -> np.ndarray:
+        """Decode one sample into the cache; returns its (resized) image."""
+        raise NotImplementedError
+
+    def _make_dataset(self, samples: list[Any], transform: Any) -> Dataset:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """List, then decode every sample up front (filling the cache): a bad file fails now, not at epoch 37."""
+        if self.datasets:
+            return
+        per_split, problems = self.list_samples()
+        per_split = self._select(per_split)
+        problems += validation.inspect_samples(per_split, self._inspect)
+        per_split, self.skipped = validation.apply_on_error(per_split, problems, self.on_error, self.root)
+        train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
+        for split, samples in per_split.items():
+            self.datasets[split] = self._make_dataset(samples, train_tf if split == "train" else eval_tf)
+            self.split_files[split] = [str(validation.sample_file(sample)) for sample in samples]
+
+    def _inspect(self, sample: Any) -> tuple[np.ndarray | None, list[readers.DataError]]:
+        try:
+            return self._load(sample), []
+        except readers.DataError as error:
+            return None, [error]
 
     def prepare_data(self) -> None:
         if self.synthetic:
@@ -220,26 +261,29 @@ class _FolderDataModule(L.LightningDataModule):
         return build_transform(self.image_size, train=train, augment=self.augment if train else None, grayscale=self.grayscale)
 
     def write_split(self, path: str | Path) -> None:
-        """Record exactly which files went where, so a run can be audited and repeated."""
-        atomic_write_json(path, {"root": str(self.root), "split_seed": self.split_seed, **self.split_files})
+        """Record exactly which files went where (and which were skipped), so a run can be audited and repeated."""
+        skipped = {"skipped": [{"file": p.sample, "problem": p.message} for p in self.skipped]} if self.skipped else {}
+        atomic_write_json(path, {"root": str(self.root), "split_seed": self.split_seed, **self.split_files, **skipped})
 
     def summary(self) -> dict[str, int]:
-        return {f"{split}_images": len(dataset) for split, dataset in self.datasets.items()}
+        counts = {f"{split}_images": len(dataset) for split, dataset in self.datasets.items()}
+        if self.skipped:
+            counts["skipped_images"] = len({p.sample for p in self.skipped})
+        return counts
 
 
 class ClassificationDataModule(_FolderDataModule):
     """Stage 1: ``root/<class>/*.png`` (``Positive/``, ``Negative/`` as in the Kaggle crack set)."""
+
+    task = "classification"
 
     def __init__(self, *args: Any, classes: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.classes = list(classes) if classes else None
         self.class_names: list[str] = []
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
         folders = readers.find_split_folders(self.root)
-        train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
         if folders:
             per_split = {}
             for split, folder in folders.items():
@@ -252,9 +296,13 @@ class ClassificationDataModule(_FolderDataModule):
             samples, self.class_names = readers.scan_classification_folder(self.root, self.classes)
             indices = split_indices([label for _, label in samples], self.split_fractions, self.split_seed)
             per_split = {split: [samples[i] for i in idx] for split, idx in indices.items()}
-        for split, split_samples in per_split.items():
-            self.datasets[split] = ClassificationDataset(split_samples, self.cache, train_tf if split == "train" else eval_tf)
-            self.split_files[split] = [str(path) for path, _ in split_samples]
+        return per_split, []
+
+    def _load(self, sample: tuple[Path, int]) -> np.ndarray:
+        return self.cache.image(sample[0])
+
+    def _make_dataset(self, samples: list[Any], transform: Any) -> Dataset:
+        return ClassificationDataset(samples, self.cache, transform)
 
     @property
     def num_classes(self) -> int:
@@ -263,6 +311,8 @@ class ClassificationDataModule(_FolderDataModule):
 
 class SegmentationDataModule(_FolderDataModule):
     """Stage 2: ``root/images/x.png`` + ``root/masks/x.png`` (or ``train/ val/ test/`` each holding both)."""
+
+    task = "segmentation"
 
     def __init__(
         self,
@@ -279,38 +329,35 @@ class SegmentationDataModule(_FolderDataModule):
         self.mask_suffix = mask_suffix
         self.max_train_images = None if max_train_images is None else int(max_train_images)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
         folders = readers.find_split_folders(self.root)
+        problems: list[validation.Problem] = []
         if folders:
-            per_split = {split: readers.scan_segmentation_folder(folder, self.image_dir, self.mask_dir, self.mask_suffix) for split, folder in folders.items()}
+            per_split = {}
+            for split, folder in folders.items():
+                per_split[split], found = self._pairs(folder, split)
+                problems += found
         else:
-            pairs = readers.scan_segmentation_folder(self.root, self.image_dir, self.mask_dir, self.mask_suffix)
+            pairs, problems = self._pairs(self.root, None)
             indices = split_indices([0] * len(pairs), self.split_fractions, self.split_seed)
             per_split = {split: [pairs[i] for i in idx] for split, idx in indices.items()}
-        train = per_split["train"]
-        per_split["train"] = [train[i] for i in subset_for_budget(range(len(train)), self.max_train_images, self.split_seed)]
-        self._check_readable(per_split)
-        train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
-        for split, pairs in per_split.items():
-            self.datasets[split] = SegmentationDataset(pairs, self.cache, train_tf if split == "train" else eval_tf)
-            self.split_files[split] = [str(image) for image, _ in pairs]
+        return per_split, problems
 
-    def _check_readable(self, per_split: dict[str, list[tuple[Path, Path]]]) -> None:
-        """Decode every pair up front (filling the cache): a bad file fails now, not at epoch 37."""
-        if not self.cache.enabled:
-            return
-        problems = []
-        for pairs in per_split.values():
-            for image_path, mask_path in pairs:
-                try:
-                    self.cache.pair(image_path, mask_path)
-                except readers.DataError as error:
-                    problems.append(str(error))
-        if problems:
-            shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
-            raise readers.DataError(f"{len(problems)} problem(s) in {self.root}:\n  {shown}")
+    def _pairs(self, folder: Path, split: str | None) -> tuple[list[tuple[Path, Path]], list[validation.Problem]]:
+        pairs, missing, orphans = readers.pair_segmentation_folder(folder, self.image_dir, self.mask_dir, self.mask_suffix)
+        problems = [validation.Problem("missing_mask", str(image), f"{image}: has no mask in {folder / self.mask_dir}", split) for image in missing]
+        problems += [validation.Problem("mask_without_image", str(mask), f"{mask}: has no image in {folder / self.image_dir}", split) for mask in orphans]
+        return pairs, problems
+
+    def _select(self, per_split: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        train = per_split["train"]
+        return {**per_split, "train": [train[i] for i in subset_for_budget(range(len(train)), self.max_train_images, self.split_seed)]}
+
+    def _load(self, sample: tuple[Path, Path]) -> np.ndarray:
+        return self.cache.pair(*sample)[0]
+
+    def _make_dataset(self, samples: list[Any], transform: Any) -> Dataset:
+        return SegmentationDataset(samples, self.cache, transform)
 
 
 def read_split_file(path: str | Path) -> dict[str, Any]:
