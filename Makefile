@@ -25,12 +25,13 @@ REAL_BUDGETS ?= 10,25,50,100,null
 REAL_ENCODER ?=
 REAL_SKIP = if [ ! -d "$(SHARED_DATASETS)" ]; then echo "$@: skipped, no real data sets at $(SHARED_DATASETS) (set SHARED_DATASETS=DIR)"; exit 0; fi
 
-.PHONY: help install demo pretrain finetune compare label-efficiency compare-real label-efficiency-real report test tensorboard data clean
+.PHONY: help install demo pretrain finetune check-data compare label-efficiency compare-real label-efficiency-real report test tensorboard data clean
 
 help:
 	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min), Table-1 summary"
 	@echo "make pretrain          stage 1: encoder as crack classifier (paper protocol: Adam, lr 1e-4, 100 epochs)"
 	@echo "make finetune          stage 2: decoder on defect masks with the stage-1 encoder frozen"
+	@echo "make check-data        check a data set (counts, sizes, mask values, bad files, duplicates), e.g. ARGS=\"dataset=folder_seg dataset.root=DIR\""
 	@echo "make compare           sweep scratch / frozen / full fine-tuning x 3 seeds: report.md, report.csv, compare.png"
 	@echo "make label-efficiency  Dice vs number of labelled images, scratch vs transfer"
 	@echo "make compare-real      the comparison on real photos (../shared/datasets): stage 1 on real crack photos, 3 real sets x 3 modes x 3 seeds"
@@ -61,6 +62,9 @@ finetune: $(STAMP)
 data: $(STAMP)
 	$(PY) -m defectseg.data.synthetic cls data/synthetic_concrete_cracks_227px_n1000_seed0 --n 1000
 	$(PY) -m defectseg.data.synthetic seg data/synthetic_steel_defects_256px_n175_seed0 --n 175
+
+check-data: $(STAMP)
+	$(PY) -m defectseg.check_data $(ARGS)
 
 compare: $(STAMP)
 	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) hydra.run.dir=$(COMPARE_DIR)/pretrain $(ARGS)

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from defectseg.config_validation import validate_config
 from defectseg.models import FreezePolicy, parameter_counts
 from defectseg.models.encoder_io import load_encoder, resolve_encoder_path
 from defectseg.training.modules import SegmentationTask
@@ -68,6 +69,7 @@ def calibrate_features(model: Any, datamodule: Any, batches: int) -> None:
 
 
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
+    validate_config(cfg, "finetune")
     seed_run(int(cfg.seed))
     policy = FreezePolicy(str(cfg.freeze.mode), cfg.freeze.get("depth"))
     model = instantiate(cfg.model)
@@ -76,9 +78,9 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    datamodule.write_split(run.output_dir / "split.json")
+    run.record_split(datamodule)
     frozen_levels = policy.apply(model)
-    if cfg.get("calibrate_features", True):
+    if cfg.get("calibrate_features", True) and run.resume_from is None:  # a checkpoint carries the calibration
         calibrate_features(model, datamodule, int(cfg.get("calibration_batches", 8)))
     counts = parameter_counts(model)
     task = SegmentationTask(model, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), **cfg.task)
@@ -88,7 +90,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     )
 
     run.log_text("model/parameters", " | ".join(f"{name}: {value:,}" for name, value in counts.items()))
-    run.trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    run.fit(task, datamodule)
     tested = run.trainer.test(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
     best = run.history.best("val/dice", "max")
 
@@ -123,7 +125,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _or_nan(value: float | None) -> float:
-    return float("nan") if value is None else value
+    return float("nan") if value is None else value  # a Dice of 0.0 is a result, not a missing one
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")

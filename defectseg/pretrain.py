@@ -16,6 +16,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from defectseg.config_validation import validate_config
 from defectseg.models import EncoderClassifier, parameter_counts
 from defectseg.models.encoder_io import save_encoder
 from defectseg.training.modules import ClassificationTask
@@ -29,13 +30,14 @@ register_resolvers()
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
+    validate_config(cfg, "pretrain")
     seed_run(int(cfg.seed))
     segmentation_model = instantiate(cfg.model)  # before any slow work: starting weights may be refused
     run = Run(cfg, monitor="val/loss", mode="min")
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    datamodule.write_split(run.output_dir / "split.json")
+    run.record_split(datamodule)
 
     network = EncoderClassifier(segmentation_model, num_classes=datamodule.num_classes, hidden=list(cfg.head.hidden), dropout=float(cfg.head.dropout), pooling=str(cfg.head.pooling))
     task = ClassificationTask(network, num_classes=datamodule.num_classes, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last))
@@ -45,7 +47,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     run.log_text("model/parameters", parameters)
     log.info("stage 1 on %s: %s images (%s), classes %s, %s; %s", ", ".join(map(str, datamodule.roots)), datamodule.summary(), run.device, datamodule.class_names, run.precision, parameters)
 
-    run.trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    run.fit(task, datamodule)
     validated = run.trainer.validate(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
     tested, tested_by_source = {}, {}
     if len(datamodule.datasets.get("test", ())):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
-from defectseg.data import readers
+from defectseg.data import readers, validation
 from defectseg.data.layouts import FolderLayout, Layout, Mask, Sample
 from defectseg.data.splits import cap_train_split, group_keys, split_indices, subset_for_budget
 from defectseg.data.transforms import build_transform, to_tensors
@@ -127,7 +127,9 @@ class SegmentationDataset(Dataset):
 
 
 class _FolderDataModule(L.LightningDataModule):
-    """What both stages share: synthetic generation, splitting, loaders, the split file."""
+    """What both stages share: synthetic generation, splitting, the up-front data check, loaders, the split file."""
+
+    task = "dataset"
 
     def __init__(
         self,
@@ -146,8 +148,11 @@ class _FolderDataModule(L.LightningDataModule):
         synthetic: dict[str, Any] | None = None,
         samples_per_epoch: int | None = None,
         grayscale: bool = False,
+        on_error: str = "raise",
     ) -> None:
         super().__init__()
+        if on_error not in validation.ON_ERROR:
+            raise ValueError(f"dataset.on_error must be one of {', '.join(validation.ON_ERROR)}, got {on_error!r}")
         if int(image_size) < 16:
             raise ValueError(f"dataset.image_size must be at least 16, got {image_size}")
         if int(batch_size) < 1:
@@ -175,8 +180,44 @@ class _FolderDataModule(L.LightningDataModule):
             raise ValueError(f"dataset.samples_per_epoch must be at least 1 or null, got {samples_per_epoch}")
         self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
         self.grayscale = bool(grayscale)
+        self.on_error = on_error
         self.datasets: dict[str, Dataset] = {}
         self.split_files: dict[str, list[str]] = {}
+        self.skipped: list[validation.Problem] = []
+
+    def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
+        """Every sample per split (no label budget, nothing decoded), and what the listing found wrong."""
+        raise NotImplementedError
+
+    def _select(self, per_split: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """The samples this run uses of those listed (a label budget)."""
+        return per_split
+
+    def _load(self, sample: Any) -> np.ndarray:
+        """Decode one sample into the cache; returns its (resized) image."""
+        raise NotImplementedError
+
+    def _make_dataset(self, samples: list[Any], transform: Any) -> Dataset:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """List, then decode every sample up front (filling the cache): a bad file fails now, not at epoch 37."""
+        if self.datasets:
+            return
+        per_split, problems = self.list_samples()
+        per_split = self._select(per_split)
+        problems += validation.inspect_samples(per_split, self._inspect)
+        per_split, self.skipped = validation.apply_on_error(per_split, problems, self.on_error, self.root)
+        train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
+        for split, samples in per_split.items():
+            self.datasets[split] = self._make_dataset(samples, train_tf if split == "train" else eval_tf)
+            self.split_files[split] = [str(validation.sample_file(sample)) for sample in samples]
+
+    def _inspect(self, sample: Any) -> tuple[np.ndarray | None, list[readers.DataError]]:
+        try:
+            return self._load(sample), []
+        except readers.DataError as error:
+            return None, [error]
 
     def prepare_data(self) -> None:
         if self.synthetic:
@@ -243,38 +284,46 @@ class _FolderDataModule(L.LightningDataModule):
         return build_transform(self.image_size, train=train, augment=self.augment if train else None, grayscale=self.grayscale)
 
     def write_split(self, path: str | Path) -> None:
-        """Record exactly which files went where, so a run can be audited and repeated."""
+        """Record exactly which files went where (and which were skipped), so a run can be audited and repeated."""
         root = str(self.root) if len(self.roots) == 1 else [str(r) for r in self.roots]
-        atomic_write_json(path, {"root": root, "split_seed": self.split_seed, "split_groups": self.split_groups, **self.split_files})
+        skipped = {"skipped": [{"file": p.sample, "problem": p.message} for p in self.skipped]} if self.skipped else {}
+        atomic_write_json(path, {"root": root, "split_seed": self.split_seed, "split_groups": self.split_groups, **self.split_files, **skipped})
 
     def summary(self) -> dict[str, int]:
-        return {f"{split}_images": len(dataset) for split, dataset in self.datasets.items()}
+        counts = {f"{split}_images": len(dataset) for split, dataset in self.datasets.items()}
+        if self.skipped:
+            counts["skipped_images"] = len({p.sample for p in self.skipped})
+        return counts
 
 
 class ClassificationDataModule(_FolderDataModule):
     """Stage 1: ``root/<class>/*.png`` (``Positive/``, ``Negative/`` as in the Kaggle crack set)."""
 
+    task = "classification"
+
     def __init__(self, *args: Any, classes: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.classes = list(classes) if classes else None
         self.class_names: list[str] = []
-        self.sample_sources: dict[str, list[int]] = {}  # split -> index into self.roots of each sample
+        self.source_of: dict[str, int] = {}  # image file -> index into self.roots
 
-    def setup(self, stage: str | None = None) -> None:
+    def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
         """Each root is split on its own (same fractions and seed), then the splits are joined: every source is in every split."""
-        if self.datasets:
-            return
         per_split: dict[str, list[tuple[Path, int]]] = {}
+        self.source_of, self.grouped_images = {}, 0
         for source, root in enumerate(self.roots):
             for split, split_samples in self._scan_root(root).items():
                 per_split.setdefault(split, []).extend(split_samples)
-                self.sample_sources.setdefault(split, []).extend([source] * len(split_samples))
+                self.source_of.update({str(path): source for path, _ in split_samples})
         if self.split_groups and not self.grouped_images:
             raise ValueError(f"dataset.split_groups={self.split_groups!r} matches no file name in {[str(r) for r in self.roots]}")
-        train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
-        for split, split_samples in per_split.items():
-            self.datasets[split] = ClassificationDataset(split_samples, self.cache, train_tf if split == "train" else eval_tf)
-            self.split_files[split] = [str(path) for path, _ in split_samples]
+        return per_split, []
+
+    def _load(self, sample: tuple[Path, int]) -> np.ndarray:
+        return self.cache.image(sample[0])
+
+    def _make_dataset(self, samples: list[Any], transform: Any) -> Dataset:
+        return ClassificationDataset(samples, self.cache, transform)
 
     def _scan_root(self, root: Path) -> dict[str, list[tuple[Path, int]]]:
         folders = readers.find_split_folders(root)
@@ -301,7 +350,7 @@ class ClassificationDataModule(_FolderDataModule):
         test = self.datasets.get("test")
         if len(self.roots) < 2 or test is None:
             return {}
-        sources = np.asarray(self.sample_sources["test"])
+        sources = np.asarray([self.source_of[str(path)] for path, _ in test.samples])
         return {
             name: self._make_loader(Subset(test, np.flatnonzero(sources == i).tolist()), train=False)
             for i, name in enumerate(self.source_names) if (sources == i).any()
@@ -315,6 +364,8 @@ class ClassificationDataModule(_FolderDataModule):
 class SegmentationDataModule(_FolderDataModule):
     """Stage 2: ``root/images/x.png`` + ``root/masks/x.png`` (or ``train/ val/ test/`` each holding both),
     or any other ``layout`` (``defectseg.data.layouts``: mask beside the image, Pascal VOC, Severstal CSV)."""
+
+    task = "segmentation"
 
     def __init__(
         self,
@@ -334,35 +385,24 @@ class SegmentationDataModule(_FolderDataModule):
         self.layout = layout or FolderLayout(image_dir, mask_dir, mask_suffix)
         self.max_train_images = None if max_train_images is None else int(max_train_images)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
+        self.grouped_images = 0
         scan = self.layout.scan(self.root)
         indices = scan.splits if scan.splits is not None else self._split([0] * len(scan.samples), [image for image, _ in scan.samples])
         per_split = {split: [scan.samples[i] for i in idx] for split, idx in indices.items()}
         if "train" not in per_split:
             raise readers.DataError(f"{self.root}: the set's own split has no train part")
-        train = per_split["train"]
-        per_split["train"] = [train[i] for i in subset_for_budget(range(len(train)), self.max_train_images, self.split_seed)]
-        self._check_readable(per_split)
-        train_tf, eval_tf = self.transform(train=True), self.transform(train=False)
-        for split, pairs in per_split.items():
-            self.datasets[split] = SegmentationDataset(pairs, self.cache, train_tf if split == "train" else eval_tf)
-            self.split_files[split] = [str(image) for image, _ in pairs]
+        return per_split, list(scan.problems)
 
-    def _check_readable(self, per_split: dict[str, list[Sample]]) -> None:
-        """Decode every pair up front (filling the cache): a bad file fails now, not at epoch 37."""
-        if not self.cache.enabled:
-            return
-        problems = []
-        for pairs in per_split.values():
-            for image_path, mask in pairs:
-                try:
-                    self.cache.pair(image_path, mask)
-                except readers.DataError as error:
-                    problems.append(str(error))
-        if problems:
-            raise readers.DataError.listing(problems, self.root)
+    def _select(self, per_split: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        train = per_split["train"]
+        return {**per_split, "train": [train[i] for i in subset_for_budget(range(len(train)), self.max_train_images, self.split_seed)]}
+
+    def _load(self, sample: Sample) -> np.ndarray:
+        return self.cache.pair(*sample)[0]
+
+    def _make_dataset(self, samples: list[Any], transform: Any) -> Dataset:
+        return SegmentationDataset(samples, self.cache, transform)
 
 
 def read_split_file(path: str | Path) -> dict[str, Any]:

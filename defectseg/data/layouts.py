@@ -26,6 +26,7 @@ import numpy as np
 
 from defectseg.data import readers
 from defectseg.data.readers import IMAGE_EXTENSIONS, SPLITS, DataError
+from defectseg.data.validation import Problem
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class LayoutScan:
 
     samples: list[Sample]
     splits: dict[str, list[int]] | None = None
+    problems: list[Problem] = field(default_factory=list)  # what dataset.on_error decides about (images without masks...)
 
 
 class Layout:
@@ -143,11 +145,18 @@ class FolderLayout(Layout):
         self.image_dir, self.mask_dir, self.mask_suffix = image_dir, mask_dir, mask_suffix
 
     def scan(self, root: Path) -> LayoutScan:
+        problems: list[Problem] = []
+
         def scan_one(folder: Path) -> list[Sample]:
-            pairs = readers.scan_segmentation_folder(folder, self.image_dir, self.mask_dir, self.mask_suffix)
+            pairs, missing, orphans = readers.pair_segmentation_folder(folder, self.image_dir, self.mask_dir, self.mask_suffix)
+            split = folder.name if folder.name in SPLITS else None
+            problems.extend(Problem("missing_mask", str(image), f"{image}: has no mask in {folder / self.mask_dir}", split) for image in missing)
+            problems.extend(Problem("mask_without_image", str(mask), f"{mask}: has no image in {folder / self.image_dir}", split) for mask in orphans)
             return [(image, MaskFile(mask, self.values)) for image, mask in pairs]
 
-        return _scan_split_folders(Path(root), scan_one)
+        scan = _scan_split_folders(Path(root), scan_one)
+        scan.problems = problems
+        return scan
 
 
 # --- mask beside the image ----------------------------------------------------------------------

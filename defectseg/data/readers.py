@@ -2,6 +2,19 @@
 
 The same readers serve the embedded synthetic sets and users' own folders, so the
 generated data is exercised through exactly the code real data goes through.
+
+What is read, and how (never guessed silently):
+
+- images: RGB as is; greyscale (``L``, ``1``) and palette (``P``) expanded to RGB; alpha
+  (``RGBA``, ``LA``, ``PA``) dropped, transparent pixels keep their stored colour; CMYK and
+  YCbCr converted; 16-bit (``I;16``) scaled by 255/65535 for every image alike, so all
+  images of a set share one intensity scale; 32-bit integer images only when their values
+  fit in 16 bits. Refused: float images (``F``), multi-page / animated files.
+- masks: one channel (or grey RGB) with values 0/1, 0/255 or 0/65535, or 8-bit with soft
+  (anti-aliased, JPEG) edges, thresholded at half range. Refused: colour masks,
+  class-index masks (0..k; a layout with ``mask_values: classes`` reads them), masks with transparency, float masks, multi-page files.
+- files are identified by content, not extension; a file PIL cannot decode fully
+  (zero bytes, truncated, not an image) is refused with the decoder's reason.
 """
 
 from __future__ import annotations
@@ -17,13 +30,21 @@ SPLITS = ("train", "val", "test")
 
 
 class DataError(ValueError):
-    """A data set problem a user can fix: the message names the file or folder."""
+    """A data set problem a user can fix: the message names the file or folder.
+
+    ``kind`` sorts problems in reports (``unreadable``, ``unsupported``, ``mask_size``,
+    ``mask_values``, ``missing_mask``, ``layout``).
+    """
+
+    def __init__(self, message: str, kind: str = "layout") -> None:
+        super().__init__(message)
+        self.kind = kind
 
     @classmethod
-    def listing(cls, problems: Sequence[str], where: str | Path, limit: int = 10) -> DataError:
+    def listing(cls, problems: Sequence[str], where: str | Path, limit: int = 10, kind: str = "layout") -> DataError:
         """One error for many problems found in one pass, so a user can fix them all at once."""
         shown = "\n  ".join(problems[:limit]) + (f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else "")
-        return cls(f"{len(problems)} problem(s) in {where}:\n  {shown}")
+        return cls(f"{len(problems)} problem(s) in {where}:\n  {shown}", kind=kind)
 
 
 def shorten(items: Sequence[object], limit: int = 5) -> str:
@@ -63,6 +84,14 @@ def scan_classification_folder(root: str | Path, classes: Sequence[str] | None =
 
 def scan_segmentation_folder(root: str | Path, image_dir: str = "images", mask_dir: str = "masks", mask_suffix: str = "") -> list[tuple[Path, Path]]:
     """Pair ``images/x.*`` with ``masks/x{mask_suffix}.*`` by file stem; every image must have a mask."""
+    pairs, missing, _ = pair_segmentation_folder(root, image_dir, mask_dir, mask_suffix)
+    if missing:
+        raise DataError(f"{len(missing)} image(s) without a mask in {Path(root) / mask_dir}: {shorten(missing)}", kind="missing_mask")
+    return pairs
+
+
+def pair_segmentation_folder(root: str | Path, image_dir: str = "images", mask_dir: str = "masks", mask_suffix: str = "") -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+    """(image, mask) pairs by file stem, plus the images without a mask and the masks without an image."""
     root = _require_dir(Path(root), "segmentation data set")
     images = list_images(_require_dir(root / image_dir, "image"))
     masks = list_images(_require_dir(root / mask_dir, "mask"))
@@ -84,9 +113,8 @@ def scan_segmentation_folder(root: str | Path, image_dir: str = "images", mask_d
             missing.append(image)
         else:
             pairs.append((image, mask))
-    if missing:
-        raise DataError(f"{len(missing)} image(s) without a mask in {root / mask_dir}: {shorten(missing)}")
-    return pairs
+    orphans = [mask for stem, mask in mask_by_stem.items() if stem not in seen]
+    return pairs, missing, orphans
 
 
 def find_split_folders(root: str | Path) -> dict[str, Path] | None:
@@ -100,75 +128,94 @@ def find_split_folders(root: str | Path) -> dict[str, Path] | None:
     return present
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode to HxWx3 uint8 RGB; greyscale, palette, 16-bit and alpha images are converted explicitly."""
-    path = Path(path)
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _open_decoded(path: Path, what: str) -> Image.Image:
+    """Open and fully decode one single-frame file; every decoder failure becomes a DataError naming the file."""
     try:
-        with Image.open(path) as image:
+        image = Image.open(path)
+        try:
+            if getattr(image, "n_frames", 1) > 1:
+                raise DataError(f"{path}: {what} file holds {image.n_frames} frames (multi-page or animated); save each as its own file", kind="unsupported")
             image.load()
-            mode = image.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float64)
-                peak = array.max() if array.size else 0
-                scale = 255.0 / (65535.0 if peak > 255 else 255.0)
-                array = np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
-                return np.repeat(array[..., None], 3, axis=2)
-            if mode == "RGBA" or mode == "LA" or (mode == "P" and "transparency" in image.info):
-                image = image.convert("RGBA").convert("RGB")
-            elif mode != "RGB":
-                image = image.convert("RGB")
-            return np.asarray(image, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"{path}: cannot read image ({error})") from error
+        except BaseException:
+            image.close()
+            raise
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any decoder failure (truncated, corrupt, not an image) is a data problem
+        reason = str(error) or type(error).__name__
+        if path.is_file() and path.stat().st_size == 0:
+            reason = "the file is empty (0 bytes)"
+        raise DataError(f"{path}: cannot read {what} ({reason})", kind="unreadable") from error
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode to HxWx3 uint8 RGB, by the policy in the module docstring."""
+    path = Path(path)
+    with _open_decoded(path, "image") as image:
+        mode = image.mode
+        if mode in SIXTEEN_BIT_MODES:
+            array = np.asarray(image).astype(np.float64)
+            if array.size and (array.min() < 0 or array.max() > 65535):
+                raise DataError(f"{path}: 32-bit image with values {array.min():.0f}..{array.max():.0f}, beyond 16 bits; convert it to 8 or 16 bit", kind="unsupported")
+            array = np.clip(array * (255.0 / 65535.0) + 0.5, 0, 255).astype(np.uint8)
+            return np.repeat(array[..., None], 3, axis=2)
+        if mode == "F":
+            raise DataError(f"{path}: floating-point image (mode F); save it as 8 or 16-bit integers", kind="unsupported")
+        if mode != "RGB":
+            image = image.convert("RGBA").convert("RGB") if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info) else image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8).copy()
 
 
 def read_mask_values(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode a mask to its raw HxW values (palette PNGs give their indices, not colours).
+    """Decode a mask to its raw HxW values, by the policy in the module docstring (palette PNGs give their indices).
 
-    Grey RGB masks are accepted as one channel; colour masks are refused. ``expected_size``
-    is the image's (height, width).
+    ``expected_size`` is the image's (height, width).
     """
     path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGB", "RGBA"):
-                rgb = np.asarray(image.convert("RGB"))
-                if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-                    raise DataError(f"{path}: colour mask (mode {image.mode}); masks must be single-channel (0/255, 0/1 or class indices)")
-                array = rgb[..., 0]
-            else:
-                array = np.asarray(image)  # mode P: palette indices are class indices
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise DataError(f"{path}: cannot read mask ({error})") from error
+    with _open_decoded(path, "mask") as image:
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            alpha = np.asarray(image.convert("RGBA"))[..., 3]
+            if alpha.size and alpha.min() < 255:
+                raise DataError(f"{path}: mask has transparent pixels (mode {image.mode}); save masks without an alpha channel", kind="mask_values")
+        if image.mode == "F":
+            raise DataError(f"{path}: floating-point mask (mode F); masks must be integer 0/255 or 0/1", kind="unsupported")
+        if image.mode in ("RGB", "RGBA"):
+            rgb = np.asarray(image.convert("RGB"))
+            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                raise DataError(f"{path}: colour mask (mode {image.mode}); masks must be single-channel (0/255, 0/1 or class indices)", kind="mask_values")
+            array = rgb[..., 0]
+        else:
+            array = np.asarray(image)  # palette ("P") indices are read as class indices
     if array.ndim != 2:
-        raise DataError(f"{path}: mask has shape {array.shape}, expected a single channel")
+        raise DataError(f"{path}: mask has shape {array.shape}, expected a single channel", kind="mask_values")
     if expected_size is not None and tuple(array.shape) != tuple(expected_size):
-        raise DataError(f"{path}: mask is {array.shape[1]}x{array.shape[0]} but its image is {expected_size[1]}x{expected_size[0]} (width x height)")
+        raise DataError(
+            f"{path}: mask is {array.shape[1]}x{array.shape[0]} but its image is {expected_size[1]}x{expected_size[0]} (width x height)", kind="mask_size"
+        )
     return array
 
 
 def binary_mask(array: np.ndarray, source: str | Path) -> np.ndarray:
-    """0/1 or 0/255 values (soft 8-bit edges thresholded at 128) to {0, 1}; anything else is refused, not guessed."""
+    """0/1, 0/255 or 0/65535 values (soft edges thresholded at half range) to {0, 1}; anything else is refused, not guessed."""
     if array.dtype == bool:
         return array.astype(np.uint8)
     peak = int(array.max()) if array.size else 0
     if peak <= 1:
         return array.astype(np.uint8)
-    if peak == 255 or (array.dtype == np.uint16 and peak == 65535):
+    if peak == 255 or (array.dtype != np.uint8 and peak == 65535):
         return (array >= (peak + 1) // 2).astype(np.uint8)
     values = np.unique(array)
     raise DataError(
         f"{source}: mask values {values[:8].tolist()}{'...' if values.size > 8 else ''} are neither 0/1 nor 0/255 "
-        "(a class-index mask? read it with a layout that has mask_values=classes, see README: Real data and public layouts)"
+        "(a class-index mask? read it with a layout that has mask_values=classes, see README: Real data and public layouts)",
+        kind="mask_values",
     )
 
 
 def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode a binary mask to HxW uint8 in {0, 1}.
-
-    Accepted: 0/1 or 0/255 values, and 8-bit masks with soft (anti-aliased, JPEG) edges,
-    thresholded at 128. Anything else (e.g. class indices 0..k) is refused rather than guessed.
-    ``expected_size`` is the image's (height, width).
-    """
+    """Decode a binary mask to HxW uint8 in {0, 1}, by the policy in the module docstring."""
     return binary_mask(read_mask_values(path, expected_size), path)

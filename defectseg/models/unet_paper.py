@@ -15,6 +15,11 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def input_multiple(channels: Sequence[int]) -> int:
+    """Input sides must be divisible by this: one 2x2 pooling between consecutive levels."""
+    return 2 ** (len(channels) - 1)
+
+
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
     block = nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=True),
@@ -57,7 +62,7 @@ class PaperUNetEncoder(nn.Module):
     @property
     def reduction(self) -> int:
         """Input sides must be divisible by this."""
-        return 2 ** (self.depth - 1)
+        return input_multiple(self.out_channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features: list[torch.Tensor] = []

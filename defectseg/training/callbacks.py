@@ -1,13 +1,25 @@
-"""Callbacks: training-time measurement and the mask previews people look at in TensorBoard."""
+"""Callbacks: training-time measurement, mask previews for TensorBoard, and the guards that keep a run's files good."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from defectseg.utils.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class TrainingClock(L.Callback):
@@ -46,6 +58,14 @@ class TrainingClock(L.Callback):
     @property
     def images_per_second(self) -> float:
         return self.images / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Carried in checkpoints, so a resumed run reports the time of the whole run."""
+        return {"train_seconds": self.train_seconds, "images": self.images}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_seconds = float(state_dict.get("train_seconds", 0.0))
+        self.images = int(state_dict.get("images", 0))
 
 
 def overlay_grid(images: torch.Tensor, masks: torch.Tensor, probabilities: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -98,8 +118,129 @@ class EpochHistory(L.Callback):
                 row[key] = float(value)
         self.epochs.append(row)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Carried in checkpoints: after a resume, the best epoch is still sought over every epoch."""
+        return {"epochs": [dict(row) for row in self.epochs]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = [dict(row) for row in state_dict.get("epochs", [])]
+
     def best(self, monitor: str, mode: str = "max") -> dict[str, float]:
         rows = [row for row in self.epochs if monitor in row]
         if not rows:
             return {}
         return (max if mode == "max" else min)(rows, key=lambda row: row[monitor])
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite; the model is no longer worth saving."""
+
+
+class FiniteLossGuard(L.Callback):
+    """Stops training at the first non-finite loss, before any checkpoint could store the broken model.
+
+    Each step only appends a device-side ``isfinite`` flag; the flags are read (one host
+    sync) every ``check_every_n_steps`` steps and before anything saves or validates, so a
+    GPU is not stalled every step.
+    """
+
+    def __init__(self, check_every_n_steps: int = 20) -> None:
+        self.check_every_n_steps = max(1, int(check_every_n_steps))
+        self._flags: list[torch.Tensor] = []
+        self._where: list[tuple[int, int, int]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        self._flags.append(torch.isfinite(loss.detach()).all())
+        self._where.append((trainer.current_epoch, batch_idx, trainer.global_step))
+        if len(self._flags) >= self.check_every_n_steps:
+            self.check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        if not self._flags:
+            return
+        finite = torch.stack(self._flags).cpu()
+        where = self._where
+        self._flags, self._where = [], []
+        if bool(finite.all()):
+            return
+        epoch, batch, step = where[int((~finite).nonzero()[0])]
+        last = _last_checkpoint(trainer)
+        kept = f"the last good state is {last}" if last and last.is_file() else "no checkpoint was written before it"
+        raise NonFiniteLossError(
+            f"training loss became NaN or infinite at epoch {epoch}, batch {batch} (optimizer step {step}); training stopped and {kept}. "
+            "Try a lower optim.lr, trainer.precision=32-true, or check the data"
+        )
+
+
+class GracefulStop(L.Callback):
+    """SIGTERM (and a first Ctrl-C) stops training after the current batch and saves ``last.ckpt`` to resume from.
+
+    Lightning 2.x already turns SIGTERM into a stop after the current batch
+    (``SIGTERMException``) but saves nothing; Ctrl-C raises ``KeyboardInterrupt`` wherever
+    the code happens to be, possibly mid optimizer step. Here a first Ctrl-C takes the
+    SIGTERM path (a clean batch boundary), a second one aborts at once, and the state at
+    the stop is saved unless it is no longer finite.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self.saved: Path | None = None
+        self._previous_sigint: Any = None
+        self._sigint = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signal_name, self.saved, self._sigint = None, None, False
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self._sigint = True
+        signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)  # a second Ctrl-C aborts
+        print("\nstopping after the current batch (Ctrl-C again to abort without saving) ...", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's SIGTERM handler: stop at the next batch boundary
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_sigint)
+        self._previous_sigint = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
+
+    @property
+    def signal_number(self) -> int:
+        return int(signal.SIGINT if self._sigint else signal.SIGTERM)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.signal_name = "SIGINT" if self._sigint else "SIGTERM"
+        path = _last_checkpoint(trainer)
+        if path is None:
+            return
+        try:
+            trainer.save_checkpoint(path, weights_only=False)  # FiniteLossGuard.on_save_checkpoint refuses a broken model
+        except NonFiniteLossError as error:
+            log.error("not saving at the stop: %s", error)
+            return
+        self.saved = path
+
+
+def _last_checkpoint(trainer: L.Trainer) -> Path | None:
+    callback = trainer.checkpoint_callback
+    if callback is None or not getattr(callback, "dirpath", None):
+        return None
+    return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"

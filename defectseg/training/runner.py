@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import platform
 import time
@@ -17,7 +18,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from defectseg.training.callbacks import EpochHistory, TrainingClock
+from defectseg.training.callbacks import EpochHistory, FiniteLossGuard, GracefulStop, TrainingClock
+from defectseg.training.checkpoints import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, check_same_config, resume_path
+from defectseg.utils.errors import RunInterrupted, UserError
 from defectseg.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,9 @@ class Run:
     def __init__(self, cfg: DictConfig, monitor: str, mode: str) -> None:
         self.cfg = cfg
         self.output_dir = Path(cfg.paths.output_dir)
+        self.resume_from = resume_path(cfg, self.output_dir)  # before anything is written into the run directory
+        if self.resume_from is not None:
+            check_same_config(self.output_dir / "config.yaml", cfg)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.start_time = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._start = time.perf_counter()
@@ -78,19 +84,48 @@ class Run:
         self.history = EpochHistory()
         self.monitor, self.mode = monitor, mode
         self.checkpoint = ModelCheckpoint(
-            dirpath=str(self.output_dir / "checkpoints"),
-            filename="best",
-            monitor=monitor,
-            mode=mode,
-            save_last=True,
-            save_top_k=1,
-            auto_insert_metric_name=False,
+            dirpath=str(self.output_dir / CHECKPOINT_DIR), filename="best", monitor=monitor, mode=mode, save_top_k=1, auto_insert_metric_name=False
         )
-        callbacks = [self.checkpoint, self.clock, self.history]
+        # Lightning 2.6's save_last=True writes last.ckpt only when best.ckpt is written too, so a resume would go back
+        # to the best epoch; a second callback without a monitor writes it after every epoch (after the best one's update).
+        self.last_checkpoint = ModelCheckpoint(
+            dirpath=str(self.output_dir / CHECKPOINT_DIR), filename=LAST.removesuffix(".ckpt"), monitor=None, save_top_k=1,
+            save_on_train_epoch_end=True, enable_version_counter=False,
+        )
+        self.stop = GracefulStop()
+        callbacks = [self.checkpoint, self.last_checkpoint, self.clock, self.history, FiniteLossGuard(), self.stop]
         callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         self.logger = instantiate(cfg.logger) if cfg.get("logger") else False
-        self.trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=self.logger, precision=self.precision, default_root_dir=str(self.output_dir))
+        self.trainer: L.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=self.logger, precision=self.precision, default_root_dir=str(self.output_dir), plugins=[AtomicCheckpointIO()]
+        )
         atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    def fit(self, task: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+        """``trainer.fit``, resumed when asked; a SIGTERM / Ctrl-C stop becomes a one-line message saying how to resume."""
+        ckpt_path = str(self.resume_from) if self.resume_from else None
+        try:
+            self.trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit:
+            if self.stop.signal_name is None:
+                raise
+            saved = f"saved {self.stop.saved}" if self.stop.saved else "nothing new saved"
+            raise RunInterrupted(
+                f"{self.stop.signal_name}: training stopped at epoch {self.trainer.current_epoch}, step {self.trainer.global_step}, {saved}; "
+                f"resume with: python -m defectseg.{self.cfg.get('stage', 'finetune')} resume=true hydra.run.dir={self.output_dir} "
+                "and the first run's overrides",
+                self.stop.signal_number,
+            ) from None
+
+    def record_split(self, datamodule: Any) -> None:
+        """Write ``split.json``; a resumed run must see the files the interrupted run trained on."""
+        path = self.output_dir / "split.json"
+        if self.resume_from is not None and path.is_file():
+            before = json.loads(path.read_text())
+            changed = [split for split in ("train", "val", "test") if before.get(split, []) != datamodule.split_files.get(split, [])]
+            if changed:
+                raise UserError(f"resume: the {'/'.join(changed)} files differ from the interrupted run's ({path}); the data set changed since, so start a new run")
+        datamodule.write_split(path)
 
     @property
     def best_checkpoint(self) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,6 +15,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 class UserError(RuntimeError):
     """Something the user must do differently (run a stage first, fix a path or a key)."""
+
+    label = "error"
+    exit_code = 2
+
+
+class RunInterrupted(UserError):
+    """Training stopped on a signal after saving what a resume needs; exits 128 + signal like the shell would."""
+
+    label = "stopped"
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signal_number)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -41,12 +55,18 @@ def exit_cleanly_on_user_error(function: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
+        except SystemExit as stop:
+            if type(stop).__name__ != "SIGTERMException":
+                raise
+            # Lightning's SIGTERM stop outside fit (Run.fit handles its own): exit as killed, not 0 ("success").
+            print("stopped: SIGTERM after training; its checkpoints are complete: re-run with resume=true and the same hydra.run.dir to finish", file=sys.stderr)
+            raise SystemExit(128 + signal.SIGTERM) from None
         except Exception as error:
             cause = user_error_in(error)
             if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             logging.getLogger("defectseg").debug("user error", exc_info=True)
-            print(f"error: {cause}", file=sys.stderr)
-            raise SystemExit(2) from None
+            print(f"{getattr(cause, 'label', 'error')}: {cause}", file=sys.stderr)
+            raise SystemExit(getattr(cause, "exit_code", 2)) from None
 
     return wrapper  # type: ignore[return-value]

@@ -1,0 +1,118 @@
+"""Checkpoints on disk: written atomically, read as data only, and found again to resume a run."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+
+from defectseg.utils.errors import UserError
+from defectseg.utils.io import atomic_writer
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+# Settings that may change between the interrupted run and its resume without changing what is trained.
+RESUME_MAY_CHANGE = ("resume", "ckpt_path", "paths", "callbacks", "dataset.num_workers", "trainer.accelerator", "trainer.devices",
+                     "trainer.precision", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Temp file beside the target, fsync, rename: a crash leaves the previous checkpoint or the new one.
+
+    Lightning's own save goes through an fsspec "transaction" that writes into the system
+    temp directory and moves the file over without fsync; across file systems (/tmp on
+    tmpfs, outputs on disk) that move is a copy, so a kill mid-copy truncates ``last.ckpt``.
+    Every load goes through :func:`load_checkpoint`, so a checkpoint is never unpickled as code.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        with atomic_writer(path, binary=True) as handle:
+            torch.save(checkpoint, handle)
+
+    def load_checkpoint(self, path: Any, map_location: Callable | str | None = "cpu", weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location)
+
+
+def load_checkpoint(path: str | Path, map_location: Callable | str | None = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` whatever the caller asks, with errors that name the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        named = re.search(r"GLOBAL ([\w.]+)", str(error))
+        detail = f"it would call {named.group(1)}" if named else str(error).splitlines()[0]
+        raise UserError(
+            f"{path}: refused to load: this checkpoint holds Python objects that loading would execute ({detail}); "
+            "only checkpoints of tensors and plain values, as defectseg writes them, are read"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(f"{path}: not a readable checkpoint, truncated or not a checkpoint at all ({str(error).splitlines()[0]})") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint")
+    return checkpoint
+
+
+def resume_path(cfg: DictConfig, output_dir: Path) -> Path | None:
+    """The checkpoint ``trainer.fit`` resumes from: ``resume=true`` / ``ckpt_path=last`` (this run directory's last.ckpt) or ``ckpt_path=PATH``."""
+    ckpt_path = cfg.get("ckpt_path")
+    if not cfg.get("resume", False) and ckpt_path in (None, ""):
+        return None
+    if cfg.get("resume", False) or str(ckpt_path) == "last":
+        path = output_dir / CHECKPOINT_DIR / LAST
+        if not path.is_file():
+            raise UserError(
+                f"resume: there is no {path}; resume in the interrupted run's directory: "
+                "resume=true hydra.run.dir=outputs/<stage>/<date_time> (with the first run's overrides), "
+                "or start from any checkpoint with ckpt_path=PATH"
+            )
+    else:
+        path = Path(str(ckpt_path)).expanduser()
+    checkpoint = load_checkpoint(path, mmap=True)  # the full check before any slow work; mmap keeps it cheap
+    missing = [key for key in ("state_dict", "loops", "epoch", "global_step") if key not in checkpoint]
+    if missing:
+        raise UserError(f"{path}: not a training checkpoint (no {', '.join(missing)}); resume needs a last.ckpt or best.ckpt from a training run")
+    log.info("resuming from %s (epoch %s, step %s)", path, checkpoint["epoch"], checkpoint["global_step"])
+    return path
+
+
+def check_same_config(previous: Path, cfg: DictConfig) -> None:
+    """A resume must train what the interrupted run trained: same config except how it runs (RESUME_MAY_CHANGE)."""
+    if not previous.is_file():
+        return
+    before = _flatten(OmegaConf.to_container(OmegaConf.load(previous), resolve=False))
+    now = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed = sorted(key for key in before.keys() | now.keys() if before.get(key, "<absent>") != now.get(key, "<absent>") and not _may_change(key))
+    if changed:
+        shown = "; ".join(f"{key}: {before.get(key, '<absent>')!r} -> {now.get(key, '<absent>')!r}" for key in changed[:8])
+        raise UserError(
+            f"resume: the config differs from the interrupted run's ({previous}): {shown}"
+            f"{f' and {len(changed) - 8} more' if len(changed) > 8 else ''}; "
+            "resume with the first run's overrides, or start a new run from the checkpoint with ckpt_path=PATH"
+        )
+
+
+def _may_change(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUME_MAY_CHANGE)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
