@@ -15,12 +15,14 @@ SEEDS ?= 0,1,2
 MODES ?= scratch,encoder,none
 BUDGETS ?= 10,25,50,100,null
 
-.PHONY: help install demo pretrain finetune compare label-efficiency report test tensorboard data clean
+.PHONY: help install demo pretrain finetune predict export compare label-efficiency report test tensorboard data clean
 
 help:
 	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min), Table-1 summary"
 	@echo "make pretrain          stage 1: encoder as crack classifier (paper protocol: Adam, lr 1e-4, 100 epochs)"
 	@echo "make finetune          stage 2: decoder on defect masks with the stage-1 encoder frozen"
+	@echo "make predict           masks, overlays, defect measurements for photos: ARGS=\"input=PHOTO|FOLDER|'GLOB'\""
+	@echo "make export            the latest fine-tuned model as ONNX + TorchScript, checked against PyTorch"
 	@echo "make compare           sweep scratch / frozen / full fine-tuning x 3 seeds: report.md, report.csv, compare.png"
 	@echo "make label-efficiency  Dice vs number of labelled images, scratch vs transfer"
 	@echo "make test              the test suite"
@@ -45,6 +47,12 @@ pretrain: $(STAMP)
 
 finetune: $(STAMP)
 	$(PY) -m defectseg.finetune $(ARGS)
+
+predict: $(STAMP)
+	$(PY) -m defectseg.predict $(ARGS)
+
+export: $(STAMP)
+	$(PY) -m defectseg.export $(ARGS)
 
 data: $(STAMP)
 	$(PY) -m defectseg.data.synthetic cls data/synthetic_concrete_cracks_227px_n1000_seed0 --n 1000
