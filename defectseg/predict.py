@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +75,8 @@ def unique_stems(paths: list[Path]) -> list[str]:
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
     with atomic_writer(path, binary=True) as handle:
-        handle.write(buffer.getvalue())
+        Image.fromarray(array).save(handle, format="PNG")
 
 
 def write_probability(path_stem: Path, probability: np.ndarray, kind: str) -> Path | None:
@@ -94,11 +92,13 @@ def write_probability(path_stem: Path, probability: np.ndarray, kind: str) -> Pa
     return None
 
 
-def predict_one(image: np.ndarray, segmenter: Segmenter, cfg: DictConfig, threshold: float, tile_size: int) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+def predict_one(
+    image: np.ndarray, segmenter: Segmenter, cfg: DictConfig, threshold: float, tile_size: int, on_progress: Callable[[int, int], None] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Probability map, binary mask (speckle removed) and per-defect measurements of one photo."""
     probability = probability_map(
         image, segmenter, tile_size=tile_size, overlap=float(cfg.tiling.overlap), batch_size=int(cfg.tiling.batch_size),
-        multiple=segmenter.info.multiple, scale=float(cfg.scale),
+        multiple=segmenter.info.multiple, scale=float(cfg.scale), on_progress=on_progress,
     )
     mask = remove_small_components(probability > threshold, int(cfg.min_defect_area_px))
     defects = [add_millimetres(d, cfg.mm_per_px) for d in measure_defects(mask, float(cfg.thin_min_elongation))]
@@ -133,6 +133,12 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     complete = False
     try:
         progress = tqdm(zip(paths, unique_stems(paths)), total=len(paths), unit="photo", desc="predict", disable=not cfg.progress, file=sys.stderr)
+        tiles = tqdm(unit="tile", desc="  tiles", leave=False, position=1, disable=not cfg.progress, file=sys.stderr)  # a large photo takes minutes
+
+        def show_tiles(done: int, total: int) -> None:
+            tiles.total = total
+            tiles.update(done - tiles.n)
+
         for path, stem in progress:
             try:
                 image = read_image(path)
@@ -141,7 +147,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
                 tqdm.write(f"error: {error} (skipped)", file=sys.stderr)
                 progress.set_postfix(failed=len(failed))
                 continue
-            probability, mask, defects = predict_one(image, segmenter, cfg, threshold, tile_size)
+            tiles.reset()
+            probability, mask, defects = predict_one(image, segmenter, cfg, threshold, tile_size, show_tiles)
             files = {"mask": output_dir / "masks" / f"{stem}.png"}
             write_png(files["mask"], mask.astype(np.uint8) * np.uint8(255))
             if cfg.save.overlay:
@@ -161,6 +168,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
                 **{kind: str(file.relative_to(output_dir)) for kind, file in files.items()},
                 "components": defects,
             })
+        tiles.close()
         complete = True
     finally:
         write_tables(output_dir, records, failed, {**info.to_dict(), "threshold": threshold, "threshold_source": threshold_source, "tile_size": tile_size}, cfg, complete)

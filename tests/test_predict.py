@@ -58,7 +58,11 @@ def test_blending_is_a_weighted_average_that_reproduces_a_pixelwise_model():
     image = photo(300, 41, seed=3)
     whole = pixelwise(image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)[0]
     for tile, overlap in ((32, 0.5), (64, 0.25), (48, 0.0)):
-        np.testing.assert_allclose(predict_tiled(image, pixelwise, tile_size=tile, overlap=overlap, batch_size=4, multiple=16), whole, atol=1e-5)
+        progress: list[tuple[int, int]] = []
+        tiled = predict_tiled(image, pixelwise, tile_size=tile, overlap=overlap, batch_size=4, multiple=16, on_progress=lambda *p: progress.append(p))
+        np.testing.assert_allclose(tiled, whole, atol=1e-5)
+        rows, columns = (len(axis_layout(side, tile, overlap, 16)[2]) for side in (300, 41))
+        assert progress[-1] == (rows * columns, rows * columns) and len(progress) == -(-rows * columns // 4)
 
 
 def test_tiles_cover_the_side_with_the_overlap_asked_for():

@@ -20,8 +20,12 @@ def draw_overlay(
     alpha: float = 0.45,
     contour_color: Sequence[int] = (255, 255, 0),
     labels: bool = True,
+    max_labels: int = 50,
 ) -> np.ndarray:
-    """HxWx3 uint8 RGB: ``mask`` pixels blended towards ``color``, outlines (holes included) in ``contour_color``."""
+    """HxWx3 uint8 RGB: ``mask`` pixels blended towards ``color``, outlines (holes included) in ``contour_color``.
+
+    The ``max_labels`` largest defects (``defects`` come largest first) get their number; more would hide the photo.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay.alpha must lie in [0, 1], got {alpha}")
     mask = mask.astype(bool)
@@ -29,12 +33,12 @@ def draw_overlay(
     tint = np.asarray(color, dtype=np.float32)
     out[mask] = (image[mask].astype(np.float32) * (1.0 - alpha) + tint * alpha + 0.5).astype(np.uint8)
     short_side = min(image.shape[:2])
-    thickness = max(1, round(short_side / 600))
+    thickness = max(1, short_side // 1000)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(out, contours, -1, tuple(int(c) for c in contour_color), thickness, lineType=cv2.LINE_AA)
     if labels and short_side >= MIN_SIDE_FOR_LABELS:
-        font_scale = max(0.4, short_side / 1500)
-        for defect in defects:
+        font_scale = max(0.35, short_side / 3000)
+        for defect in list(defects)[: max(0, int(max_labels))]:
             x, y = defect["bbox"][:2]
             origin = (int(x), int(max(y - 3, 12 * font_scale + 2)))
             cv2.putText(out, str(defect["id"]), origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)

@@ -67,8 +67,12 @@ def predict_tiled(
     overlap: float = 0.25,
     batch_size: int = 4,
     multiple: int = 16,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Probabilities (C x H x W float32) for an H x W x 3 uint8 photo of any size."""
+    """Probabilities (C x H x W float32) for an H x W x 3 uint8 photo of any size.
+
+    ``on_progress(tiles_done, tiles_total)`` is called after every batch (a large photo takes minutes on a CPU).
+    """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"predict_tiled expects an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
     if not 0.0 <= overlap < 1.0:
@@ -85,6 +89,7 @@ def predict_tiled(
 
     total: np.ndarray | None = None
     weight = np.zeros((padded_h, padded_w), np.float32)
+    done = 0
     for batch_origins in _tile_batches(origins, int(batch_size)):
         tiles = np.stack([padded[y : y + tile_h, x : x + tile_w] for y, x in batch_origins])
         tiles = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
@@ -96,6 +101,9 @@ def predict_tiled(
         for (y, x), tile_probabilities in zip(batch_origins, probabilities):
             total[:, y : y + tile_h, x : x + tile_w] += tile_probabilities * window
             weight[y : y + tile_h, x : x + tile_w] += window
+        done += len(batch_origins)
+        if on_progress is not None:
+            on_progress(done, len(origins))
     assert total is not None
     total /= weight
     return total[:, :height, :width]
@@ -109,6 +117,7 @@ def probability_map(
     batch_size: int = 4,
     multiple: int = 16,
     scale: float = 1.0,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Defect probability (H x W float32) of a binary model, ``scale`` resampling the photo first.
 
@@ -122,7 +131,7 @@ def probability_map(
     if scale != 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    probabilities = predict_tiled(resized, predict, tile_size, overlap, batch_size, multiple)
+    probabilities = predict_tiled(resized, predict, tile_size, overlap, batch_size, multiple, on_progress)
     if probabilities.shape[0] != 1:
         raise ValueError(f"the model predicts {probabilities.shape[0]} channels; predict handles binary (one-channel) defect models")
     probability = probabilities[0]
