@@ -105,6 +105,21 @@ def predict_one(
     return probability, mask, defects
 
 
+def save_photo_outputs(
+    output_dir: Path, stem: str, image: np.ndarray, probability: np.ndarray, mask: np.ndarray, defects: list[dict[str, Any]], cfg: DictConfig
+) -> dict[str, Path]:
+    """masks/STEM.png, and as configured overlays/STEM.png and probabilities/STEM.(png|npy)."""
+    files = {"mask": output_dir / "masks" / f"{stem}.png"}
+    write_png(files["mask"], mask.astype(np.uint8) * np.uint8(255))
+    if cfg.save.overlay:
+        files["overlay"] = output_dir / "overlays" / f"{stem}.png"
+        write_png(files["overlay"], draw_overlay(image, mask, defects, **OmegaConf.to_container(cfg.overlay)))
+    probability_file = write_probability(output_dir / "probabilities" / stem, probability, str(cfg.save.probability or "none"))
+    if probability_file:
+        files["probability"] = probability_file
+    return files
+
+
 def check_settings(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "input") or not cfg.input:
         raise UserError("no input given: set input=PATH (a photo, a folder of photos, or a quoted glob such as input='photos/*.jpg')")
@@ -149,14 +164,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
                 continue
             tiles.reset()
             probability, mask, defects = predict_one(image, segmenter, cfg, threshold, tile_size, show_tiles)
-            files = {"mask": output_dir / "masks" / f"{stem}.png"}
-            write_png(files["mask"], mask.astype(np.uint8) * np.uint8(255))
-            if cfg.save.overlay:
-                files["overlay"] = output_dir / "overlays" / f"{stem}.png"
-                write_png(files["overlay"], draw_overlay(image, mask, defects, **OmegaConf.to_container(cfg.overlay)))
-            probability_file = write_probability(output_dir / "probabilities" / stem, probability, str(cfg.save.probability or "none"))
-            if probability_file:
-                files["probability"] = probability_file
+            files = save_photo_outputs(output_dir, stem, image, probability, mask, defects, cfg)
             height, width = mask.shape
             records.append({
                 "image": str(path),
