@@ -25,13 +25,15 @@ REAL_BUDGETS ?= 10,25,50,100,null
 REAL_ENCODER ?=
 REAL_SKIP = if [ ! -d "$(SHARED_DATASETS)" ]; then echo "$@: skipped, no real data sets at $(SHARED_DATASETS) (set SHARED_DATASETS=DIR)"; exit 0; fi
 
-.PHONY: help install demo pretrain finetune check-data compare label-efficiency compare-real label-efficiency-real report test tensorboard data clean
+.PHONY: help install demo pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real report test tensorboard data clean
 
 help:
 	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min), Table-1 summary"
 	@echo "make pretrain          stage 1: encoder as crack classifier (paper protocol: Adam, lr 1e-4, 100 epochs)"
 	@echo "make finetune          stage 2: decoder on defect masks with the stage-1 encoder frozen"
 	@echo "make check-data        check a data set (counts, sizes, mask values, bad files, duplicates), e.g. ARGS=\"dataset=folder_seg dataset.root=DIR\""
+	@echo "make predict           masks, overlays, defect measurements for photos: ARGS=\"input=PHOTO|FOLDER|'GLOB'\""
+	@echo "make export            the latest fine-tuned model as ONNX + TorchScript, checked against PyTorch"
 	@echo "make compare           sweep scratch / frozen / full fine-tuning x 3 seeds: report.md, report.csv, compare.png"
 	@echo "make label-efficiency  Dice vs number of labelled images, scratch vs transfer"
 	@echo "make compare-real      the comparison on real photos (../shared/datasets): stage 1 on real crack photos, 3 real sets x 3 modes x 3 seeds"
@@ -58,6 +60,12 @@ pretrain: $(STAMP)
 
 finetune: $(STAMP)
 	$(PY) -m defectseg.finetune $(ARGS)
+
+predict: $(STAMP)
+	$(PY) -m defectseg.predict $(ARGS)
+
+export: $(STAMP)
+	$(PY) -m defectseg.export $(ARGS)
 
 data: $(STAMP)
 	$(PY) -m defectseg.data.synthetic cls data/synthetic_concrete_cracks_227px_n1000_seed0 --n 1000

@@ -23,7 +23,7 @@ from defectseg.models.encoder_io import load_encoder, resolve_encoder_path
 from defectseg.training.modules import SegmentationTask
 from defectseg.training.runner import Run, seed_run
 from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
-from defectseg.utils.io import atomic_write_json
+from defectseg.utils.io import atomic_write_json, point_link
 from defectseg.utils.naming import register_resolvers
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     run.fit(task, datamodule)
     tested = run.trainer.test(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
     best = run.history.best("val/dice", "max")
+    tuned = task.tuned_threshold or {}  # the best checkpoint's, restored when test loaded it
 
     metrics: dict[str, Any] = {
         "stage": "finetune",
@@ -110,11 +111,16 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         "test_dice": tested.get("test/dice"),
         "test_dice_per_image": [round(v, 6) for v in task.test_dice_per_image],
         "threshold": float(task.hparams.threshold),
+        "best_threshold": tuned.get("best_threshold"),
+        "val_dice_at_best_threshold": tuned.get("val_dice_at_best_threshold"),
+        "test_dice_at_best_threshold": task.test_dice_by_threshold.get(tuned.get("best_threshold")),
         "pretrained_encoder": pretrained,
         **run.summary(),
     }
     if run.trainer.is_global_zero:
         atomic_write_json(run.output_dir / "metrics.json", metrics)
+        if cfg.paths.get("finetune_latest"):
+            point_link(cfg.paths.finetune_latest, run.output_dir)  # where predict and export look by default
         log.info("freeze=%s: best val Dice %.4f (epoch %s), test Dice %.4f -> %s", policy.mode, _or_nan(metrics["best_val_dice"]), metrics["best_epoch"], _or_nan(metrics["test_dice"]), run.output_dir / "metrics.json")
     run.log_hparams(
         {"stage": "finetune", "model": metrics["model"], "freeze": policy.mode, "dataset": metrics["dataset"], "seed": metrics["seed"], "train_images": metrics.get("train_images", 0), "lr": float(cfg.optim.lr)},

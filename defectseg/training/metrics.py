@@ -9,6 +9,7 @@ and silently drop it; an empty truth with a non-empty prediction scores 0.
 from __future__ import annotations
 
 import torch
+from torchmetrics import Metric
 from torchmetrics.segmentation import DiceScore
 from torchmetrics.utilities import dim_zero_cat
 
@@ -36,3 +37,53 @@ class DefectDice(DiceScore):
     def compute(self) -> torch.Tensor:
         scores = self.per_image()
         return scores.mean() if scores.numel() else torch.tensor(float("nan"))
+
+
+#: thresholds stage 2 tries on the validation set (predict uses the best one by default)
+THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+#: checkpoint key under which stage 2 stores the tuned threshold (plain floats: weights_only loading)
+TUNED_THRESHOLD_KEY = "tuned_threshold"
+
+
+class ThresholdSweep(Metric):
+    """Dice counted as DefectDice counts it, at every threshold of a grid at once, from probabilities.
+
+    Picks the threshold that maximises validation Dice; BCE + Dice training often leaves the
+    best cut-off away from 0.5, and the right one is a property of the trained model.
+    """
+
+    full_state_update = False
+
+    def __init__(self, thresholds: tuple[float, ...] = THRESHOLD_GRID, empty_score: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.empty_score = float(empty_score)
+        self.add_state("intersections", default=[], dist_reduce_fx="cat")
+        self.add_state("totals", default=[], dist_reduce_fx="cat")
+
+    def update(self, probabilities: torch.Tensor, target: torch.Tensor) -> None:
+        """``probabilities``: Nx1xHxW in [0, 1]; ``target``: Nx1xHxW binary."""
+        grid = torch.tensor(self.thresholds, device=probabilities.device, dtype=torch.float32)
+        truth = target.flatten(1) > 0
+        predicted = probabilities.flatten(1).float()[:, None, :] > grid[None, :, None]  # N x T x pixels
+        self.intersections.append((predicted & truth[:, None, :]).sum(dim=-1))
+        self.totals.append(predicted.sum(dim=-1) + truth.sum(dim=-1, keepdim=True))
+
+    def compute(self) -> torch.Tensor:
+        """Mean per-image Dice at each threshold of the grid (NaN when nothing was seen)."""
+        if not self.intersections:
+            return torch.full((len(self.thresholds),), float("nan"))
+        intersections = dim_zero_cat(self.intersections).float()
+        totals = dim_zero_cat(self.totals).float()
+        scores = torch.where(totals == 0, torch.full_like(totals, self.empty_score), 2.0 * intersections / totals.clamp_min(1))
+        return scores.mean(dim=0)
+
+    def best(self, prefer: float = 0.5) -> dict[str, float] | None:
+        """The threshold with the highest Dice (ties: the one nearest ``prefer``) and that Dice."""
+        curve = self.compute()
+        if torch.isnan(curve).all():
+            return None
+        top = float(curve.max())
+        candidates = [i for i, value in enumerate(curve.tolist()) if value >= top - 1e-9]
+        index = min(candidates, key=lambda i: abs(self.thresholds[i] - prefer))
+        return {"best_threshold": self.thresholds[index], "val_dice_at_best_threshold": round(top, 6)}

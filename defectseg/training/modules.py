@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import AUROC, Accuracy
 
 from defectseg.training.losses import BCEDiceLoss
-from defectseg.training.metrics import DefectDice
+from defectseg.training.metrics import TUNED_THRESHOLD_KEY, DefectDice, ThresholdSweep
 
 
 def images_to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -103,6 +103,11 @@ class SegmentationTask(L.LightningModule):
         self.val_dice = DefectDice(empty_score=empty_score)
         self.test_dice = DefectDice(empty_score=empty_score)
         self.test_dice_per_image: list[float] = []
+        # Dice over a grid of thresholds: the best on val is stored with each checkpoint for predict
+        self.val_threshold_sweep = ThresholdSweep(empty_score=empty_score)
+        self.test_threshold_sweep = ThresholdSweep(empty_score=empty_score)
+        self.tuned_threshold: dict[str, float] | None = None
+        self.test_dice_by_threshold: dict[float, float] = {}
         self.preview: dict[str, torch.Tensor] | None = None
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -115,16 +120,17 @@ class SegmentationTask(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
         return loss
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str, dice: DefectDice) -> torch.Tensor:
+    def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str, dice: DefectDice, sweep: ThresholdSweep) -> torch.Tensor:
         logits = self(batch["image"]).float()
         masks = batch["mask"]
         self.log(f"{prefix}/loss", self.loss(logits, masks), on_epoch=True, prog_bar=True, batch_size=len(masks), sync_dist=True)
         probabilities = torch.sigmoid(logits)
         dice.update(probabilities > self.hparams.threshold, masks > 0)
+        sweep.update(probabilities, masks)
         return probabilities
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        probabilities = self._evaluate(batch, "val", self.val_dice)
+        probabilities = self._evaluate(batch, "val", self.val_dice, self.val_threshold_sweep)
         if batch_idx == 0 and self.hparams.preview_images:
             k = self.hparams.preview_images
             self.preview = {"image": batch["image"][:k].detach(), "mask": batch["mask"][:k].detach(), "probability": probabilities[:k].detach()}
@@ -132,14 +138,29 @@ class SegmentationTask(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log("val/dice", self.val_dice.compute(), prog_bar=True, sync_dist=False)
         self.val_dice.reset()
+        self.tuned_threshold = self.val_threshold_sweep.best(prefer=self.hparams.threshold)
+        self.val_threshold_sweep.reset()
+        if self.tuned_threshold:
+            self.log("val/best_threshold", self.tuned_threshold["best_threshold"])
+            self.log("val/dice_at_best_threshold", self.tuned_threshold["val_dice_at_best_threshold"])
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_dice)
+        self._evaluate(batch, "test", self.test_dice, self.test_threshold_sweep)
 
     def on_test_epoch_end(self) -> None:
         self.test_dice_per_image = self.test_dice.per_image().tolist()
         self.log("test/dice", self.test_dice.compute())
         self.test_dice.reset()
+        self.test_dice_by_threshold = dict(zip(self.test_threshold_sweep.thresholds, self.test_threshold_sweep.compute().tolist()))
+        self.test_threshold_sweep.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Each checkpoint carries the threshold tuned on the validation pass of its own weights."""
+        if self.tuned_threshold:
+            checkpoint[TUNED_THRESHOLD_KEY] = dict(self.tuned_threshold)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tuned_threshold = checkpoint.get(TUNED_THRESHOLD_KEY, self.tuned_threshold)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(trainable_parameters(self), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

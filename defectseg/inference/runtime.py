@@ -1,0 +1,76 @@
+"""Which model to run: a fine-tuned checkpoint (PyTorch) or an exported ONNX file (ONNX Runtime).
+
+Both answer the same call, N x 3 x h x w float32 images in [0, 1] -> N x 1 x h x w
+probabilities, and carry a ``ModelInfo`` (threshold, tile size, size multiple), so the
+rest of predict does not know which one runs. Nothing here imports torch: an ONNX model
+runs with numpy and onnxruntime alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from defectseg.utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: key of the JSON ModelInfo in an exported ONNX model's metadata
+ONNX_METADATA_KEY = "defectseg"
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class ModelInfo:
+    """What predict needs to know besides the weights; travels inside exported models."""
+
+    source: str
+    runtime: str
+    threshold: float = DEFAULT_THRESHOLD
+    threshold_source: str = "default"
+    tile_size: int | None = None
+    multiple: int = 32
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Segmenter(Protocol):
+    info: ModelInfo
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+
+def resolve_model_path(location: str | Path | None) -> Path:
+    """A fine-tune run directory (its best checkpoint), a ``.ckpt`` or an exported ``.onnx`` file."""
+    hint = "run `make finetune` first, or set checkpoint=PATH (a fine-tune run directory, its checkpoints/best.ckpt, or an exported model.onnx)"
+    if not location:
+        raise UserError(f"no model given: {hint}")
+    path = Path(str(location)).expanduser()
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt", path / "model.onnx"):
+            if candidate.is_file():
+                if candidate.name == "last.ckpt":
+                    log.warning("%s has no best.ckpt; using last.ckpt", path)
+                return candidate
+        raise UserError(f"{path}: holds neither checkpoints/best.ckpt nor model.onnx: {hint}")
+    if path.is_file():
+        return path
+    raise UserError(f"no fine-tuned model at {path}: {hint}")
+
+
+def load_segmenter(location: str | Path | None, device: str = "auto") -> Segmenter:
+    """The model behind ``location``; ONNX files run in ONNX Runtime (no torch import), the rest in PyTorch."""
+    path = resolve_model_path(location)
+    if path.suffix.lower() == ".onnx":
+        from defectseg.inference.onnx_runtime import OnnxSegmenter
+
+        return OnnxSegmenter(path, device)
+    from defectseg.inference.torch_runtime import TorchSegmenter
+
+    return TorchSegmenter.from_checkpoint(path, device)

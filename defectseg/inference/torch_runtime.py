@@ -1,0 +1,130 @@
+"""A fine-tuned checkpoint as an inference model, in PyTorch.
+
+The network is rebuilt from the run's own saved config (``config.yaml``, else
+``.hydra/config.yaml``) with ``hydra.utils.instantiate``, so any model config works, and
+its weights are read with ``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from defectseg.inference.runtime import DEFAULT_THRESHOLD, ModelInfo
+from defectseg.training.metrics import TUNED_THRESHOLD_KEY
+from defectseg.utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class ProbabilityModel(nn.Module):
+    """Images in [0, 1] -> defect probabilities: what predict runs and what export writes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(images))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device}, but PyTorch sees no CUDA GPU here: use device=auto or device=cpu")
+    return torch.device(device)
+
+
+def size_multiple(model: nn.Module) -> int:
+    """What the network's input sides must be divisible by (the encoder's total downsampling)."""
+    encoder = getattr(model, "encoder", None)
+    for name in ("reduction", "output_stride"):
+        value = getattr(encoder, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 32
+
+
+def run_config(checkpoint: Path) -> DictConfig:
+    """The config of the run that wrote ``checkpoint`` (``RUN/checkpoints/best.ckpt``)."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    for candidate in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if candidate.is_file():
+            cfg = OmegaConf.load(candidate)
+            if OmegaConf.select(cfg, "model._target_") is None:
+                raise UserError(f"{candidate}: has no model config (model._target_), so the network of {checkpoint} cannot be rebuilt")
+            return cfg
+    raise UserError(f"{checkpoint}: cannot rebuild its network: no config.yaml or .hydra/config.yaml in its run directory {run_dir} (keep checkpoints inside the run directory stage 2 wrote)")
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, not a checkpoint, pickled objects refused by weights_only
+        raise UserError(f"{path}: cannot read the checkpoint ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def checkpoint_threshold(checkpoint: dict[str, Any]) -> tuple[float, str]:
+    """The threshold stage 2 tuned on validation Dice, else the training config's, else 0.5."""
+    tuned = checkpoint.get(TUNED_THRESHOLD_KEY) or {}
+    if tuned.get("best_threshold") is not None:
+        return float(tuned["best_threshold"]), f"tuned on validation Dice (val Dice {tuned.get('val_dice_at_best_threshold')})"
+    trained = (checkpoint.get("hyper_parameters") or {}).get("threshold")
+    if trained is not None:
+        return float(trained), "training config (task.threshold)"
+    return DEFAULT_THRESHOLD, "default"
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
+    """The fine-tuned network (eval mode, on the CPU) and what predict needs to know about it."""
+    path = Path(path)
+    cfg = run_config(path)
+    checkpoint = read_checkpoint(path)
+    model = instantiate(cfg.model)
+    prefix = "model."
+    state = {key[len(prefix) :]: value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise UserError(f"{path}: its weights do not fit the model in its run's config ({str(error).splitlines()[0]})") from error
+    model.eval()
+    threshold, source = checkpoint_threshold(checkpoint)
+    tile_size = OmegaConf.select(cfg, "dataset.image_size")
+    info = ModelInfo(
+        source=str(path.resolve()),
+        runtime="torch",
+        threshold=threshold,
+        threshold_source=source,
+        tile_size=int(tile_size) if tile_size else None,
+        multiple=size_multiple(model),
+        architecture=dict(getattr(model, "architecture", {}) or {}),
+    )
+    return model, info
+
+
+class TorchSegmenter:
+    def __init__(self, model: nn.Module, info: ModelInfo, device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.network = ProbabilityModel(model).to(self.device).eval()
+        self.info = info
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> TorchSegmenter:
+        model, info = load_model(path)
+        return cls(model, info, device)
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+        return self.network(batch).float().cpu().numpy()
