@@ -61,11 +61,11 @@ def load_pretrained(model: Any, policy: FreezePolicy, location: str | None) -> d
     return {"path": str(path.resolve()), "sha256": info.get("sha256"), **info.get("pretrain", {})}
 
 
-def calibrate_features(model: Any, datamodule: Any, batches: int) -> None:
-    """Fix the decoder's input scale from un-augmented training images (see FeatureStandardizer)."""
+def calibrate_features(model: Any, datamodule: Any, batches: int) -> list[float | None]:
+    """Fix the decoder's input scale from un-augmented training images (see FeatureStandardizer); per level, the share of silent channels."""
     loader = DataLoader(datamodule.calibration_dataset(), batch_size=datamodule.batch_size, shuffle=False)
     images = (batch["image"].float() / 255.0 for batch, _ in zip(loader, range(batches)))
-    model.calibrate_feature_scale(images)
+    return model.calibrate_feature_scale(images)
 
 
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
@@ -80,8 +80,15 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     run.record_split(datamodule)
     frozen_levels = policy.apply(model)
+    silent_channels = None
     if cfg.get("calibrate_features", True) and run.resume_from is None:  # a checkpoint carries the calibration
-        calibrate_features(model, datamodule, int(cfg.get("calibration_batches", 8)))
+        silent_channels = calibrate_features(model, datamodule, int(cfg.get("calibration_batches", 8)))
+        if pretrained is not None and silent_channels and max(f or 0.0 for f in silent_channels) > 0.2:
+            log.warning(
+                "the pretrained encoder has channels that never fire on these images (share per level: %s): they carry nothing to the decoder; "
+                "a stage 1 with a lower optim.lr, or freeze=none, may transfer better",
+                ", ".join("-" if f is None else f"{f:.0%}" for f in silent_channels),
+            )
     counts = parameter_counts(model)
     task = SegmentationTask(model, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), **cfg.task)
     log.info(
@@ -100,6 +107,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         "model": model.name,
         "freeze": policy.mode,
         "freeze_depth": frozen_levels if policy.mode == "partial" else None,
+        "encoder_silent_channels": silent_channels,
         "pretrain_task": (pretrained or {}).get("pretrain_task"),
         "dataset": datamodule.name,
         "experiment": cfg.get("experiment_name"),

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from defectseg.config_validation import validate_config
 from defectseg.models import EncoderClassifier, parameter_counts
+from defectseg.models.segmentation import relative_weight_change
 from defectseg.models.encoder_io import save_encoder
 from defectseg.training.modules import ClassificationTask
 from defectseg.training.runner import Run, seed_run
@@ -47,6 +48,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     run.log_text("model/parameters", parameters)
     log.info("stage 1 on %s: %s images (%s), classes %s, %s; %s", ", ".join(map(str, datamodule.roots)), datamodule.summary(), run.device, datamodule.class_names, run.precision, parameters)
 
+    initial_encoder = {name: tensor.detach().clone() for name, tensor in network.encoder.state_dict().items()}
     run.fit(task, datamodule)
     validated = run.trainer.validate(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
     tested, tested_by_source = {}, {}
@@ -56,6 +58,12 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
             result = run.trainer.test(task, dataloaders=loader, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
             tested_by_source[source] = {"test_images": len(loader.dataset), "test_accuracy": result.get("test/accuracy"), "test_auroc": result.get("test/auroc")}
 
+    encoder_change = relative_weight_change(initial_encoder, network.encoder)  # the best checkpoint's weights, loaded by test/validate
+    if encoder_change < 0.02:
+        log.warning(
+            "stage 1 moved the encoder's weights by only %.1f%% of their norm: it is close to its random init, so a frozen transfer carries little; "
+            "train stage 1 longer or on more photos", 100 * encoder_change,
+        )
     metrics: dict[str, Any] = {
         "stage": "pretrain",
         "pretrain_task": "classification",
@@ -74,6 +82,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         "best_val_accuracy": validated.get("val/accuracy"),
         "best_val_auroc": validated.get("val/auroc"),
         "best_epoch": run.history.best("val/loss", "min").get("epoch"),
+        "encoder_weight_change": encoder_change,
         "test_accuracy": tested.get("test/accuracy"),
         "test_auroc": tested.get("test/auroc"),
         "test_by_source": tested_by_source or None,

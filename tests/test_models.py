@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from defectseg.models import EncoderClassifier, FreezePolicy, parameter_counts, unet_paper
-from defectseg.models.segmentation import count_parameters
+from defectseg.models.segmentation import FeatureStandardizer, count_parameters, relative_weight_change
 
 TOTAL, ENCODER, DECODER_AND_HEAD = 7_846_657, 4_712_224, 3_134_433
 
@@ -183,3 +183,23 @@ def test_classifier_logit_shape(num_classes, logits):
     with torch.no_grad():
         out = clf(torch.rand(4, 3, 32, 32))
     assert out.shape == (4, logits)
+
+
+def test_relative_weight_change_measures_how_far_training_moved_a_module():
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    initial = {k: v.clone() for k, v in module.state_dict().items()}
+    assert relative_weight_change(initial, module) == 0.0
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.mul_(1.1)
+    assert relative_weight_change(initial, module) == pytest.approx(0.1, rel=1e-4)
+
+
+def test_feature_calibration_reports_channels_that_never_fire():
+    standardizer = FeatureStandardizer([4, 2])
+    level0 = torch.rand(3, 4, 5, 5)
+    level0[:, 1:3] = 0.0  # two ReLU channels silent on every image
+    level1 = torch.rand(3, 2, 2, 2)
+    silent = standardizer.calibrate([[level0, level1]])
+    assert silent == [0.5, 0.0]
+    assert torch.equal(standardizer.inv_std_0[0, 1:3].flatten(), torch.ones(2))  # silent channels keep scale 1

@@ -90,6 +90,7 @@ def test_stage1_then_stage2_transfers_and_freezes_the_encoder(compose_config, cl
     assert metrics1["stage"] == "pretrain" and metrics1["encoder_params"] == 4_712_224
     for key in ("best_val_accuracy", "best_val_auroc", "train_seconds", "train_images_per_second", "seed"):
         assert key in metrics1
+    assert 0.0 < metrics1["encoder_weight_change"] < 1.0  # stage 1 trained the encoder, from its init
 
     cfg2 = compose_config("finetune", stage2_overrides(segmentation_set, "encoder"), run_name="s2")
     captured = {}
@@ -118,6 +119,8 @@ def test_stage1_then_stage2_transfers_and_freezes_the_encoder(compose_config, cl
                 "epochs", "train_seconds", "train_images_per_second", "test_dice_per_image", "train_images"):
         assert key in saved, key
     assert 0.0 <= saved["test_dice"] <= 1.0
+    silent = saved["encoder_silent_channels"]
+    assert len(silent) == 5 and all(0.0 <= share <= 1.0 for share in silent)
     assert len(saved["test_dice_per_image"]) == saved["test_images"]
     assert (Path(metrics2["output_dir"]) / "split.json").is_file()
     assert list((Path(metrics2["output_dir"]) / "tensorboard").glob("events.out.tfevents.*"))

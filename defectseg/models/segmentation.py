@@ -49,8 +49,12 @@ class FeatureStandardizer(nn.Module):
         ]
 
     @torch.no_grad()
-    def calibrate(self, feature_batches: Iterable[Sequence[torch.Tensor]]) -> None:
-        """Set mean/std per channel from raw (unstandardised) encoder features; dead channels stay at scale 1."""
+    def calibrate(self, feature_batches: Iterable[Sequence[torch.Tensor]]) -> list[float | None]:
+        """Set mean/std per channel from raw (unstandardised) encoder features; dead channels stay at scale 1.
+
+        Returns, per level, the fraction of channels that are constant on these images (a ReLU
+        unit that never fires carries nothing to the decoder: a transfer diagnostic).
+        """
         sums: list[torch.Tensor | None] = [None] * self.levels
         squares: list[torch.Tensor | None] = [None] * self.levels
         count = [0] * self.levels
@@ -64,14 +68,17 @@ class FeatureStandardizer(nn.Module):
                 count[i] += values.shape[1]
         if not any(count):
             raise ValueError("feature calibration saw no images")
+        silent: list[float | None] = [None] * self.levels
         for i in range(self.levels):
             if not count[i]:
                 continue
             mean = sums[i] / count[i]
             std = (squares[i] / count[i] - mean.pow(2)).clamp_min(0).sqrt()
+            silent[i] = float((std <= 1e-6).float().mean())
             inv_std = torch.where(std > 1e-6, 1.0 / std.clamp_min(1e-6), torch.ones_like(std))
             getattr(self, f"mean_{i}").copy_(mean.view(1, -1, 1, 1))
             getattr(self, f"inv_std_{i}").copy_(inv_std.view(1, -1, 1, 1))
+        return silent
 
 
 class SegmentationModel(nn.Module):
@@ -123,12 +130,13 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"{self.name} needs image sides that are multiples of {self.input_multiple}, got {height}x{width}: set dataset.image_size accordingly")
 
     @torch.no_grad()
-    def calibrate_feature_scale(self, image_batches: Iterable[torch.Tensor]) -> None:
-        """Standardise the decoder's inputs from a few training batches (floats in [0, 1])."""
+    def calibrate_feature_scale(self, image_batches: Iterable[torch.Tensor]) -> list[float | None]:
+        """Standardise the decoder's inputs from a few training batches (floats in [0, 1]); per level, the share of silent channels."""
         was_training = self.training
         self.eval()
-        self.feature_scale.calibrate(self.encoder(self.normalize(images)) for images in image_batches)
+        silent = self.feature_scale.calibrate(self.encoder(self.normalize(images)) for images in image_batches)
         self.train(was_training)
+        return silent
 
     def mark_frozen(self, modules: Sequence[nn.Module]) -> None:
         """Modules that ``train()`` must leave in eval mode (frozen BatchNorm keeps its statistics)."""
@@ -154,6 +162,22 @@ def unet_paper(in_channels: int = 3, channels: Sequence[int] = (32, 64, 128, 256
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+@torch.no_grad()
+def relative_weight_change(initial: dict[str, torch.Tensor], module: nn.Module) -> float:
+    """||W - W0|| / ||W0|| over a module's floating-point weights: how far training moved it from where it started.
+
+    Why: an encoder that stage 1 barely moved is its random init with a trained head on top;
+    freezing it transfers next to nothing (measured: < 1 % on the quick experiment).
+    """
+    moved = start = 0.0
+    for name, tensor in module.state_dict().items():
+        if name in initial and tensor.is_floating_point():
+            before = initial[name].to(tensor.device, torch.float32)
+            moved += float((tensor.float() - before).pow(2).sum())
+            start += float(before.pow(2).sum())
+    return (moved / start) ** 0.5 if start else 0.0
 
 
 def parameter_counts(model: SegmentationModel) -> dict[str, int]:
