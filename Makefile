@@ -15,7 +15,7 @@ SEEDS ?= 0,1,2
 MODES ?= scratch,encoder,none
 BUDGETS ?= 10,25,50,100,null
 
-.PHONY: help install demo pretrain finetune compare label-efficiency report test tensorboard data clean
+.PHONY: help install demo pretrain finetune compare label-efficiency report test tensorboard data bench clean
 
 help:
 	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min), Table-1 summary"
@@ -24,6 +24,7 @@ help:
 	@echo "make compare           sweep scratch / frozen / full fine-tuning x 3 seeds: report.md, report.csv, compare.png"
 	@echo "make label-efficiency  Dice vs number of labelled images, scratch vs transfer"
 	@echo "make test              the test suite"
+	@echo "make bench             training/inference throughput: pipeline vs bare PyTorch loop, GFLOP/s, memory -> benchmarks/results.md"
 	@echo "make tensorboard       TensorBoard over outputs/"
 	@echo "Hydra overrides go in ARGS=\"...\", e.g. make finetune ARGS=\"freeze=scratch\""
 
@@ -66,6 +67,10 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# Pass benchmark options in ARGS, e.g. make bench ARGS="--steps 40 --repeats 3 --note 'quiet machine'"
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py $(ARGS)
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir outputs $(ARGS)

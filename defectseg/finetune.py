@@ -63,12 +63,13 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    datamodule.write_split(run.output_dir / "split.json")
+    if run.trainer.is_global_zero:  # under DDP every rank runs this function; one writes
+        datamodule.write_split(run.output_dir / "split.json")
     policy.apply(model)
     if cfg.get("calibrate_features", True):
         calibrate_features(model, datamodule, int(cfg.get("calibration_batches", 8)))
     counts = parameter_counts(model)
-    task = SegmentationTask(model, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), **cfg.task)
+    task = SegmentationTask(model, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), compile=bool(cfg.get("compile", False)), **cfg.task)
     log.info(
         "stage 2, freeze=%s: %s of %s parameters train; data %s %s; %s, %s",
         policy.mode, f"{counts['trainable_params']:,}", f"{counts['total_params']:,}", datamodule.root, datamodule.summary(), run.device, run.precision,

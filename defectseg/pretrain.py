@@ -34,11 +34,12 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    datamodule.write_split(run.output_dir / "split.json")
+    if run.trainer.is_global_zero:  # under DDP every rank runs this function; one writes
+        datamodule.write_split(run.output_dir / "split.json")
 
     segmentation_model = instantiate(cfg.model)
     network = EncoderClassifier(segmentation_model, num_classes=datamodule.num_classes, hidden=list(cfg.head.hidden), dropout=float(cfg.head.dropout), pooling=str(cfg.head.pooling))
-    task = ClassificationTask(network, num_classes=datamodule.num_classes, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last))
+    task = ClassificationTask(network, num_classes=datamodule.num_classes, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), compile=bool(cfg.get("compile", False)))
     log.info("stage 1 on %s: %s images (%s), classes %s, %s", datamodule.root, datamodule.summary(), run.device, datamodule.class_names, run.precision)
 
     run.trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
