@@ -29,6 +29,7 @@ import argparse
 import json
 import re
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -133,7 +134,14 @@ class Bench:
         ]
         self.base_overrides += args.set  # the bare loop takes model, optimiser and loss from the same config
         self.cfg = compose(self.base_overrides)
-        self.workdir = Path(tempfile.mkdtemp(prefix="defectseg_bench_"))
+        self._workdir: Path | None = None
+
+    @property
+    def workdir(self) -> Path:
+        """Scratch space for the pipeline runs (made on first use, removed by run())."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="defectseg_bench_"))
+        return self._workdir
 
     # ---- the two contenders -------------------------------------------------------------
 
@@ -333,12 +341,21 @@ def alternate(repeats: int, first: Callable[[], dict[str, float]], second: Calla
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from defectseg.training.runner import device_name
-
     torch.set_float32_matmul_precision("high")  # as the pipeline's Run does (TF32 on GPUs)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # as trainer.benchmark=true does
     bench = Bench(args)
+    try:
+        return measure(bench)
+    finally:
+        if bench._workdir is not None:
+            shutil.rmtree(bench._workdir, ignore_errors=True)  # the pipeline runs' checkpoints
+
+
+def measure(bench: Bench) -> dict[str, Any]:
+    from defectseg.training.runner import device_name
+
+    args = bench.args
     half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(bench.precision)
     peaks = {"float32": bench.matmul_peak(torch.float32)}
     if half is not None:
