@@ -25,7 +25,7 @@ REAL_BUDGETS ?= 10,25,50,100,null
 REAL_ENCODER ?=
 REAL_SKIP = if [ ! -d "$(SHARED_DATASETS)" ]; then echo "$@: skipped, no real data sets at $(SHARED_DATASETS) (set SHARED_DATASETS=DIR)"; exit 0; fi
 
-.PHONY: help install demo pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real report test tensorboard data clean
+.PHONY: help install demo pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real report test tensorboard data bench clean
 
 help:
 	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min), Table-1 summary"
@@ -39,6 +39,7 @@ help:
 	@echo "make compare-real      the comparison on real photos (../shared/datasets): stage 1 on real crack photos, 3 real sets x 3 modes x 3 seeds"
 	@echo "make label-efficiency-real  Dice vs labelled images on one real set (REAL_LE_SET), scratch vs transfer"
 	@echo "make test              the test suite"
+	@echo "make bench             training/inference throughput: pipeline vs bare PyTorch loop, GFLOP/s, memory -> benchmarks/results.md"
 	@echo "make tensorboard       TensorBoard over outputs/"
 	@echo "Hydra overrides go in ARGS=\"...\", e.g. make finetune ARGS=\"freeze=scratch\""
 
@@ -107,6 +108,10 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# Pass benchmark options in ARGS, e.g. make bench ARGS="--steps 40 --repeats 3 --note 'quiet machine'"
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py $(ARGS)
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir outputs $(ARGS)

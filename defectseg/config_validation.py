@@ -94,6 +94,7 @@ COMMON: dict[str, Any] = {
     "channels_last": Key((bool,)),
     "ckpt_path": Key((str, NONE)),
     "resume": Key((bool,)),
+    "compile": Key((bool,)),
     "optim": {"lr": Key((float,), positive), "weight_decay": Key((float,), at_least(0))},
     "paths": Free,
     "hydra": Free,

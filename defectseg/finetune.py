@@ -90,7 +90,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
                 ", ".join("-" if f is None else f"{f:.0%}" for f in silent_channels),
             )
     counts = parameter_counts(model)
-    task = SegmentationTask(model, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), **cfg.task)
+    task = SegmentationTask(model, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), compile=bool(cfg.get("compile", False)), **cfg.task)
     log.info(
         "stage 2, freeze=%s: %s of %s parameters train; data %s %s; %s, %s",
         policy.mode, f"{counts['trainable_params']:,}", f"{counts['total_params']:,}", datamodule.root, datamodule.summary(), run.device, run.precision,

@@ -41,7 +41,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     run.record_split(datamodule)
 
     network = EncoderClassifier(segmentation_model, num_classes=datamodule.num_classes, hidden=list(cfg.head.hidden), dropout=float(cfg.head.dropout), pooling=str(cfg.head.pooling))
-    task = ClassificationTask(network, num_classes=datamodule.num_classes, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last))
+    task = ClassificationTask(network, num_classes=datamodule.num_classes, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), compile=bool(cfg.get("compile", False)))
     counts = parameter_counts(segmentation_model)
     head_params = sum(p.numel() for p in network.head.parameters())
     parameters = f"{segmentation_model.name} encoder: {counts['encoder_params']:,} | classification head: {head_params:,}"

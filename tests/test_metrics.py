@@ -101,6 +101,24 @@ def test_compute_before_update_is_nan_and_per_image_empty():
         assert math.isnan(float(metric.compute()))
 
 
+def test_indices_give_dataset_order_and_drop_padded_duplicates():
+    """What a DistributedSampler delivers: images out of order, the last rank padded with a repeat."""
+    metric = DefectDice()
+    metric.update(torch.cat([mask("1000"), mask("1111")]), torch.cat([mask("1100"), mask("1111")]), index=torch.tensor([1, 0]))  # 2/3, 1.0
+    metric.update(mask("1100"), mask("1100"), index=torch.tensor([2]))  # 1.0
+    metric.update(mask("1000"), mask("1100"), index=torch.tensor([1]))  # image 1 again (padding)
+    assert metric.per_image().tolist() == pytest.approx([1.0, 2 / 3, 1.0])
+    assert float(metric.compute()) == pytest.approx((1.0 + 2 / 3 + 1.0) / 3)
+
+
+def test_indices_for_some_updates_only_are_refused():
+    metric = DefectDice()
+    metric.update(mask("1000"), mask("1100"), index=torch.tensor([0]))
+    metric.update(mask("1000"), mask("1100"))
+    with pytest.raises(ValueError, match="indices"):
+        metric.compute()
+
+
 # --- losses -----------------------------------------------------------------------------------
 
 

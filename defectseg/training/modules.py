@@ -21,15 +21,32 @@ def images_to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
+def prepare_network(network: nn.Module, channels_last: bool, compile: bool) -> None:
+    """The fast path both stages share: NHWC weights, and optionally torch.compile in place (state_dict keys unchanged)."""
+    if channels_last:
+        network.to(memory_format=torch.channels_last)
+    if compile:
+        network.compile()
+
+
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     """Frozen parameters stay out of the optimiser: no state, no work for them."""
     return [p for p in module.parameters() if p.requires_grad]
 
 
+def adam(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """The paper's Adam over the trainable parameters, fused into one kernel on CPU and CUDA: the
+    default per-tensor update of unet_paper's 7.8M parameters is hundreds of small kernels
+    (measured on one CPU thread: 12 ms per step fused, 54-62 ms not)."""
+    parameters = trainable_parameters(module)
+    fused = bool(parameters) and all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in parameters)
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 class ClassificationTask(L.LightningModule):
     """Stage 1: encoder + FC head learns crack / no-crack (or N classes)."""
 
-    def __init__(self, network: nn.Module, num_classes: int = 2, lr: float = 1e-4, weight_decay: float = 0.0, channels_last: bool = True) -> None:
+    def __init__(self, network: nn.Module, num_classes: int = 2, lr: float = 1e-4, weight_decay: float = 0.0, channels_last: bool = True, compile: bool = False) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"optim.lr must be positive, got {lr}")
@@ -39,8 +56,7 @@ class ClassificationTask(L.LightningModule):
         metric_args: dict[str, Any] = {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": num_classes}
         self.val_accuracy, self.test_accuracy = Accuracy(**metric_args), Accuracy(**metric_args)
         self.val_auroc, self.test_auroc = AUROC(**metric_args), AUROC(**metric_args)
-        if channels_last:
-            self.network.to(memory_format=torch.channels_last)
+        prepare_network(self.network, channels_last, compile)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(images_to_float(images, self.hparams.channels_last))
@@ -74,7 +90,7 @@ class ClassificationTask(L.LightningModule):
         self._evaluate(batch, "test", self.test_accuracy, self.test_auroc)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(trainable_parameters(self), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return adam(self, self.hparams.lr, self.hparams.weight_decay)
 
 
 class SegmentationTask(L.LightningModule):
@@ -90,6 +106,7 @@ class SegmentationTask(L.LightningModule):
         threshold: float = 0.5,
         empty_score: float = 1.0,
         channels_last: bool = True,
+        compile: bool = False,
         preview_images: int = 4,
     ) -> None:
         super().__init__()
@@ -109,8 +126,7 @@ class SegmentationTask(L.LightningModule):
         self.tuned_threshold: dict[str, float] | None = None
         self.test_dice_by_threshold: dict[float, float] = {}
         self.preview: dict[str, torch.Tensor] | None = None
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        prepare_network(self.model, channels_last, compile)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images_to_float(images, self.hparams.channels_last))
@@ -125,7 +141,7 @@ class SegmentationTask(L.LightningModule):
         masks = batch["mask"]
         self.log(f"{prefix}/loss", self.loss(logits, masks), on_epoch=True, prog_bar=True, batch_size=len(masks), sync_dist=True)
         probabilities = torch.sigmoid(logits)
-        dice.update(probabilities > self.hparams.threshold, masks > 0)
+        dice.update(probabilities > self.hparams.threshold, masks > 0, index=batch.get("index"))
         sweep.update(probabilities, masks)
         return probabilities
 
@@ -163,4 +179,4 @@ class SegmentationTask(L.LightningModule):
         self.tuned_threshold = checkpoint.get(TUNED_THRESHOLD_KEY, self.tuned_threshold)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(trainable_parameters(self), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return adam(self, self.hparams.lr, self.hparams.weight_decay)

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from defectseg.training.callbacks import EpochHistory, FiniteLossGuard, GracefulStop, TrainingClock
@@ -64,6 +64,20 @@ def seed_run(seed: int) -> None:
     L.seed_everything(int(seed), workers=True, verbose=False)
 
 
+def refuse_ddp_launch_in_multirun(trainer: L.Trainer) -> None:
+    """Lightning starts DDP's extra processes by re-running the command line: inside a Hydra
+    multirun (-m) each would start the whole sweep again, so stop with a way out instead."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    if isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher) and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise UserError(
+            "trainer=ddp cannot start its processes inside a Hydra multirun (-m): run each job on its own "
+            "(python -m defectseg.finetune trainer=ddp ...), or sweep with hydra/launcher=slurm, where SLURM starts one process per device"
+        )
+
+
 class Run:
     """One training run's trainer, its bookkeeping callbacks and the files it writes."""
 
@@ -94,12 +108,17 @@ class Run:
         )
         self.stop = GracefulStop()
         callbacks = [self.checkpoint, self.last_checkpoint, self.clock, self.history, FiniteLossGuard(), self.stop]
+        if cfg.trainer.get("enable_progress_bar", True):
+            # Refreshing the bar reads the logged loss back from the device (a sync on GPUs): do it when the logger does, not every step.
+            callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.trainer.get("log_every_n_steps") or 50)))
         callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         self.logger = instantiate(cfg.logger) if cfg.get("logger") else False
         self.trainer: L.Trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=self.logger, precision=self.precision, default_root_dir=str(self.output_dir), plugins=[AtomicCheckpointIO()]
         )
-        atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        refuse_ddp_launch_in_multirun(self.trainer)
+        if self.trainer.is_global_zero:  # known from here on; under DDP only rank 0 writes run files
+            atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     def fit(self, task: L.LightningModule, datamodule: L.LightningDataModule) -> None:
         """``trainer.fit``, resumed when asked; a SIGTERM / Ctrl-C stop becomes a one-line message saying how to resume."""
@@ -125,7 +144,8 @@ class Run:
             changed = [split for split in ("train", "val", "test") if before.get(split, []) != datamodule.split_files.get(split, [])]
             if changed:
                 raise UserError(f"resume: the {'/'.join(changed)} files differ from the interrupted run's ({path}); the data set changed since, so start a new run")
-        datamodule.write_split(path)
+        if self.trainer.is_global_zero:  # under DDP every rank runs the stage; one writes
+            datamodule.write_split(path)
 
     @property
     def best_checkpoint(self) -> str | None:

@@ -1,0 +1,1 @@
+"""Speed and precision benchmarks (make bench); not part of the installed package."""

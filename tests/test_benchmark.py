@@ -1,0 +1,51 @@
+"""The throughput benchmark runs end to end on tiny data (speed is not asserted: figures come from `make bench`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import precision_dice, throughput
+
+
+def test_throughput_benchmark_measures_both_contenders_and_records(segmentation_set, tmp_path, monkeypatch):
+    monkeypatch.setattr(throughput, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(throughput, "RESULTS_LOG", tmp_path / "results.md")
+    args = throughput.parse_args([
+        "--image-size", "32", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--modes", "frozen",
+        "--precision", "32-true", "--peak-size", "128", "--note", "test",
+        "--set", "dataset=folder_seg", "--set", f"dataset.root={segmentation_set}", "--set", f"paths.root_dir={tmp_path}",
+        "--set", "trainer.enable_progress_bar=false", "--set", "~logger", "--set", "model.channels=[4,8,16,32,64]",
+    ])
+    result = throughput.run(args)
+
+    row = result["training"]["frozen"]
+    assert row["freeze"] == "encoder"
+    assert row["pipeline_images_per_second"][0] > 0 and row["bare_images_per_second"][0] > 0
+    assert row["ratio"] == pytest.approx(row["pipeline_images_per_second"][0] / row["bare_images_per_second"][0], rel=1e-3)
+    # The frozen encoder's backward is skipped, so one step costs fewer FLOPs than training everything.
+    scratch_flops = throughput.Bench(args).training_flops("scratch")
+    assert 0 < row["train_gflop_per_step"] * 1e9 < scratch_flops
+    assert result["inference"]["images_per_second"] > 0 and result["inference"]["gflop_per_image"] > 0
+    assert set(result["matmul_peak_gflop_per_second"]) == {"float32"}  # 32-true: no half-precision peak asked for
+
+    path = throughput.record(result)
+    assert json.loads(path.read_text())["machine"] == result["machine"]
+    line = (tmp_path / "results.md").read_text().splitlines()[-1]
+    assert result["machine"] in line and "frozen: pipeline" in line and "test" in line
+
+
+def test_precision_comparison_pairs_runs_per_image():
+    def run(test_dice, per_image, seed):
+        return {"test_dice": test_dice, "best_val_dice": test_dice, "test_dice_per_image": per_image, "train_images_per_second": 1.0, "seed": seed}
+
+    runs = {
+        "bf16-mixed": [run(0.5, [0.4, 0.6], 0), run(0.7, [0.6, 0.8], 1)],
+        "32-true": [run(0.5, [0.5, 0.5], 0), run(0.6, [0.5, 0.7], 1)],
+    }
+    comparison = precision_dice.compare(runs)
+    assert comparison["test_dice_difference_per_seed"] == pytest.approx([0.0, 0.1])
+    assert comparison["32-true"]["test_dice_std_over_seeds"] == pytest.approx(0.0707, abs=1e-4)
+    low, high = comparison["per_image_difference_ci95"]
+    assert low <= 0.0 <= high and comparison["within_noise"]
