@@ -313,6 +313,8 @@ def collect_runs(sweep_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]
         if not isinstance(metrics, dict):
             missing.append({**entry, "reason": "metrics.json is not an object"})
             continue
+        if metrics.get("stage") == "pretrain":
+            continue  # the stage-1 run of a comparison (make compare puts it beside the sweep): not a stage-2 job
         if _finite(metrics.get("test_dice")) is None:
             missing.append({**entry, "reason": "metrics.json has no finite test_dice"})
             continue

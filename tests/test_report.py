@@ -279,6 +279,15 @@ def test_nested_job_dirs_are_collected(tmp_path: Path) -> None:
     assert [m["job"] for m in missing] == ["label_efficiency/4"]
 
 
+def test_stage1_run_beside_the_sweep_is_neither_a_job_nor_missing(tmp_path: Path) -> None:
+    root = tmp_path / "compare"
+    write_job(root, "finetune/0", ["freeze=scratch", "seed=0"], metrics("scratch", 0, 0.7))
+    write_job(root, "pretrain", ["experiment=quick"], {"stage": "pretrain", "test_accuracy": 0.97})
+    runs, missing = collect_runs(root)
+    assert [r["job"] for r in runs] == ["finetune/0"]
+    assert missing == []
+
+
 def test_missing_fields_fall_back_to_overrides(tmp_path: Path) -> None:
     root = tmp_path / "s"
     m = metrics("encoder", 2, 0.8)
