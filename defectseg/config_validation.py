@@ -81,6 +81,13 @@ def _pooling(v: Any) -> Any:
     return GlobalPool(v)
 
 
+def _pretrain_task(v: Any) -> None:
+    from defectseg.training.pretraining import TASKS
+
+    if v not in TASKS:
+        raise ValueError(f"must be one of {', '.join(TASKS)}, got {v!r}")
+
+
 def _freeze_mode(v: Any) -> Any:
     from defectseg.models.freeze import FreezePolicy
 
@@ -112,10 +119,23 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "hidden": Key((list,), lambda v: None if all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v) else f"must be a list of positive layer widths, got {v}"),
             "dropout": Key((float,), lambda v: None if 0 <= v < 1 else f"must lie in [0, 1), got {v}"),
         },
+        "pretrain_task": {  # conf/pretrain_task/*.yaml; each objective reads its own keys
+            "name": Key((str,), raises(_pretrain_task)),
+            "save_decoder": Key((bool,)),
+            "bce_weight": Key((float,), at_least(0)),
+            "dice_weight": Key((float,), at_least(0)),
+            "threshold": Key((float,), between(0, 1, strict=True)),
+            "empty_score": Key((float,), between(0, 1)),
+            "preview_images": Key((int,), at_least(0)),
+            "mask_ratio": Key((float,), between(0, 1, strict=True)),
+            "patch_size": Key((int,), at_least(1)),
+            "normalize_target": Key((bool,)),
+        },
     },
     "finetune": {
         **COMMON,
         "pretrained_encoder": Key((str, NONE)),
+        "init_decoder": Key((bool,)),
         "calibrate_features": Key((bool,)),
         "calibration_batches": Key((int,), at_least(1)),
         "freeze": {"mode": Key((str,), raises(_freeze_mode)), "depth": Key((int, NONE), at_least(1))},
@@ -307,6 +327,10 @@ def _check_across(values: Mapping[str, Any], problems: list[str]) -> None:
     freeze = _section(values, "freeze")
     if freeze.get("mode") == "partial" and levels and isinstance(freeze.get("depth"), int) and freeze["depth"] > levels:
         problems.append(f"freeze.depth: {freeze['depth']} exceeds the encoder's {levels} levels")
+    pretrain_task = _section(values, "pretrain_task")
+    patch = pretrain_task.get("patch_size")
+    if pretrain_task.get("name") == "self_supervised" and isinstance(patch, int) and isinstance(size, int) and patch > 0 and size % patch:
+        problems.append(f"pretrain_task.patch_size: {patch} does not divide dataset.image_size={size} into whole patches")
     task = _section(values, "task")
     if task and task.get("bce_weight", 1) == 0 and task.get("dice_weight", 1) == 0:
         problems.append("task.bce_weight, task.dice_weight: both are 0, so there is nothing to learn from")

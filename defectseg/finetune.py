@@ -15,13 +15,11 @@ from typing import Any
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
-
 from defectseg.config_validation import validate_config
 from defectseg.models import FreezePolicy, parameter_counts
-from defectseg.models.encoder_io import load_encoder, resolve_encoder_path
+from defectseg.models.encoder_io import load_decoder, load_encoder, resolve_encoder_path
 from defectseg.training.modules import SegmentationTask
-from defectseg.training.runner import Run, seed_run
+from defectseg.training.runner import Run, calibrate_features, seed_run
 from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
 from defectseg.utils.io import atomic_write_json, point_link
 from defectseg.utils.naming import register_resolvers
@@ -61,11 +59,16 @@ def load_pretrained(model: Any, policy: FreezePolicy, location: str | None) -> d
     return {"path": str(path.resolve()), "sha256": info.get("sha256"), **info.get("pretrain", {})}
 
 
-def calibrate_features(model: Any, datamodule: Any, batches: int) -> list[float | None]:
-    """Fix the decoder's input scale from un-augmented training images (see FeatureStandardizer); per level, the share of silent channels."""
-    loader = DataLoader(datamodule.calibration_dataset(), batch_size=datamodule.batch_size, shuffle=False)
-    images = (batch["image"].float() / 255.0 for batch, _ in zip(loader, range(batches)))
-    return model.calibrate_feature_scale(images)
+def load_pretrained_decoder(model: Any, pretrained: dict[str, Any] | None) -> list[str] | None:
+    """``init_decoder=true``: the decoder (and, from a segmentation stage 1, the head) from the stage-1 run's decoder.safetensors."""
+    if pretrained is None or not pretrained.get("sha256"):
+        raise UserError("init_decoder=true starts the decoder from a stage-1 run's decoder.safetensors: it needs a stage-1 encoder (pretrained_encoder=DIR, freeze=encoder|none|partial)")
+    try:
+        parts = load_decoder(model, Path(pretrained["path"]).parent, model.architecture)
+    except FileNotFoundError as error:
+        raise UserError(f"init_decoder=true: {error}; pretrain with pretrain_task=segmentation or self_supervised (pretrain_task.save_decoder=true), or set init_decoder=false") from None
+    log.info("decoder initialised from the stage-1 run (%s)", ", ".join(parts))
+    return parts
 
 
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
@@ -74,6 +77,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     policy = FreezePolicy(str(cfg.freeze.mode), cfg.freeze.get("depth"))
     model = instantiate(cfg.model)
     pretrained = load_pretrained(model, policy, cfg.get("pretrained_encoder"))  # before any slow work
+    decoder_init = load_pretrained_decoder(model, pretrained) if cfg.get("init_decoder", False) else None
     run = Run(cfg, monitor="val/dice", mode="max")
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
@@ -109,6 +113,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         "freeze_depth": frozen_levels if policy.mode == "partial" else None,
         "encoder_silent_channels": silent_channels,
         "pretrain_task": (pretrained or {}).get("pretrain_task"),
+        "init_decoder": decoder_init,
         "dataset": datamodule.name,
         "experiment": cfg.get("experiment_name"),
         "seed": int(cfg.seed),

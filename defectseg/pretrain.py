@@ -1,9 +1,11 @@
-"""Stage 1: pretrain the U-Net encoder as a crack / no-crack classifier.
+"""Stage 1: pretrain the U-Net encoder on another domain, by the objective ``pretrain_task`` names
+(classification: the paper's crack / no-crack classifier; segmentation; self_supervised: see
+defectseg/training/pretraining.py).
 
-    python -m defectseg.pretrain [experiment=quick] [dataset=folder_cls dataset.root=DIR] [key=value ...]
+    python -m defectseg.pretrain [pretrain_task=classification|segmentation|self_supervised] [experiment=quick] [dataset=...] [key=value ...]
 
-Writes ``encoder.safetensors`` + ``encoder.json`` into the run directory and points
-``outputs/pretrain/latest`` at it, where stage 2 looks by default.
+Writes ``encoder.safetensors`` + ``encoder.json`` (and, with a decoder, ``decoder.safetensors``) into the
+run directory and points ``outputs/pretrain/latest`` at it, where stage 2 looks by default.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from defectseg.config_validation import validate_config
-from defectseg.models import EncoderClassifier, parameter_counts
-from defectseg.models.segmentation import relative_weight_change
+from defectseg.models import parameter_counts
 from defectseg.models.encoder_io import save_encoder
-from defectseg.training.modules import ClassificationTask
+from defectseg.models.segmentation import relative_weight_change
+from defectseg.training.pretraining import build_datamodule, build_objective, model_arguments
 from defectseg.training.runner import Run, seed_run
 from defectseg.utils.errors import exit_cleanly_on_user_error
 from defectseg.utils.io import atomic_write_json, point_link
@@ -33,74 +35,76 @@ register_resolvers()
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg, "pretrain")
     seed_run(int(cfg.seed))
-    segmentation_model = instantiate(cfg.model)  # before any slow work: starting weights may be refused
+    segmentation_model = instantiate(cfg.model, **model_arguments(cfg))  # before any slow work: starting weights may be refused
     run = Run(cfg, monitor="val/loss", mode="min")
-    datamodule = instantiate(cfg.dataset)
+    datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
     run.record_split(datamodule)
 
-    network = EncoderClassifier(segmentation_model, num_classes=datamodule.num_classes, hidden=list(cfg.head.hidden), dropout=float(cfg.head.dropout), pooling=str(cfg.head.pooling))
-    task = ClassificationTask(network, num_classes=datamodule.num_classes, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), compile=bool(cfg.get("compile", False)))
+    objective = build_objective(cfg, segmentation_model, datamodule)
+    task = objective.task
     counts = parameter_counts(segmentation_model)
-    head_params = sum(p.numel() for p in network.head.parameters())
-    parameters = f"{segmentation_model.name} encoder: {counts['encoder_params']:,} | classification head: {head_params:,}"
+    parameters = f"{segmentation_model.name} encoder: {counts['encoder_params']:,} | trained besides it ({objective.name}): {objective.trained_besides_encoder:,}"
     run.log_text("model/parameters", parameters)
-    log.info("stage 1 on %s: %s images (%s), classes %s, %s; %s", ", ".join(map(str, datamodule.roots)), datamodule.summary(), run.device, datamodule.class_names, run.precision, parameters)
+    classes = getattr(datamodule, "class_names", None)
+    log.info("stage 1 (%s) on %s: %s images (%s), %s; %s", objective.name, ", ".join(map(str, datamodule.roots)), datamodule.summary(), run.device, run.precision, parameters)
 
-    initial_encoder = {name: tensor.detach().clone() for name, tensor in network.encoder.state_dict().items()}
+    initial_encoder = {name: tensor.detach().clone() for name, tensor in objective.encoder.state_dict().items()}
     run.fit(task, datamodule)
     validated = run.trainer.validate(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
     tested, tested_by_source = {}, {}
     if len(datamodule.datasets.get("test", ())):
         tested = run.trainer.test(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
-        for source, loader in datamodule.test_loaders_by_source().items():  # several roots: quality on each kind of photo
+        for source, loader in datamodule.test_loaders_by_source().items():  # several sources: quality on each kind of photo
             result = run.trainer.test(task, dataloaders=loader, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
-            tested_by_source[source] = {"test_images": len(loader.dataset), "test_accuracy": result.get("test/accuracy"), "test_auroc": result.get("test/auroc")}
+            tested_by_source[source] = {"test_images": len(loader.dataset), **{f"test_{name}": result.get(f"test/{name}") for name in ("loss", *objective.metric_names)}}
 
-    encoder_change = relative_weight_change(initial_encoder, network.encoder)  # the best checkpoint's weights, loaded by test/validate
+    encoder_change = relative_weight_change(initial_encoder, objective.encoder)  # the best checkpoint's weights, loaded by test/validate
     if encoder_change < 0.02:
         log.warning(
             "stage 1 moved the encoder's weights by only %.1f%% of their norm: it is close to its random init, so a frozen transfer carries little; "
             "train stage 1 longer or on more photos", 100 * encoder_change,
         )
+    results = {
+        **{f"best_val_{name}": validated.get(f"val/{name}") for name in objective.metric_names},
+        **{f"test_{name}": tested.get(f"test/{name}") for name in ("loss", *objective.metric_names)},
+    }
     metrics: dict[str, Any] = {
         "stage": "pretrain",
-        "pretrain_task": "classification",
+        "pretrain_task": objective.name,
         "model": segmentation_model.name,
         "encoder_init": segmentation_model.encoder_init,
         "dataset": datamodule.name,
         "experiment": cfg.get("experiment_name"),
         "seed": int(cfg.seed),
-        "classes": datamodule.class_names,
+        "classes": classes,
         **datamodule.summary(),
         "encoder_params": counts["encoder_params"],
-        "head_params": head_params,
-        "total_params": counts["encoder_params"] + head_params,
+        "head_params": objective.trained_besides_encoder,
+        "total_params": counts["encoder_params"] + objective.trained_besides_encoder,
         "trainable_params": sum(p.numel() for p in task.parameters() if p.requires_grad),
         "best_val_loss": validated.get("val/loss"),
-        "best_val_accuracy": validated.get("val/accuracy"),
-        "best_val_auroc": validated.get("val/auroc"),
+        **results,
         "best_epoch": run.history.best("val/loss", "min").get("epoch"),
         "encoder_weight_change": encoder_change,
-        "test_accuracy": tested.get("test/accuracy"),
-        "test_auroc": tested.get("test/auroc"),
         "test_by_source": tested_by_source or None,
         "split_groups": datamodule.split_groups,
         "grouped_images": datamodule.grouped_images if datamodule.split_groups else None,
         **run.summary(),
     }
     if run.trainer.is_global_zero:
-        provenance = {key: metrics[key] for key in ("pretrain_task", "model", "encoder_init", "dataset", "experiment", "seed", "classes", "best_val_accuracy", "best_val_auroc", "test_accuracy", "test_auroc")}
-        metrics["encoder_weights"] = str(save_encoder(network.encoder, run.output_dir, segmentation_model.architecture, extra={"pretrain": provenance}))
+        provenance = {key: metrics[key] for key in ("pretrain_task", "model", "encoder_init", "dataset", "experiment", "seed", "classes", "best_val_loss", *results)}
+        metrics["encoder_weights"] = str(save_encoder(objective.encoder, run.output_dir, segmentation_model.architecture, extra={"pretrain": provenance}))
+        metrics.update(objective.save_extra(run.output_dir))
         latest = Path(cfg.paths.pretrain_latest)
         point_link(latest, run.output_dir)
         metrics["latest"] = str(latest)
         atomic_write_json(run.output_dir / "metrics.json", metrics)
         log.info("encoder written to %s (stage 2 finds it through %s)", metrics["encoder_weights"], latest)
     run.log_hparams(
-        {"stage": "pretrain", "model": metrics["model"], "dataset": metrics["dataset"], "seed": metrics["seed"], "lr": float(cfg.optim.lr)},
-        {k: metrics[k] for k in ("best_val_accuracy", "best_val_auroc", "test_accuracy", "test_auroc")},
+        {"stage": "pretrain", "pretrain_task": objective.name, "model": metrics["model"], "dataset": metrics["dataset"], "seed": metrics["seed"], "lr": float(cfg.optim.lr)},
+        {"best_val_loss": metrics["best_val_loss"], **results},
     )
     run.close()
     return metrics
@@ -110,7 +114,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
 @exit_cleanly_on_user_error
 def main(cfg: DictConfig) -> float | None:
     metrics = run_pretrain(cfg)
-    return metrics.get("best_val_accuracy")
+    return metrics.get("best_val_loss")
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def test_the_two_domains_differ() -> None:
     def colourfulness(rgb: np.ndarray) -> float:
         return float((rgb.max(-1).astype(int) - rgb.min(-1).astype(int)).mean())
 
-    concrete = np.mean([colourfulness(S._concrete_sample(0, i % 2, i, SIZE)) for i in range(12)])
+    concrete = np.mean([colourfulness(S._concrete_sample(0, i % 2, i, SIZE)[0]) for i in range(12)])
     steel = np.mean([colourfulness(S._steel_sample(0, i, SIZE)[0]) for i in range(12)])
     assert steel > 3 * concrete
 

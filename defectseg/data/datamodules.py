@@ -11,14 +11,14 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, WeightedRandomSampler
 
 from defectseg.data import readers, validation
 from defectseg.data.layouts import FolderLayout, Layout, Mask, Sample
@@ -163,6 +163,7 @@ class _FolderDataModule(L.LightningDataModule):
         samples_per_epoch: int | None = None,
         grayscale: bool = False,
         on_error: str = "raise",
+        balance_sources: bool = False,
     ) -> None:
         super().__init__()
         if on_error not in validation.ON_ERROR:
@@ -196,6 +197,8 @@ class _FolderDataModule(L.LightningDataModule):
         self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
         self.grayscale = bool(grayscale)
         self.on_error = on_error
+        self.balance_sources = bool(balance_sources)
+        self.source_of: dict[str, int] = {}  # image file -> index into self.source_names (several roots / sources)
         self.datasets: dict[str, Dataset] = {}
         self.split_files: dict[str, list[str]] = {}
         self.skipped: list[validation.Problem] = []
@@ -240,7 +243,11 @@ class _FolderDataModule(L.LightningDataModule):
 
             params = dict(self.synthetic)
             kind = params.pop("kind")
-            ensure = {"crack_classification": synthetic.ensure_crack_classification, "steel_segmentation": synthetic.ensure_steel_segmentation}
+            ensure = {
+                synthetic.CRACK_CLASSIFICATION: synthetic.ensure_crack_classification,
+                synthetic.STEEL_SEGMENTATION: synthetic.ensure_steel_segmentation,
+                synthetic.CRACK_SEGMENTATION: synthetic.ensure_crack_segmentation,
+            }
             if kind not in ensure:
                 raise ValueError(f"dataset.synthetic.kind={kind!r} is not one of {sorted(ensure)}")
             ensure[kind](self.root, **params)
@@ -271,7 +278,9 @@ class _FolderDataModule(L.LightningDataModule):
 
     def _make_loader(self, dataset: Dataset, train: bool) -> DataLoader:
         sampler = None
-        if train and self.samples_per_epoch:
+        if train and self.balance_sources and len(self.source_names) > 1:
+            sampler = self.balanced_sampler(dataset)
+        elif train and self.samples_per_epoch:
             # A fixed epoch length whatever the label budget, so 10 and 100 labelled images get the same number of steps.
             sampler = RandomSampler(dataset, replacement=True, num_samples=self.samples_per_epoch)
         workers = self.num_workers
@@ -290,6 +299,35 @@ class _FolderDataModule(L.LightningDataModule):
             pin_memory=self._pin_memory(),
             collate_fn=collate_in_numpy if workers == 0 else None,  # workers run single-threaded already
         )
+
+    def balanced_sampler(self, dataset: Dataset) -> WeightedRandomSampler:
+        """Every source drawn equally often (with replacement), however many images each holds: a set of 100
+        photos beside one of 10000 would otherwise be a rounding error. Epoch length: samples_per_epoch or the set's size."""
+        sources = self.sources_of(dataset)
+        counts = np.bincount(sources, minlength=len(self.source_names)).astype(float)
+        weights = 1.0 / counts[sources]
+        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=self.samples_per_epoch or len(sources), replacement=True)
+
+    def sources_of(self, dataset: Dataset) -> np.ndarray:
+        """The source index of each sample of one of this module's datasets."""
+        samples = dataset.samples if hasattr(dataset, "samples") else dataset.pairs
+        return np.asarray([self.source_of.get(str(validation.sample_file(sample)), 0) for sample in samples], dtype=int)
+
+    @property
+    def source_names(self) -> list[str]:
+        names = [root.name for root in self.roots]
+        return names if len(set(names)) == len(names) else [f"{i}_{name}" for i, name in enumerate(names)]
+
+    def test_loaders_by_source(self) -> dict[str, DataLoader]:
+        """One test loader per source, when there are several: stage-1 quality on each kind of photo."""
+        test = self.datasets.get("test")
+        if len(self.source_names) < 2 or not test:
+            return {}
+        sources = self.sources_of(test)
+        return {
+            name: self._make_loader(Subset(test, np.flatnonzero(sources == i).tolist()), train=False)
+            for i, name in enumerate(self.source_names) if (sources == i).any()
+        }
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -333,7 +371,6 @@ class ClassificationDataModule(_FolderDataModule):
         super().__init__(*args, **kwargs)
         self.classes = list(classes) if classes else None
         self.class_names: list[str] = []
-        self.source_of: dict[str, int] = {}  # image file -> index into self.roots
 
     def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
         """Each root is split on its own (same fractions and seed), then the splits are joined: every source is in every split."""
@@ -369,22 +406,6 @@ class ClassificationDataModule(_FolderDataModule):
         return samples
 
     @property
-    def source_names(self) -> list[str]:
-        names = [root.name for root in self.roots]
-        return names if len(set(names)) == len(names) else [f"{i}_{name}" for i, name in enumerate(names)]
-
-    def test_loaders_by_source(self) -> dict[str, DataLoader]:
-        """One test loader per root, when there are several: stage-1 quality on each kind of photo."""
-        test = self.datasets.get("test")
-        if len(self.roots) < 2 or test is None:
-            return {}
-        sources = np.asarray([self.source_of[str(path)] for path, _ in test.samples])
-        return {
-            name: self._make_loader(Subset(test, np.flatnonzero(sources == i).tolist()), train=False)
-            for i, name in enumerate(self.source_names) if (sources == i).any()
-        }
-
-    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
@@ -406,21 +427,26 @@ class SegmentationDataModule(_FolderDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if len(self.roots) != 1:
-            raise ValueError(f"dataset.root: a segmentation set is one folder, got {len(self.roots)}")
         if layout is not None and (image_dir, mask_dir, mask_suffix) != ("images", "masks", ""):
             raise ValueError("dataset.image_dir / mask_dir / mask_suffix describe the images/ + masks/ layout; with dataset.layout set, use its own options (dataset.layout.*)")
         self.layout = layout or FolderLayout(image_dir, mask_dir, mask_suffix)
         self.max_train_images = None if max_train_images is None else int(max_train_images)
 
     def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
-        self.grouped_images = 0
-        scan = self.layout.scan(self.root)
-        indices = scan.splits if scan.splits is not None else self._split([0] * len(scan.samples), [image for image, _ in scan.samples])
-        per_split = {split: [scan.samples[i] for i in idx] for split, idx in indices.items()}
-        if "train" not in per_split:
-            raise readers.DataError(f"{self.root}: the set's own split has no train part")
-        return per_split, list(scan.problems)
+        """Several roots (same layout): each split on its own, then joined, as for classification."""
+        self.grouped_images, self.source_of = 0, {}
+        per_split: dict[str, list[Any]] = {}
+        problems: list[validation.Problem] = []
+        for source, root in enumerate(self.roots):
+            scan = self.layout.scan(root)
+            indices = scan.splits if scan.splits is not None else self._split([0] * len(scan.samples), [image for image, _ in scan.samples])
+            if "train" not in indices:
+                raise readers.DataError(f"{root}: the set's own split has no train part")
+            for split, idx in indices.items():
+                per_split.setdefault(split, []).extend(scan.samples[i] for i in idx)
+                self.source_of.update({str(scan.samples[i][0]): source for i in idx})
+            problems += scan.problems
+        return per_split, problems
 
     def _select(self, per_split: dict[str, list[Any]]) -> dict[str, list[Any]]:
         train = per_split["train"]
@@ -431,6 +457,87 @@ class SegmentationDataModule(_FolderDataModule):
 
     def _make_dataset(self, samples: list[Any], transform: Any) -> Dataset:
         return SegmentationDataset(samples, self.cache, transform)
+
+
+class UnlabelledImageDataModule(_FolderDataModule):
+    """Photos without labels (self-supervised stage 1) from several sources of any layout; never reads a mask.
+
+    ``sources``: name -> ``{dataset: <a dataset config or DataModule>, splits: [train]}`` (or a list of
+    such entries, named by their data set). Each source lists its samples exactly as its own stage would
+    (same split_seed, split_fractions, train_split_size), and only the images of ``splits`` are kept:
+    with ``[train]`` (the default), a stage-2 target set's val and test photos never take part. The pooled
+    images of each source are then split again by this module's ``split_fractions`` (reconstruction train /
+    val). ``synthetic``: not generated here; the embedded configs use it to size their synthetic sources.
+    """
+
+    task = "unlabelled"
+
+    def __init__(self, sources: Mapping[str, Any] | Sequence[Any], name: str = "unlabelled", synthetic: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        from hydra.utils import instantiate
+
+        entries = list(sources.items()) if isinstance(sources, Mapping) else [(None, entry) for entry in sources]
+        if not entries:
+            raise ValueError("dataset.sources names no source")
+        self.sources: list[tuple[str, _FolderDataModule, tuple[str, ...]]] = []
+        for key, entry in entries:
+            where = f"dataset.sources.{key}" if key is not None else f"dataset.sources[{len(self.sources)}]"
+            if not isinstance(entry, Mapping) or entry.get("dataset") is None:
+                raise ValueError(f"{where}: must hold dataset: (a dataset config) and optionally splits: [train, ...], got {entry!r}")
+            module = entry["dataset"]
+            if isinstance(module, Mapping):
+                module = instantiate(module)
+            if not isinstance(module, _FolderDataModule):
+                raise ValueError(f"{where}.dataset: expected a dataset config (a DataModule of defectseg.data.datamodules), got {type(module).__name__}")
+            splits = tuple(entry.get("splits") or ("train",))
+            unknown = sorted(set(splits) - {"train", "val", "test"})
+            if unknown:
+                raise ValueError(f"{where}.splits: {unknown} are not splits (train, val, test)")
+            self.sources.append((str(key if key is not None else module.name), module, splits))
+        super().__init__(root=[str(module.root) if len(module.roots) == 1 else str(module.roots[0]) for _, module, _ in self.sources], name=name, **kwargs)
+
+    @classmethod
+    def of(cls, datamodule: _FolderDataModule) -> UnlabelledImageDataModule:
+        """Any data set as one unlabelled source: its train split's images, with its image size, batches and augmentation."""
+        return cls(
+            sources={datamodule.name: {"dataset": datamodule, "splits": ["train"]}}, name=datamodule.name, image_size=datamodule.image_size,
+            batch_size=datamodule.batch_size, eval_batch_size=datamodule.eval_batch_size, num_workers=datamodule.num_workers_setting,
+            split_fractions=(0.9, 0.1, 0.0), split_seed=datamodule.split_seed, cache=datamodule.cache.enabled, augment=datamodule.augment,
+            samples_per_epoch=datamodule.samples_per_epoch, grayscale=datamodule.grayscale, on_error=datamodule.on_error,
+        )
+
+    @property
+    def source_names(self) -> list[str]:
+        return [name for name, _, _ in self.sources]
+
+    def prepare_data(self) -> None:
+        for _, module, _ in self.sources:
+            module.prepare_data()
+
+    def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
+        """Images of each source's chosen splits (listed, never decoded by the source), split again here; label = source index."""
+        per_split: dict[str, list[tuple[Path, int]]] = {}
+        self.source_of, self.grouped_images = {}, 0
+        for index, (name, module, splits) in enumerate(self.sources):
+            listed, _ = module.list_samples()  # the source's own problems (a missing mask...) do not concern its images
+            images = sorted({validation.sample_file(sample) for split in splits for sample in listed.get(split, ())})
+            if not images:
+                raise readers.DataError(f"dataset.sources.{name}: no images in its {'/'.join(splits)} split(s) ({module.root})")
+            for split, idx in split_indices([0] * len(images), self.split_fractions, self.split_seed).items():
+                per_split.setdefault(split, []).extend((images[i], index) for i in idx)
+            self.source_of.update({str(path): index for path in images})
+        return per_split, []
+
+    def _load(self, sample: tuple[Path, int]) -> np.ndarray:
+        return self.cache.image(sample[0])
+
+    def _make_dataset(self, samples: list[Any], transform: Any) -> Dataset:
+        return ClassificationDataset(samples, self.cache, transform)  # "label": the source index
+
+    def write_split(self, path: str | Path) -> None:
+        super().write_split(path)
+        split = read_split_file(path)
+        split["sources"] = {name: {"root": str(module.root), "splits": list(splits)} for name, module, splits in self.sources}
+        atomic_write_json(path, split)
 
 
 def read_split_file(path: str | Path) -> dict[str, Any]:

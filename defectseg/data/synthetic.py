@@ -47,18 +47,22 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CRACK_CLASSIFICATION",
     "STEEL_SEGMENTATION",
+    "CRACK_SEGMENTATION",
     "VERSION",
     "MANIFEST_NAME",
     "crack_alpha",
     "generate_crack_classification",
     "generate_steel_segmentation",
+    "generate_crack_segmentation",
     "ensure_crack_classification",
     "ensure_steel_segmentation",
+    "ensure_crack_segmentation",
     "read_manifest",
 ]
 
 CRACK_CLASSIFICATION = "crack_classification"
 STEEL_SEGMENTATION = "steel_segmentation"
+CRACK_SEGMENTATION = "crack_segmentation"
 #: Bump whenever the pictures change, so ``ensure_*`` regenerates sets made by older code.
 VERSION = 1
 MANIFEST_NAME = "GENERATED.json"
@@ -329,9 +333,10 @@ def _chord_across(rng: np.random.Generator, h: int, w: int) -> tuple[float, floa
 # --------------------------------------------------------------------------------------------
 
 
-def _concrete_image(rng: np.random.Generator, size: int, crack: bool) -> Array:
-    """A 227-px-style concrete crop; clutter is drawn identically for both classes (see module doc)."""
+def _concrete_image(rng: np.random.Generator, size: int, crack: bool) -> tuple[Array, Array]:
+    """A 227-px-style concrete crop and its crack opacity (zeros without a crack); clutter is drawn identically for both classes (see module doc)."""
     s, sc = size, size / 227.0
+    a = np.zeros((s, s), np.float32)
     base = rng.uniform(0.48, 0.8)
     g = base * (
         1.0
@@ -382,7 +387,7 @@ def _concrete_image(rng: np.random.Generator, size: int, crack: bool) -> Array:
     tint = 1.0 + np.array([warm, 0.2 * warm, -warm]) + rng.normal(0, 0.012, 3)
     rgb = g[..., None] * tint[None, None, :].astype(np.float32)
     rgb += rng.normal(0, rng.uniform(0.004, 0.015), (s, s, 1)).astype(np.float32)
-    return _to_uint8(rgb)
+    return _to_uint8(rgb), a
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,8 +625,10 @@ def _steel_sample(seed: int, index: int, size: int, defects: bool = True) -> tup
     return _to_uint8(rgb), mask, kinds
 
 
-def _concrete_sample(seed: int, label: int, index: int, size: int) -> Array:
-    return _concrete_image(np.random.default_rng([seed, _STAGE_CLS, label, index]), size, crack=bool(label))
+def _concrete_sample(seed: int, label: int, index: int, size: int) -> tuple[Array, Array]:
+    """Photo and crack mask (bool) of one stage-1 image: the classification set and the crack-mask set share the photos."""
+    image, alpha = _concrete_image(np.random.default_rng([seed, _STAGE_CLS, label, index]), size, crack=bool(label))
+    return image, alpha >= 0.5
 
 
 def _to_uint8(x: Array) -> Array:
@@ -672,7 +679,15 @@ def _resolve_workers(workers: int | None, jobs: int) -> int:
 
 
 def _write_concrete(root: str, seed: int, label: int, index: int, size: int) -> None:
-    _save_png(_concrete_sample(seed, label, index, size), Path(root) / CLASS_DIRS[1 - label] / f"{index:05d}.png")
+    _save_png(_concrete_sample(seed, label, index, size)[0], Path(root) / CLASS_DIRS[1 - label] / f"{index:05d}.png")
+
+
+def _write_concrete_masked(root: str, seed: int, label: int, index: int, size: int) -> None:
+    """Crack photo ``index`` as file ``2 * index``, its no-crack twin as ``2 * index + 1``: a larger set extends a smaller one."""
+    image, mask = _concrete_sample(seed, label, index, size)
+    name = f"{2 * index + (1 - label):05d}.png"
+    _save_png(image, Path(root) / "images" / name)
+    _save_png(mask.astype(np.uint8) * 255, Path(root) / "masks" / name)
 
 
 def _write_steel(root: str, seed: int, index: int, size: int) -> None:
@@ -785,6 +800,27 @@ def generate_steel_segmentation(
     return root
 
 
+def generate_crack_segmentation(
+    root: str | Path, n_per_class: int = 300, size: int = 227, seed: int = 0, progress: bool = True, workers: int | None = None,
+) -> Path:
+    """Write the stage-1 photos with crack masks (``pretrain_task=segmentation``): ``root/images/*.png`` + ``root/masks/*.png``.
+
+    The photos are those of :func:`generate_crack_classification` with the same parameters, so the
+    classification and segmentation objectives can be compared on identical images; a photo without
+    a crack has an empty mask. ``workers`` as in :func:`generate_crack_classification`.
+    """
+    _check_params(n_per_class, size, seed, "n_per_class")
+    root, n, size, seed = Path(root).expanduser(), int(n_per_class), int(size), int(seed)
+    log.debug("writing %d crack / %d no-crack images with masks of %d px into %s", n, n, size, root)
+    _start_writing(root, ("images", "masks"))
+    jobs = [(str(root), seed, label, i, size) for i in range(n) for label in (1, 0)]
+    _run_jobs(_write_concrete_masked, jobs, "crack mask set", progress, workers)
+    for name in ("images", "masks"):
+        _remove_stale(root / name, 2 * n)
+    _write_manifest(root, CRACK_SEGMENTATION, {"n_per_class": n, "size": size, "seed": seed}, 2 * n)
+    return root
+
+
 def _count_files(root: Path, subdirs: Sequence[str]) -> int:
     try:
         return sum(1 for sub in subdirs for p in (root / sub).iterdir() if _FILE_RE.match(p.name))
@@ -893,6 +929,19 @@ def ensure_crack_classification(
         root, CRACK_CLASSIFICATION, params, 2 * int(n_per_class), CLASS_DIRS, int(n_per_class),
         lambda tmp: generate_crack_classification(tmp, progress=progress, workers=workers, **params),
         f"{n_per_class} crack + {n_per_class} no-crack images, {size} px, seed {seed}",
+    )
+
+
+def ensure_crack_segmentation(
+    root: str | Path, n_per_class: int = 300, size: int = 227, seed: int = 0, progress: bool = True, workers: int | None = None,
+) -> Path:
+    """Make sure ``root`` holds the crack-mask set for these parameters (rules of :func:`ensure_crack_classification`)."""
+    _check_params(n_per_class, size, seed, "n_per_class")
+    params = {"n_per_class": int(n_per_class), "size": int(size), "seed": int(seed)}
+    return _ensure(
+        root, CRACK_SEGMENTATION, params, 2 * int(n_per_class), ("images", "masks"), 2 * int(n_per_class),
+        lambda tmp: generate_crack_segmentation(tmp, progress=progress, workers=workers, **params),
+        f"{n_per_class} crack + {n_per_class} no-crack images with masks, {size} px, seed {seed}",
     )
 
 

@@ -18,12 +18,15 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
 from defectseg.utils.io import atomic_write_text, atomic_writer
 
 WEIGHTS_NAME = "encoder.safetensors"
+DECODER_WEIGHTS_NAME = "decoder.safetensors"  # stage 1 with a decoder (segmentation, self-supervised): stage 2's init_decoder=true
+DECODER_PARTS = ("decoder", "segmentation_head")
 INFO_NAME = "encoder.json"
 FORMAT = "defectseg-encoder"
 FORMAT_VERSION = 1
@@ -55,6 +58,50 @@ def save_encoder(encoder: nn.Module, directory: Path, architecture: dict[str, An
     }
     atomic_write_text(directory / INFO_NAME, json.dumps(info, indent=2, sort_keys=True) + "\n")
     return weights_path
+
+
+def save_decoder(model: nn.Module, directory: Path, architecture: dict[str, Any], include_head: bool = True) -> Path:
+    """Write ``decoder.safetensors``: the decoder's tensors (``decoder.*``) and, with ``include_head``, the head's (``segmentation_head.*``)."""
+    parts = DECODER_PARTS if include_head else DECODER_PARTS[:1]
+    state = {f"{part}.{name}": tensor.detach().cpu().contiguous() for part in parts for name, tensor in getattr(model, part).state_dict().items()}
+    payload = save(state, metadata={"format": FORMAT, "architecture": json.dumps(architecture, sort_keys=True), "parts": ",".join(parts)})
+    path = Path(directory) / DECODER_WEIGHTS_NAME
+    with atomic_writer(path, binary=True) as handle:
+        handle.write(payload)
+    return path
+
+
+def load_decoder(model: nn.Module, directory: str | Path, architecture: dict[str, Any]) -> list[str]:
+    """Load a stage-1 ``decoder.safetensors`` into ``model`` after checking architecture, names and shapes; returns the parts loaded.
+
+    FileNotFoundError when there is none; EncoderMismatchError (naming the file) when it does not fit.
+    """
+    path = Path(directory).expanduser() / DECODER_WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {DECODER_WEIGHTS_NAME} in {path.parent}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise EncoderMismatchError(f"{path}: unreadable safetensors file ({error})") from error
+    try:
+        found = json.loads(metadata.get("architecture", "null"))
+    except json.JSONDecodeError:
+        found = None
+    if found != architecture:
+        raise EncoderMismatchError(f"{path} was trained for architecture {found}, but this run builds {architecture}{_differences(found, architecture)}")
+    by_part: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in state.items():
+        part, _, key = name.partition(".")
+        if part not in DECODER_PARTS:
+            raise EncoderMismatchError(f"{path}: tensor {name!r} belongs to none of {', '.join(DECODER_PARTS)}")
+        by_part.setdefault(part, {})[key] = tensor
+    if "decoder" not in by_part:
+        raise EncoderMismatchError(f"{path}: holds no decoder tensors")
+    for part, part_state in by_part.items():
+        load_checked(getattr(model, part), part_state, f"{path} ({part})")
+    return [part for part in DECODER_PARTS if part in by_part]
 
 
 def resolve_encoder_path(path: str | Path) -> Path:

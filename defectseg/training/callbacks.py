@@ -85,7 +85,7 @@ def overlay_grid(images: torch.Tensor, masks: torch.Tensor, probabilities: torch
 
 
 class SegmentationPreview(L.Callback):
-    """Every few epochs, a grid of validation photos with true and predicted masks in TensorBoard."""
+    """Every few epochs, a grid of validation photos with true and predicted masks (or a task's own ``preview_grid()``) in TensorBoard."""
 
     def __init__(self, every_n_epochs: int = 5) -> None:
         self.every_n_epochs = max(1, int(every_n_epochs))
@@ -97,10 +97,13 @@ class SegmentationPreview(L.Callback):
         epoch = trainer.current_epoch
         if (epoch + 1) % self.every_n_epochs and epoch + 1 != trainer.max_epochs:
             return
-        grid = overlay_grid(preview["image"], preview["mask"], preview["probability"], pl_module.hparams.threshold)
+        if hasattr(pl_module, "preview_grid"):  # a task with its own picture (self-supervised reconstruction)
+            tag, grid = pl_module.preview_grid()
+        else:
+            tag, grid = "val/preview (photo | truth | prediction)", overlay_grid(preview["image"], preview["mask"], preview["probability"], pl_module.hparams.threshold)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/preview (photo | truth | prediction)", grid, global_step=trainer.global_step)
+                logger.experiment.add_image(tag, grid, global_step=trainer.global_step)
 
 
 class EpochHistory(L.Callback):

@@ -64,6 +64,18 @@ def seed_run(seed: int) -> None:
     L.seed_everything(int(seed), workers=True, verbose=False)
 
 
+def calibrate_features(model: Any, datamodule: Any, batches: int) -> list[float | None]:
+    """Fix the decoder's input scale from un-augmented training images (see FeatureStandardizer); per level, the share of silent channels.
+
+    Both stages train a decoder on calibrated features: stage 2 always, stage 1 with pretrain_task=segmentation.
+    """
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(datamodule.calibration_dataset(), batch_size=datamodule.batch_size, shuffle=False)
+    images = (batch["image"].float() / 255.0 for batch, _ in zip(loader, range(batches)))
+    return model.calibrate_feature_scale(images)
+
+
 def refuse_ddp_launch_in_multirun(trainer: L.Trainer) -> None:
     """Lightning starts DDP's extra processes by re-running the command line: inside a Hydra
     multirun (-m) each would start the whole sweep again, so stop with a way out instead."""

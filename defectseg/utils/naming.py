@@ -23,6 +23,8 @@ JOB_NAME_KEYS = {
     "dataset": "dataset",
     "experiment": "experiment",
     "pretrain_task": "pretrain_task",
+    "pretrained_encoder": "encoder_from",  # its last path component: e.g. pretrain_segmentation
+    "init_decoder": "init_decoder",
     "dataset.max_train_images": "labels",
     "optim.lr": "lr",
 }
@@ -34,6 +36,8 @@ def job_name(overrides: Sequence[str]) -> str:
     for override in overrides or ():
         key, _, value = str(override).lstrip("+~").partition("=")
         if key in JOB_NAME_KEYS:
+            if key == "pretrained_encoder":
+                value = value.rstrip("/").rsplit("/", 1)[-1]
             value = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-") or "none"
             parts.append(f"{JOB_NAME_KEYS[key]}={value}")
     return ",".join(sorted(parts))[:MAX_LENGTH] or "run"

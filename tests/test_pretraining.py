@@ -1,0 +1,197 @@
+"""Stage-1 objectives (pretrain_task=): each trains a step on tiny data and writes an encoder stage 2 loads;
+self-supervision never reads a mask; masking and its loss; balanced sources; the report's pretrain_task axis."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from defectseg.config_validation import validate_config
+from defectseg.data import layouts, readers
+from defectseg.data.datamodules import ClassificationDataModule, SegmentationDataModule, UnlabelledImageDataModule
+from defectseg.finetune import run_finetune
+from defectseg.models.encoder_io import DECODER_WEIGHTS_NAME, EncoderMismatchError, load_decoder, save_decoder
+from defectseg.models.segmentation import unet_paper
+from defectseg.pretrain import run_pretrain
+from defectseg.report import aggregate, collect_runs
+from defectseg.training.pretraining import MaskedReconstructionTask, masked_l1, random_patch_mask
+from defectseg.utils.errors import UserError
+from tests.conftest import TINY_TRAINER, write_classification_set, write_segmentation_set
+from tests.test_report import metrics as finetune_metrics
+from tests.test_report import write_job
+
+SMALL = ["dataset.image_size=32", "dataset.batch_size=4"]
+STAGE1_DATA = {
+    "classification": lambda cls, seg: ["dataset=folder_cls", f"dataset.root={cls}"],
+    "segmentation": lambda cls, seg: ["dataset=folder_seg", f"dataset.root={seg}"],
+    "self_supervised": lambda cls, seg: ["dataset=folder_seg", f"dataset.root={seg}", "pretrain_task.patch_size=8"],
+}
+DECODER_PARTS = {"classification": None, "segmentation": ["decoder", "segmentation_head"], "self_supervised": ["decoder"]}
+
+
+@pytest.mark.parametrize("objective", sorted(STAGE1_DATA))
+def test_each_objective_writes_an_encoder_that_stage2_loads(compose_config, classification_set, segmentation_set, objective):
+    overrides = TINY_TRAINER + SMALL + [f"pretrain_task={objective}"] + STAGE1_DATA[objective](classification_set, segmentation_set)
+    stage1 = run_pretrain(compose_config("pretrain", overrides, run_name="s1"))
+    run_dir = Path(stage1["encoder_weights"]).parent
+    info = json.loads((run_dir / "encoder.json").read_text())
+    assert info["pretrain"]["pretrain_task"] == objective and stage1["pretrain_task"] == objective
+    assert stage1["best_val_loss"] is not None and stage1["encoder_weight_change"] > 0
+    assert (run_dir / DECODER_WEIGHTS_NAME).is_file() == (DECODER_PARTS[objective] is not None)
+
+    init_decoder = DECODER_PARTS[objective] is not None
+    stage2_overrides = TINY_TRAINER + SMALL + ["freeze=encoder", "dataset=folder_seg", f"dataset.root={segmentation_set}", f"pretrained_encoder={run_dir}", f"init_decoder={str(init_decoder).lower()}"]
+    stage2 = run_finetune(compose_config("finetune", stage2_overrides, run_name="s2"))
+    assert stage2["pretrain_task"] == objective
+    assert stage2["pretrained_encoder"]["path"] == str((run_dir / "encoder.safetensors").resolve())
+    assert stage2["init_decoder"] == DECODER_PARTS[objective]
+
+
+def test_init_decoder_without_a_decoder_file_names_it(compose_config, classification_set, segmentation_set):
+    stage1 = run_pretrain(compose_config("pretrain", TINY_TRAINER + SMALL + STAGE1_DATA["classification"](classification_set, None), run_name="s1"))
+    run_dir = Path(stage1["encoder_weights"]).parent
+    overrides = TINY_TRAINER + SMALL + ["dataset=folder_seg", f"dataset.root={segmentation_set}", f"pretrained_encoder={run_dir}", "init_decoder=true"]
+    with pytest.raises(UserError, match=DECODER_WEIGHTS_NAME):
+        run_finetune(compose_config("finetune", overrides, run_name="s2"))
+
+
+def test_decoder_file_of_another_shape_is_refused(tmp_path):
+    save_decoder(unet_paper(channels=(8, 16, 32, 64, 128)), tmp_path, {"name": "unet_paper"}, include_head=True)
+    model = unet_paper(channels=(4, 8, 16, 32, 64))
+    with pytest.raises(EncoderMismatchError, match=DECODER_WEIGHTS_NAME):
+        load_decoder(model, tmp_path, {"name": "unet_paper"})
+    with pytest.raises(EncoderMismatchError, match="architecture"):
+        load_decoder(model, tmp_path, {"name": "other"})
+
+
+def test_self_supervised_never_reads_a_mask(compose_config, segmentation_set, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a mask was read")
+
+    monkeypatch.setattr(readers, "read_mask_values", refuse)
+    monkeypatch.setattr(readers, "read_mask", refuse)
+    monkeypatch.setattr(layouts.MaskFile, "load", refuse)
+    overrides = TINY_TRAINER + SMALL + ["pretrain_task=self_supervised", "pretrain_task.patch_size=8", "dataset=folder_seg", f"dataset.root={segmentation_set}"]
+    metrics = run_pretrain(compose_config("pretrain", overrides))
+    assert metrics["pretrain_task"] == "self_supervised" and metrics["train_images"] > 0
+
+
+def test_unlabelled_sources_take_only_the_targets_train_split(tmp_path):
+    """The target's train split exactly as stage 2 computes it (same seed, cap); its val/test photos never appear."""
+    seg_root = write_segmentation_set(tmp_path / "seg", n_images=20)
+    cls_root = write_classification_set(tmp_path / "cls", n_per_class=4)
+    stage2_args = {"root": str(seg_root), "split_fractions": (0.6, 0.2, 0.2), "split_seed": 3, "train_split_size": 8}
+    target = SegmentationDataModule(**stage2_args)
+    unlabelled = UnlabelledImageDataModule(
+        sources={"target": {"dataset": SegmentationDataModule(**stage2_args)}, "cracks": {"dataset": ClassificationDataModule(root=str(cls_root)), "splits": ["train", "val", "test"]}},
+        image_size=32, batch_size=4, split_fractions=(0.75, 0.25, 0.0),
+    )
+    listed, _ = target.list_samples()
+    train = {str(path) for path, _ in listed["train"]}
+    held_out = {str(path) for split in ("val", "test") for path, _ in listed[split]}
+    unlabelled.setup("fit")
+    used = [path for split in ("train", "val") for path in unlabelled.split_files[split]]
+    from_target = {path for path in used if path.startswith(str(seg_root))}
+    assert from_target == train and len(train) == 8 and not from_target & held_out
+    assert sum(path.startswith(str(cls_root)) for path in used) == 8  # every split of a non-target source
+
+
+def test_patch_mask_hides_the_asked_share_in_whole_patches():
+    mask = random_patch_mask(6, 64, 96, 16, 0.6, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (6, 1, 64, 96) and mask.dtype == torch.bool
+    assert mask.float().mean().item() == pytest.approx(0.6, abs=1 / 24)
+    patches = mask.view(6, 4, 16, 6, 16).float().mean(dim=(2, 4))
+    assert set(patches.unique().tolist()) <= {0.0, 1.0}  # every patch wholly hidden or visible
+
+
+def test_reconstruction_loss_ignores_visible_pixels():
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 32, 32)
+    mask = random_patch_mask(2, 32, 32, 8, 0.5, generator=torch.Generator().manual_seed(1))
+    prediction = torch.rand(2, 3, 32, 32)
+    changed = torch.where(mask, prediction, prediction + 5.0)
+    assert masked_l1(prediction, target, mask) == pytest.approx(masked_l1(changed, target, mask).item())
+    hidden_changed = torch.where(mask, prediction + 5.0, prediction)
+    assert masked_l1(hidden_changed, target, mask) > masked_l1(prediction, target, mask) + 1.0
+
+
+def test_hidden_squares_get_the_fill_colour_not_black():
+    task = MaskedReconstructionTask(unet_paper(channels=(4, 8, 16, 32, 64), num_classes=3), patch_size=8, channels_last=False)
+    images = torch.rand(1, 3, 32, 32)
+    mask = random_patch_mask(1, 32, 32, 8, 0.5)
+    hidden = task.hide(images, mask)
+    assert torch.equal(hidden[~mask.expand_as(hidden)], images[~mask.expand_as(images)])
+    mean = task.model.normalize.mean.view(3)
+    assert torch.allclose(hidden[0, :, mask[0, 0]].T, mean.expand(int(mask.sum()), 3))
+
+
+def test_balanced_sources_draw_each_about_half(tmp_path):
+    small = write_classification_set(tmp_path / "small", n_per_class=5, size=16)
+    large = write_classification_set(tmp_path / "large", n_per_class=50, size=16, seed=1)
+    datamodule = ClassificationDataModule(root=[str(small), str(large)], image_size=16, batch_size=8, num_workers=0, split_fractions=(0.8, 0.1, 0.1), balance_sources=True, samples_per_epoch=4000)
+    datamodule.setup("fit")
+    sampler = datamodule.train_dataloader().sampler
+    torch.manual_seed(0)
+    drawn = list(sampler)
+    sources = datamodule.sources_of(datamodule.datasets["train"])
+    share = Counter(sources[drawn].tolist())
+    assert len(drawn) == 4000
+    assert share[0] / 4000 == pytest.approx(0.5, abs=0.04)
+
+
+def test_report_has_one_row_per_pretrain_task_and_freeze(tmp_path):
+    """A sweep over two stage-1 runs x freeze x seed, plus scratch: one row per (pretrain_task, freeze), scratch the reference."""
+    job = 0
+    for seed in (0, 1):
+        for task, freeze, dice in (("classification", "encoder", 0.6), ("classification", "none", 0.65), ("self_supervised", "encoder", 0.7), ("self_supervised", "none", 0.75), (None, "scratch", 0.5)):
+            run = finetune_metrics(freeze, seed, dice + 0.01 * seed)
+            run["pretrain_task"] = task
+            write_job(tmp_path, f"{job}_freeze={freeze},seed={seed}", [f"freeze={freeze}", f"seed={seed}"], run)
+            job += 1
+    rows = aggregate(collect_runs(tmp_path)[0], n_resamples=200)
+    keys = [(row["pretrain_task"], row["freeze"], row["n_seeds"]) for row in rows]
+    assert sorted(keys, key=str) == sorted([(None, "scratch", 2), ("classification", "encoder", 2), ("classification", "none", 2), ("self_supervised", "encoder", 2), ("self_supervised", "none", 2)], key=str)
+    by_key = {(row["pretrain_task"], row["freeze"]): row for row in rows}
+    assert by_key[("self_supervised", "encoder")]["gain_abs"] == pytest.approx(0.2)
+    assert by_key[("classification", "none")]["gain_abs"] == pytest.approx(0.15)
+    from defectseg.report import _display_mode
+
+    labels = {_display_mode(row, rows) for row in rows}
+    assert len(labels) == 5 and "scratch" in labels
+
+
+@pytest.mark.parametrize(("objective", "dataset_target"), [("self_supervised", "UnlabelledImageDataModule"), ("segmentation", "SegmentationDataModule"), ("classification", "ClassificationDataModule")])
+def test_each_objective_composes_and_validates_with_no_other_key(compose_config, objective, dataset_target):
+    cfg = compose_config("pretrain", [f"pretrain_task={objective}"])
+    validate_config(cfg, "pretrain")
+    assert cfg.pretrain_task.name == objective and cfg.dataset._target_.endswith(dataset_target)
+
+
+def test_embedded_ssl_data_is_concrete_plus_the_targets_train_split(compose_config):
+    cfg = compose_config("pretrain", ["pretrain_task=self_supervised", "experiment=quick"])
+    sources = cfg.dataset.sources
+    assert sources.target.splits == ["train"] and sources.target.dataset.name == compose_config("finetune").dataset.name
+    assert sources.concrete.dataset.synthetic.n_per_class == 400  # experiment=quick sizes it as for stage 1
+    cfg = compose_config("pretrain", ["pretrain_task=segmentation", "experiment=quick"])
+    assert cfg.dataset.synthetic.kind == "crack_segmentation" and cfg.dataset.synthetic.n_per_class == 400
+
+
+def test_mismatched_data_set_is_refused_with_the_task(compose_config, segmentation_set):
+    overrides = TINY_TRAINER + SMALL + ["pretrain_task=classification", "dataset=folder_seg", f"dataset.root={segmentation_set}"]
+    with pytest.raises(UserError, match="pretrain_task=classification needs a classification data set"):
+        run_pretrain(compose_config("pretrain", overrides))
+
+
+def test_crack_mask_set_has_the_classification_photos(tmp_path):
+    from defectseg.data import synthetic
+
+    seg = synthetic.ensure_crack_segmentation(tmp_path / "seg", n_per_class=2, size=32, progress=False)
+    cls = synthetic.ensure_crack_classification(tmp_path / "cls", n_per_class=2, size=32, progress=False)
+    image = readers.read_image(seg / "images" / "00002.png")  # crack photo 1
+    assert np.array_equal(image, readers.read_image(cls / "Positive" / "00001.png"))
+    assert readers.read_mask(seg / "masks" / "00002.png").any() and not readers.read_mask(seg / "masks" / "00003.png").any()
