@@ -326,12 +326,23 @@ def collect_runs(sweep_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]
         run["_times"] = _job_times(job_dir, metrics)
         runs.append(run)
 
+    # One sweep, or several side by side (make compare-pretrain: finetune/transfer + finetune/scratch), each with its multirun.yaml
+    sweeps = [root]
+    if not (root / "multirun.yaml").is_file():
+        sweeps = [child for child in sorted(root.iterdir()) if (child / "multirun.yaml").is_file()] or [root]
+    for sweep in sweeps:
+        inside = [r for r in (*runs, *missing) if r.get("job_dir") and Path(r["job_dir"]).is_relative_to(sweep)]
+        _add_never_launched(sweep, [d for d in job_dirs if d.is_relative_to(sweep)], inside, missing)
+    return runs, missing
+
+
+def _add_never_launched(root: Path, job_dirs: Sequence[Path], entries: Sequence[dict[str, Any]], missing: list[dict[str, Any]]) -> None:
+    """MISSING entries for the jobs ``root/multirun.yaml`` expects but no directory holds."""
     n_expected, combos = expected_jobs(root)
     n_present = len(job_dirs)
     if n_expected is not None and n_present < n_expected:
         shortfall = n_expected - n_present
-        present = [{k: _norm_val(v) for k, v in filter(None, map(_parse_override, ov))}
-                   for ov in ([*(r["overrides"] for r in runs), *(m["overrides"] for m in missing)])]
+        present = [{k: _norm_val(v) for k, v in filter(None, map(_parse_override, e["overrides"]))} for e in entries]
         absent = [c for c in combos
                   if not any(all(p.get(k) == v for k, v in c.items()) for p in present)]
         if len(absent) == shortfall:
@@ -343,7 +354,6 @@ def collect_runs(sweep_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]
             missing.append({"job": None, "job_dir": None, "overrides": [],
                             "reason": f"{shortfall} of {n_expected} expected jobs have no job "
                                       "directory (never launched)", "count": shortfall})
-    return runs, missing
 
 
 def _job_times(job_dir: Path, metrics: dict[str, Any]) -> tuple[float | None, float | None]:

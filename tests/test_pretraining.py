@@ -23,7 +23,7 @@ from defectseg.training.pretraining import MaskedReconstructionTask, masked_l1, 
 from defectseg.utils.errors import UserError
 from tests.conftest import TINY_TRAINER, write_classification_set, write_segmentation_set
 from tests.test_report import metrics as finetune_metrics
-from tests.test_report import write_job
+from tests.test_report import write_job, write_multirun
 
 SMALL = ["dataset.image_size=32", "dataset.batch_size=4"]
 STAGE1_DATA = {
@@ -163,6 +163,18 @@ def test_report_has_one_row_per_pretrain_task_and_freeze(tmp_path):
 
     labels = {_display_mode(row, rows) for row in rows}
     assert len(labels) == 5 and "scratch" in labels
+
+
+def test_side_by_side_sweeps_report_their_own_never_launched_jobs(tmp_path):
+    """make compare-pretrain: finetune/transfer (encoders x freeze) and finetune/scratch, each with its multirun.yaml."""
+    write_multirun(tmp_path / "transfer", ["freeze=encoder", "pretrained_encoder=A,B", "seed=0"])
+    write_multirun(tmp_path / "scratch", ["freeze=scratch", "seed=0,1"])
+    write_job(tmp_path / "transfer", "0_encoder_from=A", ["freeze=encoder", "pretrained_encoder=A", "seed=0"], finetune_metrics("encoder", 0, 0.6))
+    write_job(tmp_path / "scratch", "0_freeze=scratch,seed=0", ["freeze=scratch", "seed=0"], finetune_metrics("scratch", 0, 0.5))
+    write_job(tmp_path / "scratch", "1_freeze=scratch,seed=1", ["freeze=scratch", "seed=1"], finetune_metrics("scratch", 1, 0.5))
+    runs, missing = collect_runs(tmp_path)
+    assert len(runs) == 3
+    assert [m["overrides"] for m in missing] == [["freeze=encoder", "pretrained_encoder=B", "seed=0"]]
 
 
 @pytest.mark.parametrize(("objective", "dataset_target"), [("self_supervised", "UnlabelledImageDataModule"), ("segmentation", "SegmentationDataModule"), ("classification", "ClassificationDataModule")])
