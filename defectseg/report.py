@@ -62,7 +62,7 @@ VERDICT_LOSS = "loss is real (CI excludes 0)"
 VERDICT_NS = "not significant"
 
 REPORT_CSV_COLUMNS = [
-    "experiment", "dataset", "model", "pretrain_task", "freeze", "freeze_depth", "mode",
+    "experiment", "dataset", "model", "pretrain_task", "freeze", "freeze_depth", "init_decoder", "mode",
     "train_images", "trainable_params", "total_params", "n_seeds", "seeds",
     "val_dice_mean", "val_dice_std", "test_dice_mean", "test_dice_std",
     "gain_abs", "gain_pct", "ttest_p", "n_paired", "boot_ci_low", "boot_ci_high",
@@ -92,8 +92,10 @@ class ReportError(RuntimeError):
 # --------------------------------------------------------------------------- small helpers
 
 
-def mode_label(freeze: str | None, freeze_depth: int | None = None) -> str:
+def mode_label(freeze: str | None, freeze_depth: int | None = None, init_decoder: bool = False) -> str:
     """Human label of a freeze mode, as used in the table and the plots."""
+    if init_decoder:
+        return f"{mode_label(freeze, freeze_depth)} + stage-1 decoder"
     if freeze == "scratch":
         return "scratch"
     if freeze == "encoder":
@@ -322,7 +324,8 @@ def collect_runs(sweep_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]
         _fill_from_overrides(run, overrides)
         run.update(entry)
         run["test_dice"] = float(run["test_dice"])
-        run["mode"] = mode_label(run.get("freeze"), run.get("freeze_depth"))
+        run["init_decoder"] = bool(metrics.get("init_decoder"))  # the decoder started from stage 1's (a record when it did)
+        run["mode"] = mode_label(run.get("freeze"), run.get("freeze_depth"), run["init_decoder"])
         run["_times"] = _job_times(job_dir, metrics)
         runs.append(run)
 
@@ -332,28 +335,41 @@ def collect_runs(sweep_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]
         sweeps = [child for child in sorted(root.iterdir()) if (child / "multirun.yaml").is_file()] or [root]
     for sweep in sweeps:
         inside = [r for r in (*runs, *missing) if r.get("job_dir") and Path(r["job_dir"]).is_relative_to(sweep)]
-        _add_never_launched(sweep, [d for d in job_dirs if d.is_relative_to(sweep)], inside, missing)
+        _add_never_launched(sweep, [d for d in job_dirs if d.is_relative_to(sweep)], inside, missing, finished_elsewhere=runs)
     return runs, missing
 
 
-def _add_never_launched(root: Path, job_dirs: Sequence[Path], entries: Sequence[dict[str, Any]], missing: list[dict[str, Any]]) -> None:
-    """MISSING entries for the jobs ``root/multirun.yaml`` expects but no directory holds."""
+def _add_never_launched(root: Path, job_dirs: Sequence[Path], entries: Sequence[dict[str, Any]], missing: list[dict[str, Any]],
+                        finished_elsewhere: Sequence[dict[str, Any]] = ()) -> None:
+    """MISSING entries for the jobs ``root/multirun.yaml`` expects but no directory holds.
+
+    A job that a stopped sweep never launched but a sweep beside it ran with the same overrides
+    (a sweep continued in another directory) is not missing: the report has its result."""
     n_expected, combos = expected_jobs(root)
     n_present = len(job_dirs)
-    if n_expected is not None and n_present < n_expected:
-        shortfall = n_expected - n_present
-        present = [{k: _norm_val(v) for k, v in filter(None, map(_parse_override, e["overrides"]))} for e in entries]
-        absent = [c for c in combos
-                  if not any(all(p.get(k) == v for k, v in c.items()) for p in present)]
-        if len(absent) == shortfall:
-            for combo in absent:
-                missing.append({"job": None, "job_dir": None,
-                                "overrides": [f"{k}={v}" for k, v in combo.items()],
-                                "reason": "no job directory (never launched)"})
-        else:
-            missing.append({"job": None, "job_dir": None, "overrides": [],
-                            "reason": f"{shortfall} of {n_expected} expected jobs have no job "
-                                      "directory (never launched)", "count": shortfall})
+    if n_expected is None or n_present >= n_expected:
+        return
+    shortfall = n_expected - n_present
+    swept = {k for k in (combos[0] if combos else {}) if len({str(c.get(k)) for c in combos}) > 1}
+
+    def overrides_of(entry: dict[str, Any]) -> dict[str, str]:
+        return {k: str(_norm_val(v)).lower() for k, v in filter(None, map(_parse_override, entry["overrides"]))}
+
+    def ran(combo: dict[str, Any], job: dict[str, str], keys: Iterable[str]) -> bool:
+        """Same value for every swept key; any other key the job names must agree too."""
+        return all(job.get(k) == str(combo[k]).lower() for k in swept) and all(job[k] == str(combo[k]).lower() for k in keys if k in job)
+
+    present = [overrides_of(e) for e in entries]
+    absent = [c for c in combos if not any(ran(c, p, c) for p in present)]
+    if len(absent) != shortfall:
+        missing.append({"job": None, "job_dir": None, "overrides": [],
+                        "reason": f"{shortfall} of {n_expected} expected jobs have no job directory (never launched)", "count": shortfall})
+        return
+    elsewhere = [overrides_of(r) for r in finished_elsewhere]
+    for combo in absent:
+        if not any(ran(combo, job, combo) for job in elsewhere):
+            missing.append({"job": None, "job_dir": None, "overrides": [f"{k}={v}" for k, v in combo.items()],
+                            "reason": "no job directory (never launched)"})
 
 
 def _job_times(job_dir: Path, metrics: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -424,7 +440,7 @@ def _by_seed(runs: Sequence[dict[str, Any]]) -> dict[Any, float]:
 def _group_key(run: dict[str, Any]) -> tuple[Any, ...]:
     return (run.get("experiment"), run.get("dataset"), run.get("model"),
             run.get("pretrain_task"), run.get("freeze"), run.get("freeze_depth"),
-            run.get("train_images"))
+            bool(run.get("init_decoder")), run.get("train_images"))
 
 
 def _common(values: Iterable[Any]) -> Any:
@@ -435,7 +451,7 @@ def _common(values: Iterable[Any]) -> Any:
 def _row_sort_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (_none_last(row["experiment"]), _none_last(row["dataset"]), _none_last(row["model"]),
             _none_last(row["train_images"]), MODE_ORDER.get(row["freeze"], 9),
-            _none_last(row["freeze_depth"]), _none_last(row["pretrain_task"]))
+            _none_last(row["freeze_depth"]), _none_last(row["pretrain_task"]), row.get("init_decoder", False))
 
 
 def aggregate(runs: Sequence[dict[str, Any]], n_resamples: int = N_BOOTSTRAP,
@@ -453,14 +469,14 @@ def aggregate(runs: Sequence[dict[str, Any]], n_resamples: int = N_BOOTSTRAP,
     rows: list[dict[str, Any]] = []
     for key, members in groups.items():
         members = sorted(members, key=lambda r: _none_last(r.get("seed")))
-        experiment, dataset, model, pretrain_task, freeze, freeze_depth, train_images = key
+        experiment, dataset, model, pretrain_task, freeze, freeze_depth, init_decoder, train_images = key
         vals = [v for v in (_finite(r.get("best_val_dice")) for r in members) if v is not None]
         tests = [r["test_dice"] for r in members]
         num = lambda k: [v for v in (_finite(r.get(k)) for r in members) if v is not None]  # noqa: E731
         rows.append({
             "experiment": experiment, "dataset": dataset, "model": model,
             "pretrain_task": pretrain_task, "freeze": freeze, "freeze_depth": freeze_depth,
-            "mode": mode_label(freeze, freeze_depth), "train_images": train_images,
+            "init_decoder": init_decoder, "mode": mode_label(freeze, freeze_depth, init_decoder), "train_images": train_images,
             "trainable_params": _common(r.get("trainable_params") for r in members),
             "total_params": _common(r.get("total_params") for r in members),
             "n_seeds": len(members),

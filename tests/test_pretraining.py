@@ -165,6 +165,34 @@ def test_report_has_one_row_per_pretrain_task_and_freeze(tmp_path):
     assert len(labels) == 5 and "scratch" in labels
 
 
+def test_report_keeps_a_stage1_decoder_start_apart(tmp_path):
+    """init_decoder=true is another training than the encoder alone: its own row, never averaged with it."""
+    job = 0
+    for seed in (0, 1):
+        for freeze, decoder, dice in (("encoder", None, 0.6), ("encoder", {"path": "decoder.safetensors"}, 0.7), ("scratch", None, 0.5)):
+            run = finetune_metrics(freeze, seed, dice)
+            run["pretrain_task"], run["init_decoder"] = (None if freeze == "scratch" else "segmentation"), decoder
+            write_job(tmp_path, f"{job}_freeze={freeze},seed={seed}", [f"freeze={freeze}", f"seed={seed}"], run)
+            job += 1
+    rows = aggregate(collect_runs(tmp_path)[0], n_resamples=200)
+    by_mode = {row["mode"]: row for row in rows}
+    assert set(by_mode) == {"scratch", "transfer-frozen encoder", "transfer-frozen encoder + stage-1 decoder"}
+    assert by_mode["transfer-frozen encoder + stage-1 decoder"]["gain_abs"] == pytest.approx(0.2)
+    assert by_mode["transfer-frozen encoder"]["n_seeds"] == 2
+
+
+def test_a_stopped_sweep_continued_beside_it_is_not_missing(tmp_path):
+    """A sweep stopped after its first job, its other jobs run by a second sweep: nothing is missing, only the job nobody ran."""
+    write_multirun(tmp_path / "first", ["freeze=scratch,encoder", "seed=0,1"])
+    write_job(tmp_path / "first", "0_freeze=scratch,seed=0", ["freeze=scratch", "seed=0"], finetune_metrics("scratch", 0, 0.5))
+    write_multirun(tmp_path / "rest", ["freeze=encoder", "seed=0,1"])
+    write_job(tmp_path / "rest", "0_freeze=encoder,seed=0", ["freeze=encoder", "seed=0"], finetune_metrics("encoder", 0, 0.6))
+    write_job(tmp_path / "rest", "1_freeze=encoder,seed=1", ["freeze=encoder", "seed=1"], finetune_metrics("encoder", 1, 0.6))
+    runs, missing = collect_runs(tmp_path)
+    assert len(runs) == 3
+    assert [m["overrides"] for m in missing] == [["freeze=scratch", "seed=1"]]
+
+
 def test_side_by_side_sweeps_report_their_own_never_launched_jobs(tmp_path):
     """make compare-pretrain: finetune/transfer (encoders x freeze) and finetune/scratch, each with its multirun.yaml."""
     write_multirun(tmp_path / "transfer", ["freeze=encoder", "pretrained_encoder=A,B", "seed=0"])
