@@ -355,19 +355,19 @@ def _add_never_launched(root: Path, job_dirs: Sequence[Path], entries: Sequence[
     def overrides_of(entry: dict[str, Any]) -> dict[str, str]:
         return {k: str(_norm_val(v)).lower() for k, v in filter(None, map(_parse_override, entry["overrides"]))}
 
-    def ran(combo: dict[str, Any], job: dict[str, str], keys: Iterable[str]) -> bool:
+    def ran(combo: dict[str, Any], job: dict[str, str]) -> bool:
         """Same value for every swept key; any other key the job names must agree too."""
-        return all(job.get(k) == str(combo[k]).lower() for k in swept) and all(job[k] == str(combo[k]).lower() for k in keys if k in job)
+        return all(job.get(k) == str(combo[k]).lower() for k in swept) and all(job[k] == str(v).lower() for k, v in combo.items() if k in job)
 
     present = [overrides_of(e) for e in entries]
-    absent = [c for c in combos if not any(ran(c, p, c) for p in present)]
+    absent = [c for c in combos if not any(ran(c, p) for p in present)]
     if len(absent) != shortfall:
         missing.append({"job": None, "job_dir": None, "overrides": [],
                         "reason": f"{shortfall} of {n_expected} expected jobs have no job directory (never launched)", "count": shortfall})
         return
     elsewhere = [overrides_of(r) for r in finished_elsewhere]
     for combo in absent:
-        if not any(ran(combo, job, combo) for job in elsewhere):
+        if not any(ran(combo, job) for job in elsewhere):
             missing.append({"job": None, "job_dir": None, "overrides": [f"{k}={v}" for k, v in combo.items()],
                             "reason": "no job directory (never launched)"})
 

@@ -34,6 +34,12 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+def check_learning_rate(lr: float) -> None:
+    """Every task's optimiser takes optim.lr: one message for a bad one, before any work."""
+    if lr <= 0:
+        raise ValueError(f"optim.lr must be positive, got {lr}")
+
+
 def adam(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:
     """The paper's Adam over the trainable parameters, fused into one kernel on CPU and CUDA: the
     default per-tensor update of unet_paper's 7.8M parameters is hundreds of small kernels
@@ -48,8 +54,7 @@ class ClassificationTask(L.LightningModule):
 
     def __init__(self, network: nn.Module, num_classes: int = 2, lr: float = 1e-4, weight_decay: float = 0.0, channels_last: bool = True, compile: bool = False) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"optim.lr must be positive, got {lr}")
+        check_learning_rate(lr)
         self.save_hyperparameters(ignore=["network"], logger=False)
         self.network = network
         self.binary = num_classes == 2
@@ -110,8 +115,7 @@ class SegmentationTask(L.LightningModule):
         preview_images: int = 4,
     ) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"optim.lr must be positive, got {lr}")
+        check_learning_rate(lr)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
         self.save_hyperparameters(ignore=["model"], logger=False)

@@ -26,7 +26,7 @@ from torch import nn
 from defectseg.models import EncoderClassifier
 from defectseg.models.encoder_io import save_decoder
 from defectseg.models.segmentation import SegmentationModel, count_parameters
-from defectseg.training.modules import ClassificationTask, SegmentationTask, adam, images_to_float, prepare_network
+from defectseg.training.modules import ClassificationTask, SegmentationTask, adam, check_learning_rate, images_to_float, prepare_network
 from defectseg.training.runner import calibrate_features
 from defectseg.utils.errors import UserError
 
@@ -174,8 +174,7 @@ class MaskedReconstructionTask(L.LightningModule):
         preview_images: int = 4,
     ) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"optim.lr must be positive, got {lr}")
+        check_learning_rate(lr)
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"pretrain_task.mask_ratio must lie strictly between 0 and 1, got {mask_ratio}")
         if patch_size < 1:
