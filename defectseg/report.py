@@ -820,7 +820,16 @@ def plot_compare(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], t
 
 
 def _label_eff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    keep = [r for r in rows if r["train_images"] is not None]
+    """Rows of the (experiment, dataset, model) panels trained at two or more label budgets: a curve needs two points.
+
+    Sets that differ only in size (crackforest's 82 images beside deepcrack's 175) make no curve.
+    """
+    sizes: dict[tuple[Any, ...], set[int]] = {}
+    for r in rows:
+        if r["train_images"] is not None:
+            sizes.setdefault((r["experiment"], r["dataset"], r["model"]), set()).add(r["train_images"])
+    keep = [r for r in rows if r["train_images"] is not None
+            and len(sizes[(r["experiment"], r["dataset"], r["model"])]) > 1]
     return sorted(keep, key=lambda r: (_none_last(r["experiment"]), _none_last(r["dataset"]),
                                        _none_last(r["model"]), MODE_ORDER.get(r["freeze"], 9),
                                        _none_last(r["freeze_depth"]), _none_last(r["pretrain_task"]),
@@ -894,7 +903,7 @@ def write_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
     paths["report.csv"] = out / "report.csv"
     atomic_write_text(paths["report.csv"], _csv_text(rows, REPORT_CSV_COLUMNS))
     images: list[str] = []
-    several_sizes = len({r["train_images"] for r in rows if r["train_images"] is not None}) > 1
+    several_sizes = bool(_label_eff_rows(rows))
     if several_sizes:
         paths["label_efficiency.csv"] = out / "label_efficiency.csv"
         atomic_write_text(paths["label_efficiency.csv"],

@@ -346,6 +346,29 @@ def test_no_label_efficiency_for_single_size(tmp_path: Path) -> None:
     assert not (sweep / "label_efficiency.csv").exists() and not (sweep / "label_efficiency.png").exists()
 
 
+def test_label_efficiency_only_for_sets_trained_at_several_budgets(tmp_path: Path) -> None:
+    """Sets that differ only in size (82 vs 175 images) make no curve; a set with two budgets does."""
+    root = tmp_path / "s"
+    write_multirun(root, ["dataset=small,big,curve", "freeze=scratch,encoder", "seed=0"])
+    jobs = [("small", 82), ("big", 175), ("curve", 25), ("curve", 175)]
+    job = 0
+    for dataset, size in jobs:
+        for mode in ("scratch", "encoder"):
+            write_job(root, str(job), [f"dataset={dataset}", f"freeze={mode}", "seed=0"],
+                      metrics(mode, 0, 0.5, train_images=size, dataset=dataset))
+            job += 1
+    result = write_report(root, plots=False)
+    rows = read_csv(result["paths"]["label_efficiency.csv"])
+    assert {(r["dataset"], int(r["train_images"])) for r in rows} == {("curve", 25), ("curve", 175)}
+
+    only_sizes = tmp_path / "t"
+    write_multirun(only_sizes, ["dataset=small,big", "freeze=scratch", "seed=0"])
+    for job, (dataset, size) in enumerate(jobs[:2]):
+        write_job(only_sizes, str(job), [f"dataset={dataset}", "freeze=scratch", "seed=0"],
+                  metrics("scratch", 0, 0.5, train_images=size, dataset=dataset))
+    assert "label_efficiency.csv" not in write_report(only_sizes, plots=False)["paths"]
+
+
 # --------------------------------------------------------------------------- files and CLI
 
 
