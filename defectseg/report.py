@@ -690,7 +690,7 @@ def _markdown_report(sweep_dir: Path, rows: Sequence[dict[str, Any]], runs: Sequ
               "(needs ≥ 2 seeds present in both modes).",
               f"- *bootstrap*: per-image test Dice averaged over seeds, difference mode − scratch, "
               f"{N_BOOTSTRAP:,} resamples of the test images (seed {BOOTSTRAP_SEED}), "
-              "percentile 95% CI of the mean; verdict \"gain is real\" when the CI excludes 0.", ""]
+              "percentile 95% CI of the mean; verdict \"gain is real\" (or \"loss is real\") when the CI excludes 0.", ""]
     for img in images:
         parts += [f"![{Path(img).stem}]({img})", ""]
     return "\n".join(parts)
@@ -776,7 +776,7 @@ def _draw_bars(ax: Any, groups: dict[str, list[dict[str, Any]]], rows: Sequence[
             hi = max(mean + std, float(pts.max()) if pts.size else mean, r["val_dice_mean"] or 0.0)
             text = f"{mean:.3f}"
             if r["gain_abs"] is not None:
-                text += f"\n{r['gain_abs']:+.3f}" + ("*" if r["verdict"] == VERDICT_GAIN else "")
+                text += f"\n{r['gain_abs']:+.3f}" + ("*" if r["verdict"] in (VERDICT_GAIN, VERDICT_LOSS) else "")
             ax.text(x, hi + 0.015, text, ha="center", va="bottom", fontsize=7 if small else 8.5,
                     fontweight="bold", zorder=6)
             top = max(top, hi)
