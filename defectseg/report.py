@@ -903,16 +903,15 @@ def write_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
     paths["report.csv"] = out / "report.csv"
     atomic_write_text(paths["report.csv"], _csv_text(rows, REPORT_CSV_COLUMNS))
     images: list[str] = []
-    several_sizes = bool(_label_eff_rows(rows))
-    if several_sizes:
+    curve_rows = _label_eff_rows(rows)
+    if curve_rows:
         paths["label_efficiency.csv"] = out / "label_efficiency.csv"
-        atomic_write_text(paths["label_efficiency.csv"],
-                           _csv_text(_label_eff_rows(rows), LABEL_EFF_CSV_COLUMNS))
+        atomic_write_text(paths["label_efficiency.csv"], _csv_text(curve_rows, LABEL_EFF_CSV_COLUMNS))
     if plots:
         paths["compare.png"] = plot_compare(rows, out / "compare.png")
         images.append("compare.png")
-        if several_sizes:
-            paths["label_efficiency.png"] = plot_label_efficiency(rows, out / "label_efficiency.png")
+        if curve_rows:
+            paths["label_efficiency.png"] = plot_label_efficiency(curve_rows, out / "label_efficiency.png")
             images.append("label_efficiency.png")
     markdown = _markdown_report(root, rows, runs, missing, images)
     paths["report.md"] = out / "report.md"
