@@ -15,6 +15,7 @@ dropped silently, so a partial sweep still gives an honest report.
 from __future__ import annotations
 
 import argparse
+import colorsys
 import csv
 import datetime as _dt
 import io
@@ -79,10 +80,16 @@ LABEL_EFF_CSV_COLUMNS = [
 # Paper Table 1 (test Dice), quoted in report.md for context only.
 _PAPER_REF = "paper Table 1 (test Dice): scratch 0.71 / 0.71 → transfer 0.79 / 0.77"
 
-_MODE_COLOURS = {"scratch": "#8c8c8c", "encoder": "#1f77b4", "none": "#ff7f0e",
-                 "partial": "#2ca02c"}
-_EXTRA_COLOURS = ["#2ca02c", "#9467bd", "#d62728", "#17becf", "#bcbd22", "#e377c2",
-                  "#8c564b", "#7f7f7f"]
+# One hue per freeze mode (scratch grey, frozen blue, full fine-tuning orange, partial green); each further
+# starting point of the same mode (another pretrain task, a stage-1 decoder) takes the next shade of that hue.
+_MODE_SHADES = {
+    "scratch": ["#8c8c8c", "#bdbdbd", "#636363", "#d9d9d9"],
+    "encoder": ["#1f77b4", "#6baed6", "#08519c", "#9ecae1", "#3182bd", "#08306b"],
+    "none": ["#ff7f0e", "#fdae6b", "#a63603", "#fdd0a2", "#e6550d", "#7f2704"],
+    "partial": ["#2ca02c", "#74c476", "#006d2c", "#a1d99b", "#31a354", "#00441b"],
+}
+_EXTRA_COLOURS = ["#9467bd", "#d62728", "#17becf", "#bcbd22", "#e377c2", "#8c564b",
+                  "#c5b0d5", "#ff9896", "#9edae5", "#dbdb8d", "#f7b6d2", "#c49c94"]
 
 
 class ReportError(RuntimeError):
@@ -716,17 +723,19 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 
 def _mode_colours(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Stable colour per displayed mode: scratch grey, frozen encoder blue, full FT orange."""
-    labels = sorted({(_display_mode(r, rows), r["freeze"]) for r in rows},
-                    key=lambda t: (MODE_ORDER.get(t[1], 9), t[0]))
-    used: set[str] = set()
+    """A distinct, stable colour per displayed mode; shades of one hue share a freeze mode."""
+    labels = sorted({(_display_mode(r, rows), r["freeze"], _none_last(r.get("pretrain_task")), bool(r.get("init_decoder")))
+                     for r in rows}, key=lambda t: (MODE_ORDER.get(t[1], 9), t[2], t[3], t[0]))
     out: dict[str, str] = {}
-    spare = iter(c for c in _EXTRA_COLOURS)
-    for label, freeze in labels:
-        col = _MODE_COLOURS.get(freeze)
-        if col is None or col in used:
-            col = next((c for c in spare if c not in used and c not in _MODE_COLOURS.values()), "#333333")
-        used.add(col)
+    spare = iter(_EXTRA_COLOURS)
+    for label, freeze, _task, _decoder in labels:
+        taken = set(out.values())
+        col = next((c for c in _MODE_SHADES.get(freeze, []) if c not in taken), None)
+        if col is None:
+            col = next((c for c in spare if c not in taken), None)
+        if col is None:  # more modes than named colours: evenly spaced hues, still distinct
+            r, g, b = colorsys.hsv_to_rgb((len(out) * 0.618034) % 1.0, 0.65, 0.8)
+            col = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
         out[label] = col
     return out
 
@@ -758,7 +767,7 @@ def _draw_bars(ax: Any, groups: dict[str, list[dict[str, Any]]], rows: Sequence[
     width = 0.8 / n_bars
     rng = np.random.default_rng(0)  # fixed jitter: identical figure on every report run
     top = 0.0
-    small = n_bars * len(groups) > 12
+    small = n_bars * len(groups) > 9
     for gi, grows in enumerate(groups.values()):
         for bi, r in enumerate(grows):
             x = gi + (bi - (len(grows) - 1) / 2) * width

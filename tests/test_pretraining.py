@@ -165,6 +165,24 @@ def test_report_has_one_row_per_pretrain_task_and_freeze(tmp_path):
     assert len(labels) == 5 and "scratch" in labels
 
 
+def test_every_mode_of_a_large_grid_gets_its_own_colour():
+    """3 pretrain tasks x 3 freeze modes x decoder starts + scratch: no two bars share a colour (none repeats scratch's grey)."""
+    from defectseg.report import _display_mode, _mode_colours, mode_label
+
+    rows = [{"freeze": "scratch", "pretrain_task": None, "init_decoder": False, "freeze_depth": None, "mode": "scratch"}]
+    for task in ("classification", "segmentation", "self_supervised", "other_a", "other_b", "other_c", "other_d", "other_e"):
+        for freeze in ("encoder", "partial", "none"):
+            for decoder in (False, True):
+                rows.append({"freeze": freeze, "pretrain_task": task, "init_decoder": decoder, "freeze_depth": 3 if freeze == "partial" else None,
+                             "mode": mode_label(freeze, 3 if freeze == "partial" else None, decoder)})
+    colours = _mode_colours(rows)
+    assert len(colours) == len({_display_mode(r, rows) for r in rows}) == 49
+    assert len(set(colours.values())) == 49
+    scratch = colours[_display_mode(rows[0], rows)]
+    frozen_classifier = colours[_display_mode(rows[1], rows)]
+    assert (scratch, frozen_classifier) == ("#8c8c8c", "#1f77b4")  # the paper's two modes keep their usual colours
+
+
 def test_report_keeps_a_stage1_decoder_start_apart(tmp_path):
     """init_decoder=true is another training than the encoder alone: its own row, never averaged with it."""
     job = 0
