@@ -27,6 +27,8 @@ REAL_ENCODER ?=
 PRETRAIN_DIR ?= outputs/compare_pretrain/$(NOW)
 REAL_PRETRAIN_DIR ?= outputs/compare_pretrain_real/$(NOW)
 PRETRAIN_MODES ?= encoder,none
+REAL_PRETRAIN_MODES ?= encoder,partial,none
+REAL_LE_MODES ?= scratch,encoder,none
 PRETRAIN_ENCODERS = $(1)/pretrain_classification,$(1)/pretrain_segmentation,$(1)/pretrain_self_supervised
 REAL_SKIP = if [ ! -d "$(SHARED_DATASETS)" ]; then echo "$@: skipped, no real data sets at $(SHARED_DATASETS) (set SHARED_DATASETS=DIR)"; exit 0; fi
 
@@ -42,14 +44,15 @@ help:
 	@echo "make compare           sweep scratch / frozen / full fine-tuning x 3 seeds: report.md, report.csv, compare.png"
 	@echo "make label-efficiency  Dice vs number of labelled images, scratch vs transfer"
 	@echo "make compare-real      the comparison on real photos (../shared/datasets): stage 1 on real crack photos, 3 real sets x 3 modes x 3 seeds"
-	@echo "make label-efficiency-real  Dice vs labelled images on one real set (REAL_LE_SET), scratch vs transfer"
+	@echo "make label-efficiency-real  Dice vs labelled images on one real set (REAL_LE_SET) x freeze=$(REAL_LE_MODES); REAL_ENCODER=DIR reuses any stage-1 run"
 	@echo "make compare-pretrain  stage 1 by each objective (classification, segmentation, self_supervised), then transfer x freeze=$(PRETRAIN_MODES) + scratch x seeds, one report:"
 	@echo "                         for t in classification segmentation self_supervised; do python -m defectseg.pretrain experiment=$(EXPERIMENT) pretrain_task=\$$t hydra.run.dir=DIR/pretrain_\$$t; done"
 	@echo "                         python -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=$(PRETRAIN_MODES) seed=$(SEEDS) pretrained_encoder=$(call PRETRAIN_ENCODERS,DIR) hydra.sweep.dir=DIR/finetune/transfer"
 	@echo "                         python -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=scratch seed=$(SEEDS) hydra.sweep.dir=DIR/finetune/scratch"
 	@echo "                         python -m defectseg.report DIR/finetune"
 	@echo "make compare-pretrain-real  the same on real photos: stage 1 classification on real_crack_cls, segmentation on real_crack_seg,"
-	@echo "                         self_supervised on real_unlabelled_magnetic_tile; stage 2 on real_magnetic_tile (skips without $(SHARED_DATASETS))"
+	@echo "                         self_supervised on real_unlabelled_magnetic_tile; stage 2 on real_magnetic_tile x freeze=$(REAL_PRETRAIN_MODES)"
+	@echo "                         (+ the segmenter's decoder, init_decoder=true) x seeds (skips without $(SHARED_DATASETS))"
 	@echo "make test              the test suite"
 	@echo "make bench             training/inference throughput: pipeline vs bare PyTorch loop, GFLOP/s, memory -> benchmarks/results.md"
 	@echo "make tensorboard       TensorBoard over outputs/"
@@ -112,7 +115,7 @@ label-efficiency-real: $(STAMP)
 	encoder="$(REAL_ENCODER)"; \
 	if [ -z "$$encoder" ]; then encoder=$(REAL_LE_DIR)/pretrain; \
 	  $(PY) -m defectseg.pretrain experiment=real dataset=$(REAL_PRETRAIN) paths.shared_datasets=$(SHARED_DATASETS) hydra.run.dir=$$encoder $(ARGS); fi; \
-	$(PY) -m defectseg.finetune -m experiment=real dataset=$(REAL_LE_SET) freeze=scratch,encoder seed=$(SEEDS) dataset.max_train_images=$(REAL_BUDGETS) dataset.samples_per_epoch=175 paths.shared_datasets=$(SHARED_DATASETS) pretrained_encoder=$$encoder hydra.sweep.dir=$(REAL_LE_DIR)/finetune $(ARGS); \
+	$(PY) -m defectseg.finetune -m experiment=real dataset=$(REAL_LE_SET) freeze=$(REAL_LE_MODES) seed=$(SEEDS) dataset.max_train_images=$(REAL_BUDGETS) dataset.samples_per_epoch=175 paths.shared_datasets=$(SHARED_DATASETS) pretrained_encoder=$$encoder hydra.sweep.dir=$(REAL_LE_DIR)/finetune $(ARGS); \
 	$(PY) -m defectseg.report $(REAL_LE_DIR)/finetune
 
 # Stage 1 by each objective, then ONE multirun of the transfer modes over the three encoders x seeds, and one of scratch x seeds.
@@ -131,7 +134,8 @@ compare-pretrain-real: $(STAMP)
 	$(PY) -m defectseg.pretrain $$common pretrain_task=classification dataset=real_crack_cls hydra.run.dir=$(REAL_PRETRAIN_DIR)/pretrain_classification $(ARGS); \
 	$(PY) -m defectseg.pretrain $$common pretrain_task=segmentation dataset=real_crack_seg hydra.run.dir=$(REAL_PRETRAIN_DIR)/pretrain_segmentation $(ARGS); \
 	$(PY) -m defectseg.pretrain $$common pretrain_task=self_supervised dataset=real_unlabelled_magnetic_tile hydra.run.dir=$(REAL_PRETRAIN_DIR)/pretrain_self_supervised $(ARGS); \
-	$(PY) -m defectseg.finetune -m $$common dataset=real_magnetic_tile freeze=$(PRETRAIN_MODES) seed=$(SEEDS) pretrained_encoder=$(call PRETRAIN_ENCODERS,$(REAL_PRETRAIN_DIR)) hydra.sweep.dir=$(REAL_PRETRAIN_DIR)/finetune/transfer $(ARGS); \
+	$(PY) -m defectseg.finetune -m $$common dataset=real_magnetic_tile freeze=$(REAL_PRETRAIN_MODES) seed=$(SEEDS) pretrained_encoder=$(call PRETRAIN_ENCODERS,$(REAL_PRETRAIN_DIR)) hydra.sweep.dir=$(REAL_PRETRAIN_DIR)/finetune/transfer $(ARGS); \
+	$(PY) -m defectseg.finetune -m $$common dataset=real_magnetic_tile freeze=encoder,none init_decoder=true seed=$(SEEDS) pretrained_encoder=$(REAL_PRETRAIN_DIR)/pretrain_segmentation hydra.sweep.dir=$(REAL_PRETRAIN_DIR)/finetune/transfer_init_decoder $(ARGS); \
 	$(PY) -m defectseg.finetune -m $$common dataset=real_magnetic_tile freeze=scratch seed=$(SEEDS) hydra.sweep.dir=$(REAL_PRETRAIN_DIR)/finetune/scratch $(ARGS); \
 	$(PY) -m defectseg.report $(REAL_PRETRAIN_DIR)/finetune
 
