@@ -95,7 +95,7 @@ def test_steel_layout_masks_and_manifest(tmp_path: Path) -> None:
         assert set(np.unique(masks[key])) <= {0, 255}
     assert sum(bool(m.any()) for m in masks.values()) >= N - 1
     manifest = S.read_manifest(root)
-    assert manifest is not None and manifest["count"] == N and manifest["params"] == {"n_images": N, "size": SIZE, "seed": 0}
+    assert manifest is not None and manifest["count"] == N and manifest["params"] == {"n_images": N, "size": SIZE, "seed": 0, "conditions": "clean"}
 
 
 def test_steel_files_match_the_sample_function_and_are_deterministic(tmp_path: Path) -> None:
@@ -108,13 +108,18 @@ def test_steel_files_match_the_sample_function_and_are_deterministic(tmp_path: P
         assert not np.array_equal(np.asarray(Image.open(b / "images" / f"{i:05d}.png")), image)
 
 
+@pytest.mark.parametrize("conditions", S.CONDITIONS)
 @pytest.mark.parametrize("size", [64, 160])
-def test_masks_cover_exactly_what_the_defects_changed(size: int) -> None:
-    """Re-render each photo without its defects: the difference must sit on the mask (plus a 1-px rim)."""
+def test_masks_cover_exactly_what_the_defects_changed(size: int, conditions: str) -> None:
+    """Re-render each photo without its defects: the difference must sit on the mask (plus a 1-px rim).
+
+    Under field conditions too: look-alike marks are not defects, so they must not touch the mask,
+    and a faint defect must still visibly change every pixel of its mask.
+    """
     checked = 0
     for i in range(12):
-        image, mask, kinds = S._steel_sample(0, i, size)
-        clean, clean_mask, clean_kinds = S._steel_sample(0, i, size, defects=False)
+        image, mask, kinds = S._steel_sample(0, i, size, conditions=conditions)
+        clean, clean_mask, clean_kinds = S._steel_sample(0, i, size, defects=False, conditions=conditions)
         assert not clean_mask.any() and clean_kinds == []
         diff = np.abs(image.astype(int) - clean.astype(int)).max(-1)
         if not mask.any():
@@ -290,7 +295,7 @@ def test_ensure_logs_what_and_where(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert not [r for r in caplog.records if r.name == "defectseg.data.synthetic"]
 
 
-@pytest.mark.parametrize("kwargs", [{"n_images": 0}, {"size": 8}, {"seed": -1}])
+@pytest.mark.parametrize("kwargs", [{"n_images": 0}, {"size": 8}, {"seed": -1}, {"conditions": "foggy"}])
 def test_invalid_parameters_are_rejected(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         S.ensure_steel_segmentation(tmp_path / "seg", progress=False, **kwargs)
@@ -302,8 +307,12 @@ def test_invalid_parameters_are_rejected(tmp_path: Path, kwargs: dict) -> None:
 
 def test_cli_main(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert S.main(["seg", str(tmp_path / "seg"), "--n", "2", "--size", "32", "--seed", "3", "--no-progress"]) == 0
-    assert S.read_manifest(tmp_path / "seg")["params"] == {"n_images": 2, "size": 32, "seed": 3}
+    assert S.read_manifest(tmp_path / "seg")["params"] == {"n_images": 2, "size": 32, "seed": 3, "conditions": "clean"}
+    assert S.main(["seg", str(tmp_path / "field"), "--n", "2", "--size", "32", "--conditions", "field", "--no-progress"]) == 0
+    assert S.read_manifest(tmp_path / "field")["params"]["conditions"] == "field"
     assert "2 images" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse: an unknown condition is a usage error
+        S.main(["seg", str(tmp_path / "bad"), "--conditions", "foggy", "--no-progress"])
     assert S.main(["cls", str(tmp_path / "seg"), "--n", "1", "--size", "32", "--no-progress"]) == 2  # refuses
 
 
@@ -330,3 +339,32 @@ def test_cli_rejects_bad_values_instead_of_using_defaults(tmp_path: Path, capsys
     assert S.main(["seg", str(tmp_path / "seg"), "--n", "0", "--no-progress"]) == 2
     assert "n_images" in capsys.readouterr().err
     assert not (tmp_path / "seg").exists()
+
+
+def test_field_conditions_add_to_the_clean_photos() -> None:
+    """The field set is the clean set plus field effects: same backgrounds, same defects, same masks.
+
+    So the clean default is the very set of every earlier result, and the two sets differ only in
+    what field conditions add.
+    """
+    for i in range(6):
+        clean, clean_mask, clean_kinds = S._steel_sample(0, i, SIZE, conditions="clean")
+        field, field_mask, field_kinds = S._steel_sample(0, i, SIZE, conditions="field")
+        assert np.array_equal(clean_mask, field_mask) and clean_kinds == field_kinds
+        assert not np.array_equal(clean, field)
+    # the field photos are darker on average (poorer light) and hold unlabelled marks off the masks
+    clean_mean = np.mean([S._steel_sample(0, i, SIZE, conditions="clean")[0].mean() for i in range(12)])
+    field_mean = np.mean([S._steel_sample(0, i, SIZE, conditions="field")[0].mean() for i in range(12)])
+    assert field_mean < clean_mean
+
+
+def test_look_alike_marks_are_painted_on_the_surface() -> None:
+    """Every field photo gets at least one unlabelled mark, local (not a global tint) and of varying size."""
+    covered = []
+    for seed in range(10):
+        surface = np.full((SIZE, SIZE, 3), 0.5, np.float32)
+        S._look_alikes(np.random.default_rng(seed), surface)
+        changed = np.abs(surface - 0.5).max(-1) > 0.02
+        assert changed.any(), f"seed {seed}: no mark painted"
+        covered.append(changed.mean())
+    assert min(covered) < 0.5 and max(covered) - min(covered) > 0.05
