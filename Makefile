@@ -85,7 +85,7 @@ export: $(STAMP)
 
 data: $(STAMP)
 	$(PY) -m defectseg.data.synthetic cls data/synthetic_concrete_cracks_227px_n1000_seed0 --n 1000
-	$(PY) -m defectseg.data.synthetic seg data/synthetic_steel_defects_256px_n175_seed0_clean --n 175
+	$(PY) -m defectseg.data.synthetic seg data/synthetic_steel_defects_256px_n175_seed0_clean_mixed --n 175
 
 check-data: $(STAMP)
 	$(PY) -m defectseg.check_data $(ARGS)

@@ -63,7 +63,7 @@ VERDICT_LOSS = "loss is real (CI excludes 0)"
 VERDICT_NS = "not significant"
 
 REPORT_CSV_COLUMNS = [
-    "experiment", "dataset", "model", "pretrain_task", "freeze", "freeze_depth", "init_decoder", "mode",
+    "experiment", "dataset", "model", "pretrain_task", "encoder_from", "freeze", "freeze_depth", "init_decoder", "mode",
     "train_images", "trainable_params", "total_params", "n_seeds", "seeds",
     "val_dice_mean", "val_dice_std", "test_dice_mean", "test_dice_std",
     "gain_abs", "gain_pct", "ttest_p", "n_paired", "boot_ci_low", "boot_ci_high",
@@ -72,7 +72,7 @@ REPORT_CSV_COLUMNS = [
 ]
 
 LABEL_EFF_CSV_COLUMNS = [
-    "experiment", "dataset", "model", "pretrain_task", "mode", "freeze", "freeze_depth",
+    "experiment", "dataset", "model", "pretrain_task", "encoder_from", "mode", "freeze", "freeze_depth",
     "train_images", "n_seeds", "test_dice_mean", "test_dice_std", "val_dice_mean",
     "val_dice_std", "gain_abs", "gain_pct", "verdict",
 ]
@@ -294,6 +294,19 @@ def _fill_from_overrides(run: dict[str, Any], overrides: list[str]) -> None:
         run["dataset"] = _override_value(overrides, "dataset")
 
 
+def _encoder_source(metrics: dict[str, Any]) -> str | None:
+    """The stage-1 run a job's encoder came from (its folder's name), so that two stage-1 runs of one
+    objective (say a small and a large one) make two rows of the table instead of one averaged row."""
+    if metrics.get("freeze") == "scratch":
+        return None
+    encoder = metrics.get("pretrained_encoder")
+    path = encoder.get("path") if isinstance(encoder, dict) else encoder
+    if not path:
+        return None
+    path = Path(str(path))
+    return (path.parent.name if path.suffix else path.name) or None
+
+
 def collect_runs(sweep_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Finished runs (metrics.json + job info) and MISSING jobs of a sweep directory.
 
@@ -332,6 +345,7 @@ def collect_runs(sweep_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]
         run.update(entry)
         run["test_dice"] = float(run["test_dice"])
         run["init_decoder"] = bool(metrics.get("init_decoder"))  # the decoder started from stage 1's (a record when it did)
+        run["encoder_from"] = _encoder_source(metrics)
         run["mode"] = mode_label(run.get("freeze"), run.get("freeze_depth"), run["init_decoder"])
         run["_times"] = _job_times(job_dir, metrics)
         runs.append(run)
@@ -446,7 +460,7 @@ def _by_seed(runs: Sequence[dict[str, Any]]) -> dict[Any, float]:
 
 def _group_key(run: dict[str, Any]) -> tuple[Any, ...]:
     return (run.get("experiment"), run.get("dataset"), run.get("model"),
-            run.get("pretrain_task"), run.get("freeze"), run.get("freeze_depth"),
+            run.get("pretrain_task"), run.get("encoder_from"), run.get("freeze"), run.get("freeze_depth"),
             bool(run.get("init_decoder")), run.get("train_images"))
 
 
@@ -458,12 +472,13 @@ def _common(values: Iterable[Any]) -> Any:
 def _row_sort_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (_none_last(row["experiment"]), _none_last(row["dataset"]), _none_last(row["model"]),
             _none_last(row["train_images"]), MODE_ORDER.get(row["freeze"], 9),
-            _none_last(row["freeze_depth"]), _none_last(row["pretrain_task"]), row.get("init_decoder", False))
+            _none_last(row["freeze_depth"]), _none_last(row["pretrain_task"]), _none_last(row.get("encoder_from")),
+            row.get("init_decoder", False))
 
 
 def aggregate(runs: Sequence[dict[str, Any]], n_resamples: int = N_BOOTSTRAP,
               seed: int = BOOTSTRAP_SEED) -> list[dict[str, Any]]:
-    """Table rows: one per (experiment, dataset, model, pretrain_task, mode, train_images).
+    """Table rows: one per (experiment, dataset, model, pretrain_task, stage-1 run, mode, train_images).
 
     Gains and significance compare each mode with scratch of the same (dataset, model,
     train_images): paired t-test on test Dice matched by seed, and a paired bootstrap CI
@@ -476,13 +491,13 @@ def aggregate(runs: Sequence[dict[str, Any]], n_resamples: int = N_BOOTSTRAP,
     rows: list[dict[str, Any]] = []
     for key, members in groups.items():
         members = sorted(members, key=lambda r: _none_last(r.get("seed")))
-        experiment, dataset, model, pretrain_task, freeze, freeze_depth, init_decoder, train_images = key
+        experiment, dataset, model, pretrain_task, encoder_from, freeze, freeze_depth, init_decoder, train_images = key
         vals = [v for v in (_finite(r.get("best_val_dice")) for r in members) if v is not None]
         tests = [r["test_dice"] for r in members]
         num = lambda k: [v for v in (_finite(r.get(k)) for r in members) if v is not None]  # noqa: E731
         rows.append({
             "experiment": experiment, "dataset": dataset, "model": model,
-            "pretrain_task": pretrain_task, "freeze": freeze, "freeze_depth": freeze_depth,
+            "pretrain_task": pretrain_task, "encoder_from": encoder_from, "freeze": freeze, "freeze_depth": freeze_depth,
             "init_decoder": init_decoder, "mode": mode_label(freeze, freeze_depth, init_decoder), "train_images": train_images,
             "trainable_params": _common(r.get("trainable_params") for r in members),
             "total_params": _common(r.get("total_params") for r in members),
@@ -588,11 +603,12 @@ def _multi(rows: Sequence[dict[str, Any]], key: str) -> bool:
 
 
 def _display_mode(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
-    """Mode label, plus the pretraining task when the sweep compares several."""
-    tasks = {r["pretrain_task"] for r in rows if r["freeze"] != "scratch"}
-    if row["freeze"] != "scratch" and len(tasks) > 1:
-        return f"{row['mode']} [{row['pretrain_task']}]"
-    return row["mode"]
+    """Mode label, plus the pretraining task and the stage-1 run when the sweep compares several."""
+    if row["freeze"] == "scratch":
+        return row["mode"]
+    transfer = [r for r in rows if r["freeze"] != "scratch"]
+    tags = [str(row[key]) for key in ("pretrain_task", "encoder_from") if len({r.get(key) for r in transfer}) > 1]
+    return f"{row['mode']} [{', '.join(tags)}]" if tags else row["mode"]
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -69,7 +69,11 @@ def test_paper_defaults(compose_config):
     cfg = compose_config("finetune")
     assert cfg.freeze.mode == "encoder"
     assert cfg.dataset.synthetic.n_images == 175
+    assert cfg.dataset.root.endswith("synthetic_steel_defects_256px_n175_seed0_clean_mixed")
     assert cfg.pretrained_encoder.endswith("outputs/pretrain/latest")
+    single = compose_config("finetune", ["dataset.synthetic.defect_set=crack", "dataset.synthetic.conditions=field"])
+    assert single.dataset.root.endswith("_seed0_field_crack")  # each generated set in a folder of its own
+    assert (cfg.dataset.name, single.dataset.name) == ("synthetic_steel_defects_clean_mixed", "synthetic_steel_defects_field_crack")  # and report rows
 
 
 def test_quick_experiment_is_smaller(compose_config):

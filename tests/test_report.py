@@ -301,6 +301,24 @@ def test_missing_fields_fall_back_to_overrides(tmp_path: Path) -> None:
     assert e["verdict"].startswith("n/a")
 
 
+def test_two_stage1_runs_of_one_objective_are_two_rows(tmp_path: Path) -> None:
+    """A small and a large stage-1 run (same objective) must not be averaged into one row; both compare with one scratch."""
+    root = tmp_path / "s"
+    for seed in (0, 1):
+        write_job(root, f"scratch{seed}", ["freeze=scratch", f"seed={seed}"], metrics("scratch", seed, 0.70 + 0.01 * seed))
+        for name, test in (("pretrain_small", 0.66), ("pretrain_large", 0.74)):
+            m = metrics("encoder", seed, test + 0.01 * seed) | {"pretrained_encoder": {"path": f"/runs/{name}/encoder.safetensors", "sha256": name}}
+            write_job(root, f"{name}{seed}", ["freeze=encoder", f"seed={seed}"], m)
+    out = write_report(root)
+    transfer = {r["encoder_from"]: r for r in out["rows"] if r["freeze"] == "encoder"}
+    assert set(transfer) == {"pretrain_small", "pretrain_large"}
+    assert transfer["pretrain_small"]["gain_abs"] == pytest.approx(-0.04) and transfer["pretrain_large"]["gain_abs"] == pytest.approx(0.04)
+    assert row_of([r for r in out["rows"] if r["freeze"] == "scratch"], "scratch")["encoder_from"] is None
+    md = out["paths"]["report.md"].read_text()
+    assert "transfer-frozen encoder [pretrain_small]" in md and "transfer-frozen encoder [pretrain_large]" in md
+    assert {r["encoder_from"] for r in read_csv(out["paths"]["report.csv"])} == {"", "pretrain_small", "pretrain_large"}
+
+
 def test_partial_mode_label_and_order(tmp_path: Path) -> None:
     root = tmp_path / "s"
     write_job(root, "0", ["freeze=none"], metrics("none", 0, 0.81))

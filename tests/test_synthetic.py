@@ -95,7 +95,7 @@ def test_steel_layout_masks_and_manifest(tmp_path: Path) -> None:
         assert set(np.unique(masks[key])) <= {0, 255}
     assert sum(bool(m.any()) for m in masks.values()) >= N - 1
     manifest = S.read_manifest(root)
-    assert manifest is not None and manifest["count"] == N and manifest["params"] == {"n_images": N, "size": SIZE, "seed": 0, "conditions": "clean"}
+    assert manifest is not None and manifest["count"] == N and manifest["params"] == {"n_images": N, "size": SIZE, "seed": 0, "conditions": "clean", "defect_set": "mixed"}
 
 
 def test_steel_files_match_the_sample_function_and_are_deterministic(tmp_path: Path) -> None:
@@ -108,9 +108,10 @@ def test_steel_files_match_the_sample_function_and_are_deterministic(tmp_path: P
         assert not np.array_equal(np.asarray(Image.open(b / "images" / f"{i:05d}.png")), image)
 
 
-@pytest.mark.parametrize("conditions", S.CONDITIONS)
-@pytest.mark.parametrize("size", [64, 160])
-def test_masks_cover_exactly_what_the_defects_changed(size: int, conditions: str) -> None:
+@pytest.mark.parametrize(
+    ("size", "conditions", "defect_set"), [(64, "clean", "mixed"), (160, "clean", "mixed"), (64, "field", "mixed"), (160, "field", "mixed"), (64, "clean", "crack")]
+)
+def test_masks_cover_exactly_what_the_defects_changed(size: int, conditions: str, defect_set: str) -> None:
     """Re-render each photo without its defects: the difference must sit on the mask (plus a 1-px rim).
 
     Under field conditions too: look-alike marks are not defects, so they must not touch the mask,
@@ -118,8 +119,8 @@ def test_masks_cover_exactly_what_the_defects_changed(size: int, conditions: str
     """
     checked = 0
     for i in range(12):
-        image, mask, kinds = S._steel_sample(0, i, size, conditions=conditions)
-        clean, clean_mask, clean_kinds = S._steel_sample(0, i, size, defects=False, conditions=conditions)
+        image, mask, kinds = S._steel_sample(0, i, size, conditions=conditions, defect_set=defect_set)
+        clean, clean_mask, clean_kinds = S._steel_sample(0, i, size, defects=False, conditions=conditions, defect_set=defect_set)
         assert not clean_mask.any() and clean_kinds == []
         diff = np.abs(image.astype(int) - clean.astype(int)).max(-1)
         if not mask.any():
@@ -295,7 +296,7 @@ def test_ensure_logs_what_and_where(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert not [r for r in caplog.records if r.name == "defectseg.data.synthetic"]
 
 
-@pytest.mark.parametrize("kwargs", [{"n_images": 0}, {"size": 8}, {"seed": -1}, {"conditions": "foggy"}])
+@pytest.mark.parametrize("kwargs", [{"n_images": 0}, {"size": 8}, {"seed": -1}, {"conditions": "foggy"}, {"defect_set": "dents"}])
 def test_invalid_parameters_are_rejected(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         S.ensure_steel_segmentation(tmp_path / "seg", progress=False, **kwargs)
@@ -307,9 +308,10 @@ def test_invalid_parameters_are_rejected(tmp_path: Path, kwargs: dict) -> None:
 
 def test_cli_main(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert S.main(["seg", str(tmp_path / "seg"), "--n", "2", "--size", "32", "--seed", "3", "--no-progress"]) == 0
-    assert S.read_manifest(tmp_path / "seg")["params"] == {"n_images": 2, "size": 32, "seed": 3, "conditions": "clean"}
-    assert S.main(["seg", str(tmp_path / "field"), "--n", "2", "--size", "32", "--conditions", "field", "--no-progress"]) == 0
-    assert S.read_manifest(tmp_path / "field")["params"]["conditions"] == "field"
+    assert S.read_manifest(tmp_path / "seg")["params"] == {"n_images": 2, "size": 32, "seed": 3, "conditions": "clean", "defect_set": "mixed"}
+    assert S.main(["seg", str(tmp_path / "field"), "--n", "2", "--size", "32", "--conditions", "field", "--defect-set", "crack", "--no-progress"]) == 0
+    params = S.read_manifest(tmp_path / "field")["params"]
+    assert (params["conditions"], params["defect_set"]) == ("field", "crack")
     assert "2 images" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # argparse: an unknown condition is a usage error
         S.main(["seg", str(tmp_path / "bad"), "--conditions", "foggy", "--no-progress"])
@@ -356,6 +358,21 @@ def test_field_conditions_add_to_the_clean_photos() -> None:
         clean_means.append(clean.mean())
         field_means.append(field.mean())
     assert np.mean(field_means) < np.mean(clean_means)  # darker on average: poorer light
+
+
+def test_a_single_defect_set_repaints_the_mixed_photos_with_one_kind() -> None:
+    """As the paper's "single defect" set: the same surfaces and the same number of defects as the mixed set, all of one kind."""
+    counts, seen_other_kinds = [], set()
+    for i in range(12):
+        _, _, mixed_kinds = S._steel_sample(0, i, SIZE)
+        bare_mixed = S._steel_sample(0, i, SIZE, defects=False)[0]
+        image, mask, kinds = S._steel_sample(0, i, SIZE, defect_set="crack")
+        assert np.array_equal(S._steel_sample(0, i, SIZE, defects=False, defect_set="crack")[0], bare_mixed)
+        assert set(kinds) <= {"crack"} and bool(kinds) == bool(mask.any())
+        counts.append((len(mixed_kinds), len(kinds)))
+        seen_other_kinds.update(set(mixed_kinds) - {"crack"})
+    assert seen_other_kinds  # the mixed photos held other kinds, and these do not
+    assert sum(k for _, k in counts) >= 0.8 * sum(m for m, _ in counts)  # a defect that misses the image is not listed
 
 
 def test_look_alike_marks_are_painted_on_the_surface() -> None:

@@ -25,6 +25,8 @@ Design choices that matter for experiments:
   exposures and sensor noise, as on inspection photos of real structures: a harder set where 123
   labels are not enough. Masks and defects stay those of the clean photo, so the two sets differ
   only in these conditions.
+* Stage-2 defects are mixed (cracks, corrosion, pits, scratches) or one kind alone
+  (:data:`DEFECT_SETS`), as the two training sets of the paper's Table 1.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ __all__ = [
     "ensure_crack_segmentation",
     "read_manifest",
     "CONDITIONS",
+    "DEFECT_SETS",
 ]
 
 CRACK_CLASSIFICATION = "crack_classification"
@@ -85,6 +88,11 @@ _EMPTY_FRACTION = 0.05  # real sets hold some defect-free photos; a model must l
 #: photos gave 0.71). "field": look-alike marks (:func:`_look_alikes`), faint defects, darker and
 #: noisier exposures, as on photos of real structures (0.57 from scratch, same protocol).
 CONDITIONS = ("clean", "field")
+#: Stage-2 defect sets, as the two training sets of the paper's Table 1: "mixed" (the default: every
+#: defect kind, like its set "of various types") or one kind alone, like its "single defect only" set.
+#: A single-kind set keeps every random draw of the mixed one (backgrounds, number and placement
+#: streams of defects, camera): only the painter changes.
+DEFECT_SETS = ("mixed",) + _DEFECT_KINDS
 _FIELD_SEVERITY = (0.3, 1.0)  # contrast of a defect, from faint (early, dirty, painted over) to full
 
 Array = np.ndarray
@@ -652,16 +660,19 @@ def _look_alikes(rng: np.random.Generator, rgb: Array) -> None:
             rgb *= (1.0 - rng.uniform(0.2, 0.45) * np.clip(signed / (rng.uniform(1, 4) * sc) + 0.5, 0, 1))[..., None]
 
 
-def _steel_sample(seed: int, index: int, size: int, defects: bool = True, conditions: str = "clean") -> tuple[Array, Array, list[str]]:
+def _steel_sample(
+    seed: int, index: int, size: int, defects: bool = True, conditions: str = "clean", defect_set: str = "mixed"
+) -> tuple[Array, Array, list[str]]:
     """Image ``index`` of the steel set: (RGB uint8, mask bool, defect kinds).
 
     Background, defects and camera draw from separate streams, so ``defects=False`` renders the
     very same photo without its defects -- the reference for checking that masks are exact.
     ``conditions="clean"`` is the studio-like default; ``"field"`` adds what field photos have
     (see :data:`CONDITIONS`) from a fourth stream, so the clean photo's background, defects and
-    camera stay the same draws.
+    camera stay the same draws. ``defect_set``: one of :data:`DEFECT_SETS`.
     """
     _check_conditions(conditions)
+    _check_defect_set(defect_set)
     field = conditions == "field"
     bg_rng, defect_rng, cam_rng, field_rng = (np.random.default_rng(ss) for ss in np.random.SeedSequence([seed, _STAGE_SEG, index]).spawn(4))
     s = size
@@ -677,7 +688,9 @@ def _steel_sample(seed: int, index: int, size: int, defects: bool = True, condit
     kinds: list[str] = []
     n_defects = 0 if defect_rng.random() < _EMPTY_FRACTION else int(defect_rng.choice([1, 2, 3, 4], p=[0.3, 0.3, 0.25, 0.15]))
     for _ in range(n_defects):
-        name = _DEFECT_KINDS[int(defect_rng.choice(4, p=[0.35, 0.25, 0.2, 0.2]))]
+        name = _DEFECT_KINDS[int(defect_rng.choice(4, p=[0.35, 0.25, 0.2, 0.2]))]  # drawn either way: streams stay aligned
+        if defect_set != "mixed":
+            name = defect_set
         sub = np.random.default_rng(defect_rng.integers(2**63))  # one stream per defect, same either way
         severity = field_rng.uniform(*_FIELD_SEVERITY) if field else 1.0  # drawn either way: streams stay aligned
         if not defects:
@@ -763,8 +776,8 @@ def _write_concrete_masked(root: str, seed: int, label: int, index: int, size: i
     _save_png(mask.astype(np.uint8) * 255, Path(root) / "masks" / name)
 
 
-def _write_steel(root: str, seed: int, index: int, size: int, conditions: str) -> None:
-    image, mask, _ = _steel_sample(seed, index, size, conditions=conditions)
+def _write_steel(root: str, seed: int, index: int, size: int, conditions: str, defect_set: str) -> None:
+    image, mask, _ = _steel_sample(seed, index, size, conditions=conditions, defect_set=defect_set)
     _save_png(image, Path(root) / "images" / f"{index:05d}.png")
     _save_png(mask.astype(np.uint8) * 255, Path(root) / "masks" / f"{index:05d}.png")
 
@@ -804,6 +817,11 @@ def _check_params(n: int, size: int, seed: int, what: str) -> None:
 def _check_conditions(conditions: str) -> None:
     if conditions not in CONDITIONS:
         raise ValueError(f"conditions must be one of {', '.join(CONDITIONS)}, got {conditions!r}")
+
+
+def _check_defect_set(defect_set: str) -> None:
+    if defect_set not in DEFECT_SETS:
+        raise ValueError(f"defect_set must be one of {', '.join(DEFECT_SETS)}, got {defect_set!r}")
 
 
 def _start_writing(root: Path, subdirs: Iterable[str]) -> None:
@@ -861,22 +879,24 @@ def generate_crack_classification(
 
 def generate_steel_segmentation(
     root: str | Path, n_images: int = 175, size: int = 256, seed: int = 0, progress: bool = True, workers: int | None = None,
-    conditions: str = "clean",
+    conditions: str = "clean", defect_set: str = "mixed",
 ) -> Path:
     """Write the stage-2 set: ``root/images/*.png`` (RGB) and ``root/masks/*.png`` (L, 0/255), then the manifest.
 
     Writes in place; use :func:`ensure_steel_segmentation` for the idempotent, crash-safe version.
-    ``workers`` as in :func:`generate_crack_classification`; ``conditions``: one of :data:`CONDITIONS`.
+    ``workers`` as in :func:`generate_crack_classification`; ``conditions``: one of :data:`CONDITIONS`;
+    ``defect_set``: one of :data:`DEFECT_SETS`.
     """
     _check_params(n_images, size, seed, "n_images")
     _check_conditions(conditions)
+    _check_defect_set(defect_set)
     root, n, size, seed = Path(root).expanduser(), int(n_images), int(size), int(seed)
-    log.debug("writing %d steel images of %d px (%s conditions) into %s", n, size, conditions, root)
+    log.debug("writing %d steel images of %d px (%s conditions, %s defects) into %s", n, size, conditions, defect_set, root)
     _start_writing(root, ("images", "masks"))
-    _run_jobs(_write_steel, [(str(root), seed, i, size, conditions) for i in range(n)], "steel set", progress, workers)
+    _run_jobs(_write_steel, [(str(root), seed, i, size, conditions, defect_set) for i in range(n)], "steel set", progress, workers)
     for name in ("images", "masks"):
         _remove_stale(root / name, n)
-    _write_manifest(root, STEEL_SEGMENTATION, {"n_images": n, "size": size, "seed": seed, "conditions": conditions}, n)
+    _write_manifest(root, STEEL_SEGMENTATION, {"n_images": n, "size": size, "seed": seed, "conditions": conditions, "defect_set": defect_set}, n)
     return root
 
 
@@ -1027,7 +1047,7 @@ def ensure_crack_segmentation(
 
 def ensure_steel_segmentation(
     root: str | Path, n_images: int = 175, size: int = 256, seed: int = 0, progress: bool = True, workers: int | None = None,
-    conditions: str = "clean",
+    conditions: str = "clean", defect_set: str = "mixed",
 ) -> Path:
     """Make sure ``root`` holds the stage-2 set for these parameters; cheap when it already does.
 
@@ -1035,11 +1055,12 @@ def ensure_steel_segmentation(
     """
     _check_params(n_images, size, seed, "n_images")
     _check_conditions(conditions)
-    params = {"n_images": int(n_images), "size": int(size), "seed": int(seed), "conditions": conditions}
+    _check_defect_set(defect_set)
+    params = {"n_images": int(n_images), "size": int(size), "seed": int(seed), "conditions": conditions, "defect_set": defect_set}
     return _ensure(
         root, STEEL_SEGMENTATION, params, int(n_images), ("images", "masks"), int(n_images),
         lambda tmp: generate_steel_segmentation(tmp, progress=progress, workers=workers, **params),
-        f"{n_images} images with masks, {size} px, seed {seed}, {conditions} conditions",
+        f"{n_images} images with masks, {size} px, seed {seed}, {conditions} conditions, {defect_set} defects",
     )
 
 
@@ -1059,6 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None, help="image side in px (default 227 for cls, 256 for seg)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--conditions", choices=CONDITIONS, default="clean", help="seg only: clean (default) or field (look-alike marks, faint defects, poor light)")
+    parser.add_argument("--defect-set", choices=DEFECT_SETS, default="mixed", help="seg only: mixed (default: every defect kind) or one kind alone, as the paper's 'single defect' set")
     parser.add_argument("--workers", type=int, default=0, help="worker processes; 0 (default): one per CPU for sets of 256+ images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -1071,7 +1093,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cls:
             root = ensure_crack_classification(args.root, n_per_class=n, **common)
         else:
-            root = ensure_steel_segmentation(args.root, n_images=n, conditions=args.conditions, **common)
+            root = ensure_steel_segmentation(args.root, n_images=n, conditions=args.conditions, defect_set=args.defect_set, **common)
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
