@@ -11,8 +11,15 @@ DEMO_DIR ?= outputs/demo/$(NOW)
 COMPARE_DIR ?= outputs/compare/$(NOW)
 LE_DIR ?= outputs/label_efficiency/$(NOW)
 EXPERIMENT ?= quick
+# Stage 1 of make compare and make label-efficiency: trained once into STAGE1_DIR, then reused by every later run of the
+# same stage-1 config (pretrain reuse=true; another config is refused, naming the keys). experiment=quick's stage 1 is the
+# paper's scale, 2x20,000 photos: ~38 min once on a 2-core CPU (smaller ones do not transfer: README, Results).
+STAGE1_DIR ?= outputs/stage1/$(EXPERIMENT)
+# make demo and make compare-pretrain (three stage 1s) keep a 2x400-photo, 8-epoch stage 1: the mechanics in minutes.
+SMALL_STAGE1 ?= dataset.synthetic.n_per_class=400 trainer.max_epochs=8
 SEEDS ?= 0,1,2
 MODES ?= scratch,encoder,none
+LE_MODES ?= scratch,encoder,none
 BUDGETS ?= 10,25,50,100,null
 # Real public sets (../shared/datasets, absent on most machines): make compare-real, make label-efficiency-real
 SHARED_DATASETS ?= ../shared/datasets
@@ -35,18 +42,19 @@ REAL_SKIP = if [ ! -d "$(SHARED_DATASETS)" ]; then echo "$@: skipped, no real da
 .PHONY: help install demo pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real compare-pretrain compare-pretrain-real report test tensorboard data bench clean
 
 help:
-	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min), Table-1 summary"
+	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min; its small stage 1 shows the mechanics, not the gain)"
 	@echo "make pretrain          stage 1: encoder as crack classifier (paper protocol: Adam, lr 1e-4, 100 epochs)"
 	@echo "make finetune          stage 2: decoder on defect masks with the stage-1 encoder frozen"
 	@echo "make check-data        check a data set (counts, sizes, mask values, bad files, duplicates), e.g. ARGS=\"dataset=folder_seg dataset.root=DIR\""
 	@echo "make predict           masks, overlays, defect measurements for photos: ARGS=\"input=PHOTO|FOLDER|'GLOB'\""
 	@echo "make export            the latest fine-tuned model as ONNX + TorchScript, checked against PyTorch"
-	@echo "make compare           sweep scratch / frozen / full fine-tuning x 3 seeds: report.md, report.csv, compare.png"
-	@echo "make label-efficiency  Dice vs number of labelled images, scratch vs transfer"
+	@echo "make compare           stage 1 at the paper's scale (built once into STAGE1_DIR=$(STAGE1_DIR), ~38 min on a 2-core CPU, then reused),"
+	@echo "                         then scratch / frozen / full fine-tuning x 3 seeds (~21 min): report.md, report.csv, compare.png"
+	@echo "make label-efficiency  Dice vs number of labelled images, freeze=$(LE_MODES), with the same reused stage 1"
 	@echo "make compare-real      the comparison on real photos (../shared/datasets): stage 1 on real crack photos, 3 real sets x 3 modes x 3 seeds"
 	@echo "make label-efficiency-real  Dice vs labelled images on one real set (REAL_LE_SET) x freeze=$(REAL_LE_MODES); REAL_ENCODER=DIR reuses any stage-1 run"
 	@echo "make compare-pretrain  stage 1 by each objective (classification, segmentation, self_supervised), then transfer x freeze=$(PRETRAIN_MODES) + scratch x seeds, one report:"
-	@echo "                         for t in classification segmentation self_supervised; do python -m defectseg.pretrain experiment=$(EXPERIMENT) pretrain_task=\$$t hydra.run.dir=DIR/pretrain_\$$t; done"
+	@echo "                         for t in classification segmentation self_supervised; do python -m defectseg.pretrain experiment=$(EXPERIMENT) pretrain_task=\$$t $(SMALL_STAGE1) hydra.run.dir=DIR/pretrain_\$$t; done"
 	@echo "                         python -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=$(PRETRAIN_MODES) seed=$(SEEDS) pretrained_encoder=$(call PRETRAIN_ENCODERS,DIR) hydra.sweep.dir=DIR/finetune/transfer"
 	@echo "                         python -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=scratch seed=$(SEEDS) hydra.sweep.dir=DIR/finetune/scratch"
 	@echo "                         python -m defectseg.report DIR/finetune"
@@ -67,7 +75,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m defectseg.pretrain experiment=quick hydra.run.dir=$(DEMO_DIR)/pretrain $(ARGS)
+	$(PY) -m defectseg.pretrain experiment=quick $(SMALL_STAGE1) hydra.run.dir=$(DEMO_DIR)/pretrain $(ARGS)
 	$(PY) -m defectseg.finetune -m experiment=quick freeze=scratch,encoder hydra.sweep.dir=$(DEMO_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(DEMO_DIR)/finetune
 
@@ -90,15 +98,18 @@ data: $(STAMP)
 check-data: $(STAMP)
 	$(PY) -m defectseg.check_data $(ARGS)
 
+# Stage 1 trains only when STAGE1_DIR holds none of this config (a killed one continues); COMPARE_DIR/pretrain links to it.
 compare: $(STAMP)
-	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) hydra.run.dir=$(COMPARE_DIR)/pretrain $(ARGS)
-	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=$(MODES) seed=$(SEEDS) pretrained_encoder=$(COMPARE_DIR)/pretrain hydra.sweep.dir=$(COMPARE_DIR)/finetune $(ARGS)
+	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) reuse=true hydra.run.dir=$(STAGE1_DIR) $(ARGS)
+	mkdir -p $(COMPARE_DIR) && ln -sfn $(abspath $(STAGE1_DIR)) $(COMPARE_DIR)/pretrain
+	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=$(MODES) seed=$(SEEDS) pretrained_encoder=$(STAGE1_DIR) hydra.sweep.dir=$(COMPARE_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(COMPARE_DIR)/finetune
 
 # Equal optimiser steps for every budget: each epoch draws 120 images (with replacement) from the labelled subset.
 label-efficiency: $(STAMP)
-	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) hydra.run.dir=$(LE_DIR)/pretrain $(ARGS)
-	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=scratch,encoder seed=$(SEEDS) dataset.max_train_images=$(BUDGETS) dataset.samples_per_epoch=120 pretrained_encoder=$(LE_DIR)/pretrain hydra.sweep.dir=$(LE_DIR)/finetune $(ARGS)
+	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) reuse=true hydra.run.dir=$(STAGE1_DIR) $(ARGS)
+	mkdir -p $(LE_DIR) && ln -sfn $(abspath $(STAGE1_DIR)) $(LE_DIR)/pretrain
+	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=$(LE_MODES) seed=$(SEEDS) dataset.max_train_images=$(BUDGETS) dataset.samples_per_epoch=120 pretrained_encoder=$(STAGE1_DIR) hydra.sweep.dir=$(LE_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(LE_DIR)/finetune
 
 # Stage 1 on the real crack folders (split by source photo), then scratch / frozen / full fine-tuning on each
@@ -123,7 +134,7 @@ label-efficiency-real: $(STAMP)
 # multiruns sit side by side (finetune/transfer, finetune/scratch) and the report reads both, with scratch the one reference.
 compare-pretrain: $(STAMP)
 	set -e; for task in classification segmentation self_supervised; do \
-	  $(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) pretrain_task=$$task hydra.run.dir=$(PRETRAIN_DIR)/pretrain_$$task $(ARGS); done
+	  $(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) pretrain_task=$$task $(SMALL_STAGE1) hydra.run.dir=$(PRETRAIN_DIR)/pretrain_$$task $(ARGS); done
 	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=$(PRETRAIN_MODES) seed=$(SEEDS) pretrained_encoder=$(call PRETRAIN_ENCODERS,$(PRETRAIN_DIR)) hydra.sweep.dir=$(PRETRAIN_DIR)/finetune/transfer $(ARGS)
 	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=scratch seed=$(SEEDS) hydra.sweep.dir=$(PRETRAIN_DIR)/finetune/scratch $(ARGS)
 	$(PY) -m defectseg.report $(PRETRAIN_DIR)/finetune

@@ -114,6 +114,7 @@ COMMON: dict[str, Any] = {
 SCHEMAS: dict[str, dict[str, Any]] = {
     "pretrain": {
         **COMMON,
+        "reuse": Key((bool,)),
         "head": {
             "pooling": Key((str,), raises(_pooling)),
             "hidden": Key((list,), lambda v: None if all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v) else f"must be a list of positive layer widths, got {v}"),
@@ -334,6 +335,8 @@ def _check_across(values: Mapping[str, Any], problems: list[str]) -> None:
     task = _section(values, "task")
     if task and task.get("bce_weight", 1) == 0 and task.get("dice_weight", 1) == 0:
         problems.append("task.bce_weight, task.dice_weight: both are 0, so there is nothing to learn from")
+    if values.get("reuse") and values.get("ckpt_path") not in (None, "last"):
+        problems.append(f"reuse, ckpt_path: reuse=true keeps (or continues) the run in this directory, ckpt_path={values['ckpt_path']} starts from another checkpoint; set one of them")
     if values.get("resume") and values.get("ckpt_path") not in (None, "last"):
         problems.append(f"resume, ckpt_path: resume=true continues this run directory's last.ckpt, ckpt_path={values['ckpt_path']} another checkpoint; set one of them")
 

@@ -3,6 +3,7 @@
 defectseg/training/pretraining.py).
 
     python -m defectseg.pretrain [pretrain_task=classification|segmentation|self_supervised] [experiment=quick] [dataset=...] [key=value ...]
+    python -m defectseg.pretrain experiment=quick reuse=true hydra.run.dir=outputs/stage1/quick   # trains only if that folder holds no finished run of this config
 
 Writes ``encoder.safetensors`` + ``encoder.json`` (and, with a decoder, ``decoder.safetensors``) into the
 run directory and points ``outputs/pretrain/latest`` at it, where stage 2 looks by default.
@@ -20,8 +21,9 @@ from omegaconf import DictConfig
 
 from defectseg.config_validation import validate_config
 from defectseg.models import parameter_counts
-from defectseg.models.encoder_io import save_encoder
+from defectseg.models.encoder_io import WEIGHTS_NAME as ENCODER_WEIGHTS_NAME, save_encoder
 from defectseg.models.segmentation import relative_weight_change
+from defectseg.training.checkpoints import finished_run
 from defectseg.training.pretraining import build_datamodule, build_objective, model_arguments
 from defectseg.training.runner import Run, seed_run
 from defectseg.utils.errors import exit_cleanly_on_user_error
@@ -34,6 +36,10 @@ register_resolvers()
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg, "pretrain")
+    reused = finished_run(cfg, Path(cfg.paths.output_dir), ENCODER_WEIGHTS_NAME)
+    if reused is not None:  # reuse=true and this directory already holds this config's stage 1: stage 2s share it
+        point_link(Path(cfg.paths.pretrain_latest), Path(cfg.paths.output_dir))
+        return reused
     seed_run(int(cfg.seed))
     segmentation_model = instantiate(cfg.model, **model_arguments(cfg))  # before any slow work: starting weights may be refused
     run = Run(cfg, monitor="val/loss", mode="min")
@@ -94,7 +100,10 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         **run.summary(),
     }
     if run.trainer.is_global_zero:
-        provenance = {key: metrics[key] for key in ("pretrain_task", "model", "encoder_init", "dataset", "experiment", "seed", "classes", "best_val_loss", *results)}
+        provenance = {key: metrics[key] for key in (
+            "pretrain_task", "model", "encoder_init", "dataset", "experiment", "seed", "classes", "train_images", "epochs",
+            "encoder_weight_change", "best_val_loss", *results,
+        )}
         metrics["encoder_weights"] = str(save_encoder(objective.encoder, run.output_dir, segmentation_model.architecture, extra={"pretrain": provenance}))
         metrics.update(objective.save_extra(run.output_dir))
         latest = Path(cfg.paths.pretrain_latest)

@@ -307,6 +307,37 @@ def _encoder_source(metrics: dict[str, Any]) -> str | None:
     return (path.parent.name if path.suffix else path.name) or None
 
 
+def _stage1_facts(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per stage-1 run the transfer jobs started from: which one, on what, how big, how good.
+
+    From the provenance stage 2 recorded (encoder.json), completed by the stage-1 run's own metrics.json when
+    it is still where it was (older encoders recorded no size), so a reused stage 1 is named in the report.
+    """
+    facts: dict[str, str] = {}
+    for run in runs:
+        encoder = run.get("pretrained_encoder")
+        if run.get("freeze") == "scratch" or not isinstance(encoder, dict) or not encoder.get("path"):
+            continue
+        path = Path(str(encoder["path"]))
+        folder = path.parent if path.suffix else path
+        if str(folder) in facts:
+            continue
+        info = dict(encoder)
+        try:
+            info = {**json.loads((folder / "metrics.json").read_text(encoding="utf-8")), **info}
+        except (OSError, ValueError, TypeError):
+            pass
+        size = [f"{info['train_images']:,} train images" if isinstance(info.get("train_images"), int) else None,
+                f"{info['epochs']} epochs" if isinstance(info.get("epochs"), int) else None]
+        quality = [f"{name} {value:.3f}" for name, value in
+                   (("test accuracy", _finite(info.get("test_accuracy"))), ("test AUROC", _finite(info.get("test_auroc"))),
+                    ("test Dice", _finite(info.get("test_dice"))), ("weight change", _finite(info.get("encoder_weight_change"))))
+                   if value is not None]
+        what = f"{info.get('pretrain_task') or 'stage 1'} on {info.get('dataset') or 'unknown data'}"
+        facts[str(folder)] = f"`{folder.name}` ({what}" + "".join(f"; {part}" for part in (", ".join(p for p in size if p), ", ".join(quality)) if part) + ")"
+    return list(facts.values())
+
+
 def collect_runs(sweep_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Finished runs (metrics.json + job info) and MISSING jobs of a sweep directory.
 
@@ -683,9 +714,11 @@ def _summary_lines(sweep_dir: Path, runs: Sequence[dict[str, Any]], missing: Seq
         t1 = _dt.datetime.fromtimestamp(max(ends)).strftime("%Y-%m-%d %H:%M")
         span = f"; span {_fmt_seconds(max(ends) - min(starts))} ({t0} → {t1})"
     dev = "; ".join(f"{d} ×{n}" if len(devices) > 1 else d for d, n in devices.most_common()) or "unknown"
+    stage1 = _stage1_facts(runs)
     return [
         f"- **Experiment:** {', '.join(experiments) or 'n/a'}",
         f"- **Sweep dir:** `{sweep_dir}`",
+        *([f"- **Stage 1:** {'; '.join(stage1)}"] if stage1 else []),
         f"- **Machine:** {dev}" + (f" (precision: {', '.join(precisions)})" if precisions else ""),
         f"- **Wall time:** {_fmt_seconds(total)} total training time over {len(runs)} finished jobs{span}",
         f"- **Date:** {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} (report generated)",

@@ -23,7 +23,8 @@ def test_throughput_benchmark_measures_both_contenders_and_records(segmentation_
     row = result["training"]["frozen"]
     assert row["freeze"] == "encoder"
     assert row["pipeline_images_per_second"][0] > 0 and row["bare_images_per_second"][0] > 0
-    assert row["ratio"] == pytest.approx(row["pipeline_images_per_second"][0] / row["bare_images_per_second"][0], rel=1e-3)
+    # stored to 4 decimals: a slow pipeline (a busy machine) gives a small ratio, where the rounding is the error
+    assert row["ratio"] == pytest.approx(row["pipeline_images_per_second"][0] / row["bare_images_per_second"][0], rel=1e-3, abs=5e-5)
     # The frozen encoder's backward is skipped, so one step costs fewer FLOPs than training everything.
     scratch_flops = throughput.Bench(args).training_flops("scratch")
     assert 0 < row["train_gflop_per_step"] * 1e9 < scratch_flops

@@ -84,6 +84,15 @@ def test_quick_experiment_is_smaller(compose_config):
         assert quick.experiment_name == "quick"
 
 
+def test_stage1_of_quick_and_paper_has_the_kaggle_sets_size(compose_config):
+    """2x20,000 photos: smaller stage-1 sets do not transfer on the embedded data (README, Results)."""
+    for experiment in ("quick", "paper"):
+        cfg = compose_config("pretrain", [f"experiment={experiment}"])
+        assert cfg.dataset.synthetic.n_per_class == 20000 and cfg.dataset.root.endswith("_n20000_seed0")
+    assert compose_config("pretrain", ["experiment=quick"]).trainer.max_epochs == 3
+    assert compose_config("pretrain", ["experiment=paper"]).trainer.max_epochs == 100
+
+
 def test_stage1_then_stage2_transfers_and_freezes_the_encoder(compose_config, classification_set, segmentation_set, tmp_path):
     stage1 = run_pretrain(compose_config("pretrain", stage1_overrides(classification_set), run_name="s1"))
     encoder_file = Path(stage1["encoder_weights"])

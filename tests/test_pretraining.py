@@ -52,6 +52,34 @@ def test_each_objective_writes_an_encoder_that_stage2_loads(compose_config, clas
     assert stage2["init_decoder"] == DECODER_PARTS[objective]
 
 
+def test_reuse_keeps_a_finished_stage1_refuses_another_config_and_continues_an_unfinished_one(compose_config, classification_set, monkeypatch, caplog):
+    """make compare / label-efficiency share one long stage 1 through reuse=true: never trained twice, never overwritten."""
+    overrides = TINY_TRAINER + SMALL + STAGE1_DATA["classification"](classification_set, None) + ["reuse=true"]
+    first = run_pretrain(compose_config("pretrain", overrides, run_name="s1"))
+    run_dir = Path(first["encoder_weights"]).parent
+    written = {name: (run_dir / name).read_bytes() for name in ("encoder.safetensors", "metrics.json", "config.yaml")}
+
+    import defectseg.pretrain as pretrain_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished stage 1 of the same config was trained again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pretrain_module, "Run", no_training)
+        again = run_pretrain(compose_config("pretrain", overrides + ["trainer.enable_progress_bar=true"], run_name="s1"))  # how it runs may change
+        assert again == first
+        with pytest.raises(UserError, match=r"reuse: the config differs from the finished run's .*optim\.lr: 0\.0001 -> 0\.001.*STAGE1_DIR"):
+            run_pretrain(compose_config("pretrain", overrides + ["optim.lr=1e-3"], run_name="s1"))
+    assert {name: (run_dir / name).read_bytes() for name in written} == written, "a refused reuse changed the finished run"
+
+    (run_dir / "metrics.json").unlink()  # as if killed after the last epoch's checkpoint
+    with caplog.at_level("INFO", logger="defectseg.training.checkpoints"):
+        continued = run_pretrain(compose_config("pretrain", overrides, run_name="s1"))
+    assert "holds an unfinished run; continuing it" in caplog.text and "resuming from" in caplog.text
+    assert continued["epochs"] == first["epochs"] and continued["best_val_loss"] == pytest.approx(first["best_val_loss"])
+    assert (run_dir / "metrics.json").is_file()
+
+
 def test_init_decoder_without_a_decoder_file_names_it(compose_config, classification_set, segmentation_set):
     stage1 = run_pretrain(compose_config("pretrain", TINY_TRAINER + SMALL + STAGE1_DATA["classification"](classification_set, None), run_name="s1"))
     run_dir = Path(stage1["encoder_weights"]).parent
@@ -234,9 +262,9 @@ def test_embedded_ssl_data_is_concrete_plus_the_targets_train_split(compose_conf
     cfg = compose_config("pretrain", ["pretrain_task=self_supervised", "experiment=quick"])
     sources = cfg.dataset.sources
     assert sources.target.splits == ["train"] and sources.target.dataset.name == compose_config("finetune").dataset.name
-    assert sources.concrete.dataset.synthetic.n_per_class == 400  # experiment=quick sizes it as for stage 1
+    assert sources.concrete.dataset.synthetic.n_per_class == 20000  # experiment=quick sizes it as for stage 1
     cfg = compose_config("pretrain", ["pretrain_task=segmentation", "experiment=quick"])
-    assert cfg.dataset.synthetic.kind == "crack_segmentation" and cfg.dataset.synthetic.n_per_class == 400
+    assert cfg.dataset.synthetic.kind == "crack_segmentation" and cfg.dataset.synthetic.n_per_class == 20000
 
 
 def test_mismatched_data_set_is_refused_with_the_task(compose_config, segmentation_set):

@@ -319,6 +319,23 @@ def test_two_stage1_runs_of_one_objective_are_two_rows(tmp_path: Path) -> None:
     assert {r["encoder_from"] for r in read_csv(out["paths"]["report.csv"])} == {"", "pretrain_small", "pretrain_large"}
 
 
+def test_report_names_the_stage1_runs_with_their_size_and_quality(tmp_path: Path) -> None:
+    """A reused stage 1 lives outside the sweep: the header says which one, from stage 2's record or the run's metrics.json."""
+    recorded = {"pretrain_task": "classification", "dataset": "concrete", "train_images": 32000, "epochs": 3, "test_accuracy": 0.9952}
+    old = tmp_path / "stage1_old"  # an encoder that recorded no size: its run's metrics.json gives it
+    old.mkdir()
+    (old / "metrics.json").write_text(json.dumps({"stage": "pretrain", "train_images": 640, "epochs": 8, "test_auroc": 0.991}))
+    root = tmp_path / "s"
+    write_job(root, "0", ["freeze=scratch"], metrics("scratch", 0, 0.70))
+    write_job(root, "1", ["freeze=encoder"], metrics("encoder", 0, 0.69) | {"pretrained_encoder": {"path": "/gone/stage1_big/encoder.safetensors", **recorded}})
+    write_job(root, "2", ["freeze=none"], metrics("none", 0, 0.71) | {"pretrained_encoder": {"path": "/gone/stage1_big/encoder.safetensors", **recorded}})
+    write_job(root, "3", ["freeze=none"], metrics("none", 1, 0.68) | {"pretrained_encoder": {"path": str(old / "encoder.safetensors"), "pretrain_task": "classification", "dataset": "concrete"}})
+    line = next(line for line in write_report(root)["paths"]["report.md"].read_text().splitlines() if line.startswith("- **Stage 1:**"))
+    assert "`stage1_big` (classification on concrete; 32,000 train images, 3 epochs; test accuracy 0.995)" in line
+    assert "`stage1_old` (classification on concrete; 640 train images, 8 epochs; test AUROC 0.991)" in line
+    assert line.count("stage1_big") == 1  # one stage 1, however many jobs used it
+
+
 def test_partial_mode_label_and_order(tmp_path: Path) -> None:
     root = tmp_path / "s"
     write_job(root, "0", ["freeze=none"], metrics("none", 0, 0.81))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import re
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 # Settings that may change between the interrupted run and its resume without changing what is trained.
-RESUME_MAY_CHANGE = ("resume", "ckpt_path", "paths", "callbacks", "dataset.num_workers", "trainer.accelerator", "trainer.devices",
+RESUME_MAY_CHANGE = ("resume", "reuse", "ckpt_path", "paths", "callbacks", "dataset.num_workers", "trainer.accelerator", "trainer.devices",
                      "trainer.precision", "trainer.enable_progress_bar", "trainer.enable_model_summary")
 
 
@@ -67,9 +68,15 @@ def load_checkpoint(path: str | Path, map_location: Callable | str | None = "cpu
 
 
 def resume_path(cfg: DictConfig, output_dir: Path) -> Path | None:
-    """The checkpoint ``trainer.fit`` resumes from: ``resume=true`` / ``ckpt_path=last`` (this run directory's last.ckpt) or ``ckpt_path=PATH``."""
+    """The checkpoint ``trainer.fit`` resumes from: ``resume=true`` / ``ckpt_path=last`` (this run directory's last.ckpt) or ``ckpt_path=PATH``.
+
+    With ``reuse=true`` an interrupted run in the directory (a last.ckpt, no metrics.json) is continued as by ``resume=true``.
+    """
     ckpt_path = cfg.get("ckpt_path")
-    if not cfg.get("resume", False) and ckpt_path in (None, ""):
+    if cfg.get("reuse", False) and ckpt_path in (None, "") and (output_dir / CHECKPOINT_DIR / LAST).is_file():
+        log.info("reuse: %s holds an unfinished run; continuing it", output_dir)
+        ckpt_path = "last"
+    elif not cfg.get("resume", False) and ckpt_path in (None, ""):
         return None
     if cfg.get("resume", False) or str(ckpt_path) == "last":
         path = output_dir / CHECKPOINT_DIR / LAST
@@ -89,8 +96,11 @@ def resume_path(cfg: DictConfig, output_dir: Path) -> Path | None:
     return path
 
 
-def check_same_config(previous: Path, cfg: DictConfig) -> None:
-    """A resume must train what the interrupted run trained: same config except how it runs (RESUME_MAY_CHANGE)."""
+def check_same_config(
+    previous: Path, cfg: DictConfig, action: str = "resume", whose: str = "the interrupted run's",
+    advice: str = "resume with the first run's overrides, or start a new run from the checkpoint with ckpt_path=PATH",
+) -> None:
+    """A resume (or a reuse) must stand for what the earlier run trained: same config except how it runs (RESUME_MAY_CHANGE)."""
     if not previous.is_file():
         return
     before = _flatten(OmegaConf.to_container(OmegaConf.load(previous), resolve=False))
@@ -99,10 +109,34 @@ def check_same_config(previous: Path, cfg: DictConfig) -> None:
     if changed:
         shown = "; ".join(f"{key}: {before.get(key, '<absent>')!r} -> {now.get(key, '<absent>')!r}" for key in changed[:8])
         raise UserError(
-            f"resume: the config differs from the interrupted run's ({previous}): {shown}"
-            f"{f' and {len(changed) - 8} more' if len(changed) > 8 else ''}; "
-            "resume with the first run's overrides, or start a new run from the checkpoint with ckpt_path=PATH"
+            f"{action}: the config differs from {whose} ({previous}): {shown}"
+            f"{f' and {len(changed) - 8} more' if len(changed) > 8 else ''}; {advice}"
         )
+
+
+def finished_run(cfg: DictConfig, output_dir: Path, weights: str) -> dict[str, Any] | None:
+    """``reuse=true``: the metrics of a finished run of this very config in ``output_dir``, so the caller trains nothing.
+
+    Finished means ``metrics.json`` and the ``weights`` file beside it. A finished run of another config is refused
+    (naming the keys) before anything in the directory is touched; an empty or unfinished directory gives None.
+    """
+    metrics_path, config_path = output_dir / "metrics.json", output_dir / "config.yaml"
+    if not cfg.get("reuse", False) or not (metrics_path.is_file() and (output_dir / weights).is_file()):
+        return None
+    if not config_path.is_file():
+        raise UserError(f"reuse: {output_dir} holds a finished run but no config.yaml to check it against; choose another hydra.run.dir")
+    check_same_config(
+        config_path, cfg, action="reuse", whose="the finished run's",
+        advice=f"give this config its own directory (hydra.run.dir=..., STAGE1_DIR=... with make), or delete {output_dir} to train it again",
+    )
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"reuse: {metrics_path} is unreadable ({error.__class__.__name__}); delete {output_dir} to train it again") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"reuse: {metrics_path} is not a JSON object; delete {output_dir} to train it again")
+    log.info("reuse: %s holds a finished run of this config; nothing trained", output_dir)
+    return metrics
 
 
 def _may_change(key: str) -> bool:
