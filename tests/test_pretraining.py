@@ -4,12 +4,17 @@ self-supervision never reads a mask; masking and its loss; balanced sources; the
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from defectseg.config_validation import validate_config
 from defectseg.data import layouts, readers
@@ -31,6 +36,7 @@ STAGE1_DATA = {
     "segmentation": lambda cls, seg: ["dataset=folder_seg", f"dataset.root={seg}"],
     "self_supervised": lambda cls, seg: ["dataset=folder_seg", f"dataset.root={seg}", "pretrain_task.patch_size=8"],
 }
+REPO = Path(__file__).resolve().parents[1]
 DECODER_PARTS = {"classification": None, "segmentation": ["decoder", "segmentation_head"], "self_supervised": ["decoder"]}
 
 
@@ -72,12 +78,36 @@ def test_reuse_keeps_a_finished_stage1_refuses_another_config_and_continues_an_u
             run_pretrain(compose_config("pretrain", overrides + ["optim.lr=1e-3"], run_name="s1"))
     assert {name: (run_dir / name).read_bytes() for name in written} == written, "a refused reuse changed the finished run"
 
+    copied = run_dir.with_name("s1_copy")  # a stage 1 copied or moved elsewhere is still the same run
+    shutil.copytree(run_dir, copied)
+    assert run_pretrain(compose_config("pretrain", overrides, run_name="s1_copy")) == first
+
     (run_dir / "metrics.json").unlink()  # as if killed after the last epoch's checkpoint
     with caplog.at_level("INFO", logger="defectseg.training.checkpoints"):
         continued = run_pretrain(compose_config("pretrain", overrides, run_name="s1"))
     assert "holds an unfinished run; continuing it" in caplog.text and "resuming from" in caplog.text
     assert continued["epochs"] == first["epochs"] and continued["best_val_loss"] == pytest.approx(first["best_val_loss"])
     assert (run_dir / "metrics.json").is_file()
+
+
+def test_a_refused_reuse_from_the_command_line_leaves_the_finished_runs_hydra_record(compose_config, tmp_path):
+    """Hydra writes .hydra/ before the stage runs; for reuse=true into a finished run it must not (KeepFinishedRunFiles)."""
+    finished_config = compose_config("pretrain", ["optim.lr=0.5"])  # paths under tmp_path, as the command below
+    run_dir = tmp_path / "stage1"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- how the finished run was made\n")
+    (run_dir / "encoder.safetensors").write_bytes(b"weights")
+    (run_dir / "metrics.json").write_text("{}")
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(finished_config, resolve=True))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "defectseg.pretrain", "reuse=true", f"hydra.run.dir={run_dir}", f"paths.root_dir={tmp_path}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0 and "reuse: the config differs from the finished run's" in result.stderr + result.stdout
+    assert "optim.lr: 0.5 -> 0.0001" in result.stderr + result.stdout
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- how the finished run was made\n"
+    assert sorted(path.name for path in (run_dir / ".hydra").iterdir()) == ["overrides.yaml"]
 
 
 def test_init_decoder_without_a_decoder_file_names_it(compose_config, classification_set, segmentation_set):
