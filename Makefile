@@ -15,6 +15,8 @@ EXPERIMENT ?= quick
 # same stage-1 config (pretrain reuse=true; another config is refused, naming the keys). experiment=quick's stage 1 is the
 # paper's scale, 2x20,000 photos: ~38 min once on a 2-core CPU (smaller ones do not transfer: README, Results).
 STAGE1_DIR ?= outputs/stage1/$(EXPERIMENT)
+# Overrides for stage 1 only (ARGS go to both stages), e.g. STAGE1_ARGS="dataset=folder_cls dataset.root=DIR" with its own STAGE1_DIR.
+STAGE1_ARGS ?=
 # make demo and make compare-pretrain (three stage 1s) keep a 2x400-photo, 8-epoch stage 1: the mechanics in minutes.
 SMALL_STAGE1 ?= dataset.synthetic.n_per_class=400 trainer.max_epochs=8
 SEEDS ?= 0,1,2
@@ -100,14 +102,14 @@ check-data: $(STAMP)
 
 # Stage 1 trains only when STAGE1_DIR holds none of this config (a killed one continues); COMPARE_DIR/pretrain links to it.
 compare: $(STAMP)
-	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) reuse=true hydra.run.dir=$(STAGE1_DIR) $(ARGS)
+	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) reuse=true hydra.run.dir=$(STAGE1_DIR) $(STAGE1_ARGS) $(ARGS)
 	mkdir -p $(COMPARE_DIR) && ln -sfn $(abspath $(STAGE1_DIR)) $(COMPARE_DIR)/pretrain
 	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=$(MODES) seed=$(SEEDS) pretrained_encoder=$(STAGE1_DIR) hydra.sweep.dir=$(COMPARE_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(COMPARE_DIR)/finetune
 
 # Equal optimiser steps for every budget: each epoch draws 120 images (with replacement) from the labelled subset.
 label-efficiency: $(STAMP)
-	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) reuse=true hydra.run.dir=$(STAGE1_DIR) $(ARGS)
+	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) reuse=true hydra.run.dir=$(STAGE1_DIR) $(STAGE1_ARGS) $(ARGS)
 	mkdir -p $(LE_DIR) && ln -sfn $(abspath $(STAGE1_DIR)) $(LE_DIR)/pretrain
 	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=$(LE_MODES) seed=$(SEEDS) dataset.max_train_images=$(BUDGETS) dataset.samples_per_epoch=120 pretrained_encoder=$(STAGE1_DIR) hydra.sweep.dir=$(LE_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(LE_DIR)/finetune
