@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.experimental.callback import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from defectseg.utils.errors import UserError
 from defectseg.utils.io import atomic_writer
@@ -152,19 +151,3 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
             flat.update(_flatten(value, f"{prefix}{key}."))
         return flat or {prefix[:-1]: {}}
     return {prefix[:-1]: node}
-
-
-class KeepFinishedRunFiles(Callback):
-    """Hydra writes ``.hydra/`` (config, overrides) into the run directory before the stage starts.
-
-    With ``reuse=true`` and a finished run there, that would replace the finished run's record of how it was
-    made by this call's, even when the call is refused for another config. For such a call Hydra skips it, so
-    the finished run's files stay as they were (conf/hydra/default.yaml registers this callback).
-    """
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.get("reuse", False):
-            return
-        if (Path(str(config.hydra.run.dir)) / "metrics.json").is_file():
-            with read_write(config.hydra), open_dict(config.hydra):
-                config.hydra.output_subdir = None
