@@ -294,9 +294,8 @@ def _fill_from_overrides(run: dict[str, Any], overrides: list[str]) -> None:
         run["dataset"] = _override_value(overrides, "dataset")
 
 
-def _encoder_source(metrics: dict[str, Any]) -> str | None:
-    """The stage-1 run a job's encoder came from (its folder's name), so that two stage-1 runs of one
-    objective (say a small and a large one) make two rows of the table instead of one averaged row."""
+def _encoder_folder(metrics: dict[str, Any]) -> Path | None:
+    """The stage-1 run directory a transfer job's encoder came from (None for scratch or when unrecorded)."""
     if metrics.get("freeze") == "scratch":
         return None
     encoder = metrics.get("pretrained_encoder")
@@ -304,7 +303,14 @@ def _encoder_source(metrics: dict[str, Any]) -> str | None:
     if not path:
         return None
     path = Path(str(path))
-    return (path.parent.name if path.suffix else path.name) or None
+    return path.parent if path.suffix else path
+
+
+def _encoder_source(metrics: dict[str, Any]) -> str | None:
+    """The stage-1 run a job's encoder came from (its folder's name), so that two stage-1 runs of one
+    objective (say a small and a large one) make two rows of the table instead of one averaged row."""
+    folder = _encoder_folder(metrics)
+    return (folder.name or None) if folder is not None else None
 
 
 def _stage1_facts(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -315,12 +321,8 @@ def _stage1_facts(runs: Sequence[dict[str, Any]]) -> list[str]:
     """
     facts: dict[str, str] = {}
     for run in runs:
-        encoder = run.get("pretrained_encoder")
-        if run.get("freeze") == "scratch" or not isinstance(encoder, dict) or not encoder.get("path"):
-            continue
-        path = Path(str(encoder["path"]))
-        folder = path.parent if path.suffix else path
-        if str(folder) in facts:
+        folder, encoder = _encoder_folder(run), run.get("pretrained_encoder")
+        if folder is None or not isinstance(encoder, dict) or str(folder) in facts:
             continue
         info = dict(encoder)
         try:
