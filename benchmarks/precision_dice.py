@@ -37,10 +37,17 @@ PRECISIONS = ("bf16-mixed", "32-true")
 def run_one(precision: str, seed: int, args: argparse.Namespace, sweep_dir: Path) -> dict[str, Any]:
     run_dir = sweep_dir / f"{precision}_seed{seed}"
     command = [
-        sys.executable, "-m", "defectseg.finetune",
-        f"experiment={args.experiment}", f"freeze={args.freeze}", f"seed={seed}",
-        f"trainer.precision={precision}", f"trainer.max_epochs={args.epochs}",
-        "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}", *args.set,
+        sys.executable,
+        "-m",
+        "defectseg.finetune",
+        f"experiment={args.experiment}",
+        f"freeze={args.freeze}",
+        f"seed={seed}",
+        f"trainer.precision={precision}",
+        f"trainer.max_epochs={args.epochs}",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+        *args.set,
     ]
     print("[precision]", " ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=REPO, check=True)
@@ -51,7 +58,9 @@ def compare(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per-seed differences and the per-image paired bootstrap CI (bf16 - fp32)."""
     bf16, fp32 = runs["bf16-mixed"], runs["32-true"]
     per_seed = [b["test_dice"] - f["test_dice"] for b, f in zip(bf16, fp32)]
-    per_image = np.mean([np.subtract(b["test_dice_per_image"], f["test_dice_per_image"]) for b, f in zip(bf16, fp32)], axis=0)
+    per_image = np.mean(
+        [np.subtract(b["test_dice_per_image"], f["test_dice_per_image"]) for b, f in zip(bf16, fp32)], axis=0
+    )
     low, high = paired_bootstrap_ci(per_image)
     summary: dict[str, Any] = {}
     for precision, group in runs.items():
@@ -88,13 +97,27 @@ def record(result: dict[str, Any]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--experiment", default="quick")
-    parser.add_argument("--freeze", default="scratch", help="scratch needs no stage-1 encoder; encoder needs --set pretrained_encoder=DIR or outputs/pretrain/latest")
+    parser.add_argument(
+        "--freeze",
+        default="scratch",
+        help="scratch needs no stage-1 encoder; encoder needs --set pretrained_encoder=DIR or outputs/pretrain/latest",
+    )
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seeds", default="0", type=lambda s: [int(x) for x in s.split(",") if x])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra Hydra override for every run (repeatable)")
-    parser.add_argument("--out", type=Path, default=None, help="where the runs go (default outputs/precision_dice/<date>)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Hydra override for every run (repeatable)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where the runs go (default outputs/precision_dice/<date>)"
+    )
     parser.add_argument("--note", default="")
     parser.add_argument("--no-record", dest="record", action="store_false")
     args = parser.parse_args(argv)

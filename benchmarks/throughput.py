@@ -81,7 +81,9 @@ class StepTimer(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         reset_peak_memory(pl_module.device)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.done += 1
         if self.done == self.warmup:
             synchronize(pl_module.device)
@@ -89,7 +91,12 @@ class StepTimer(L.Callback):
         elif self.done == self.warmup + self.steps:
             synchronize(pl_module.device)
             seconds = time.perf_counter() - self.start
-            record = {"seconds": seconds, "steps": self.steps, "images": self.steps * len(batch["image"]), "peak_memory_mib": peak_memory_mib(pl_module.device)}
+            record = {
+                "seconds": seconds,
+                "steps": self.steps,
+                "images": self.steps * len(batch["image"]),
+                "peak_memory_mib": peak_memory_mib(pl_module.device),
+            }
             self.path.write_text(json.dumps(record))
 
 
@@ -152,17 +159,7 @@ class Bench:
         args = self.args
         run_dir = self.workdir / f"pipeline_{mode}_{time.monotonic_ns()}"
         timing = run_dir / "step_timer.json"
-        overrides = self.base_overrides + [
-            f"freeze={MODES[mode]}",
-            f"pretrained_encoder={self.encoder_file()}",
-            f"paths.output_dir={run_dir}",
-            "trainer.max_epochs=1",
-            f"dataset.samples_per_epoch={(args.warmup + args.steps) * args.batch_size}",
-            "trainer.limit_val_batches=1",
-            "trainer.limit_test_batches=1",
-            "calibration_batches=1",
-            f"+callbacks.step_timer={{_target_:benchmarks.throughput.StepTimer,warmup:{args.warmup},steps:{args.steps},path:'{timing}'}}",
-        ]
+        overrides = [*self.base_overrides, f"freeze={MODES[mode]}", f"pretrained_encoder={self.encoder_file()}", f"paths.output_dir={run_dir}", "trainer.max_epochs=1", f"dataset.samples_per_epoch={(args.warmup + args.steps) * args.batch_size}", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "calibration_batches=1", f"+callbacks.step_timer={{_target_:benchmarks.throughput.StepTimer,warmup:{args.warmup},steps:{args.steps},path:'{timing}'}}"]
         run_finetune(compose(overrides))
         record = json.loads(timing.read_text())
         return {"images_per_second": record["images"] / record["seconds"], "peak_memory_mib": record["peak_memory_mib"]}
@@ -180,7 +177,10 @@ class Bench:
             step()
         synchronize(self.device)
         seconds = time.perf_counter() - start
-        return {"images_per_second": args.steps * args.batch_size / seconds, "peak_memory_mib": peak_memory_mib(self.device)}
+        return {
+            "images_per_second": args.steps * args.batch_size / seconds,
+            "peak_memory_mib": peak_memory_mib(self.device),
+        }
 
     def training_step(self, mode: str, compile: bool) -> Callable[[], None]:
         """One bare step: uint8 -> float, autocast forward and loss, backward, the pipeline's fused Adam."""
@@ -270,7 +270,9 @@ class Bench:
         directory = self.workdir / "encoder"
         if not (directory / "encoder.json").exists():
             model = instantiate(self.cfg.model)
-            save_encoder(model.encoder, directory, model.architecture, extra={"pretrain": {"dataset": "random (benchmark)"}})
+            save_encoder(
+                model.encoder, directory, model.architecture, extra={"pretrain": {"dataset": "random (benchmark)"}}
+            )
         return directory
 
     # ---- what the hardware does with it -------------------------------------------------
@@ -331,7 +333,9 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def alternate(repeats: int, first: Callable[[], dict[str, float]], second: Callable[[], dict[str, float]]) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+def alternate(
+    repeats: int, first: Callable[[], dict[str, float]], second: Callable[[], dict[str, float]]
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
     """first, second, first, second...: slow drifts of a shared machine hit both alike."""
     a, b = [], []
     for _ in range(repeats):
@@ -377,12 +381,21 @@ def measure(bench: Bench) -> dict[str, Any]:
             "train_gflop_per_step": round(flops / 1e9, 3),
             "pipeline_gflop_per_second": round(gflops, 2),
             "fraction_of_matmul_peak": round(gflops / compute_peak, 4),
-            "peak_memory_mib": {"bare": round(max(r["peak_memory_mib"] for r in bare), 1), "pipeline": round(max(r["peak_memory_mib"] for r in pipeline), 1)},
+            "peak_memory_mib": {
+                "bare": round(max(r["peak_memory_mib"] for r in bare), 1),
+                "pipeline": round(max(r["peak_memory_mib"] for r in pipeline), 1),
+            },
         }
-        print(f"[bench] {mode}: pipeline {pipeline_speed:.2f} img/s, bare {bare_speed:.2f} img/s, ratio {results[mode]['ratio']:.3f}", flush=True)
+        print(
+            f"[bench] {mode}: pipeline {pipeline_speed:.2f} img/s, bare {bare_speed:.2f} img/s, ratio {results[mode]['ratio']:.3f}",
+            flush=True,
+        )
         if args.compile_ab:
             results[mode]["compile_ab"] = bench.compile_ab(mode)
-            print(f"[bench] {mode}: torch.compile / eager on the bare step: {results[mode]['compile_ab']['speedup']:.3f}", flush=True)
+            print(
+                f"[bench] {mode}: torch.compile / eager on the bare step: {results[mode]['compile_ab']['speedup']:.3f}",
+                flush=True,
+            )
     inference = {key: round(value, 3) for key, value in bench.inference().items()}
 
     return {
@@ -403,7 +416,9 @@ def measure(bench: Bench) -> dict[str, Any]:
         "num_workers": _resolved_workers(bench.cfg),
         "note": args.note,
         "matmul_peak_gflop_per_second": {k: round(v, 1) for k, v in peaks.items()},
-        "memory_note": "CUDA: max allocated in the timed window" if bench.device.type == "cuda" else "CPU: process resident high-water mark (cumulative over the phases so far)",
+        "memory_note": "CUDA: max allocated in the timed window"
+        if bench.device.type == "cuda"
+        else "CPU: process resident high-water mark (cumulative over the phases so far)",
         "training": results,
         "inference": inference,
     }
@@ -462,21 +477,49 @@ def record(result: dict[str, Any]) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     on_gpu = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--image-size", type=int, default=256, help="square image side (the paper: 256)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=100 if on_gpu else 20, help="timed training steps per measurement")
-    parser.add_argument("--warmup", type=int, default=10 if on_gpu else 3, help="steps run before the clock starts (compilation happens here)")
-    parser.add_argument("--repeats", type=int, default=1, help="bare/pipeline pairs per mode, alternating; medians are reported")
-    parser.add_argument("--modes", default="scratch,frozen", type=lambda s: [m for m in s.split(",") if m], help=f"comma-separated, of {sorted(MODES)}")
-    parser.add_argument("--precision", default="auto", help="auto (the pipeline's default), bf16-mixed, 16-mixed or 32-true")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=10 if on_gpu else 3,
+        help="steps run before the clock starts (compilation happens here)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="bare/pipeline pairs per mode, alternating; medians are reported"
+    )
+    parser.add_argument(
+        "--modes",
+        default="scratch,frozen",
+        type=lambda s: [m for m in s.split(",") if m],
+        help=f"comma-separated, of {sorted(MODES)}",
+    )
+    parser.add_argument(
+        "--precision", default="auto", help="auto (the pipeline's default), bf16-mixed, 16-mixed or 32-true"
+    )
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network in both contenders")
-    parser.add_argument("--compile-ab", action="store_true", help="also time eager against torch.compile on the bare step, interleaved")
-    parser.add_argument("--peak-size", type=int, default=None, help="matmul side for the peak (default 8192 on GPU, 2048 on CPU)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra Hydra override of the stage-2 config (repeatable); the bare loop takes model, optim and task from it too")
+    parser.add_argument(
+        "--compile-ab", action="store_true", help="also time eager against torch.compile on the bare step, interleaved"
+    )
+    parser.add_argument(
+        "--peak-size", type=int, default=None, help="matmul side for the peak (default 8192 on GPU, 2048 on CPU)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Hydra override of the stage-2 config (repeatable); the bare loop takes model, optim and task from it too",
+    )
     parser.add_argument("--note", default="", help="free text for the results line, e.g. 'quiet machine'")
-    parser.add_argument("--no-record", dest="record", action="store_false", help="print only; write no JSON and no results line")
+    parser.add_argument(
+        "--no-record", dest="record", action="store_false", help="print only; write no JSON and no results line"
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.modes if m not in MODES]
     if unknown or not args.modes:

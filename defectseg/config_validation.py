@@ -57,7 +57,11 @@ def positive(v: Any) -> str | None:
 def between(low: float, high: float, strict: bool = False) -> Check:
     def check(v: Any) -> str | None:
         inside = low < v < high if strict else low <= v <= high
-        return None if v is None or inside else f"must lie {'strictly ' if strict else ''}between {low} and {high}, got {v}"
+        return (
+            None
+            if v is None or inside
+            else f"must lie {'strictly ' if strict else ''}between {low} and {high}, got {v}"
+        )
 
     return check
 
@@ -117,7 +121,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "reuse": Key((bool,)),
         "head": {
             "pooling": Key((str,), raises(_pooling)),
-            "hidden": Key((list,), lambda v: None if all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v) else f"must be a list of positive layer widths, got {v}"),
+            "hidden": Key(
+                (list,),
+                lambda v: (
+                    None
+                    if all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+                    else f"must be a list of positive layer widths, got {v}"
+                ),
+            ),
             "dropout": Key((float,), lambda v: None if 0 <= v < 1 else f"must lie in [0, 1), got {v}"),
         },
         "pretrain_task": {  # conf/pretrain_task/*.yaml; each objective reads its own keys
@@ -151,7 +162,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "check_data": {"stage": Key((str,)), "paths": Free, "hydra": Free, "dataset": Target},
 }
 # Plain sections, to point a misplaced key to where it belongs (`lr` -> `optim.lr`).
-COMMON_SECTIONS = {name: spec for schema in SCHEMAS.values() for name, spec in schema.items() if isinstance(spec, dict) and "*" not in spec}
+COMMON_SECTIONS = {
+    name: spec
+    for schema in SCHEMAS.values()
+    for name, spec in schema.items()
+    if isinstance(spec, dict) and "*" not in spec
+}
 # Arguments the code passes itself (so the config's value is not what the target receives).
 PASSED_BY_CODE = {"trainer": {"callbacks", "logger", "default_root_dir", "plugins", "precision"}}
 
@@ -182,7 +198,9 @@ def _check_section(values: Mapping[str, Any], schema: Mapping[str, Any], prefix:
             _check_target(value, name, problems)
         elif isinstance(spec, Mapping):
             if not isinstance(value, Mapping):
-                problems.append(f"{name}: must be a section of keys ({', '.join(k for k in spec if k != '*')}), got {value!r}")
+                problems.append(
+                    f"{name}: must be a section of keys ({', '.join(k for k in spec if k != '*')}), got {value!r}"
+                )
             else:
                 _check_section(value, spec, f"{name}.", problems)
         else:
@@ -191,7 +209,9 @@ def _check_section(values: Mapping[str, Any], schema: Mapping[str, Any], prefix:
 
 def _check_key(value: Any, spec: Key, name: str, problems: list[str]) -> None:
     if not any(_is_type(value, t) for t in spec.types):
-        problems.append(f"{name}: expected {' or '.join(_type_name(t) for t in spec.types)}, got {value!r} ({_type_name(type(value))}){_yaml_hint(value)}")
+        problems.append(
+            f"{name}: expected {' or '.join(_type_name(t) for t in spec.types)}, got {value!r} ({_type_name(type(value))}){_yaml_hint(value)}"
+        )
     elif spec.check is not None and (problem := spec.check(value)):
         problems.append(problem if problem.startswith(name) else f"{name}: {problem}")
 
@@ -225,7 +245,9 @@ def _check_target(node: Any, name: str, problems: list[str]) -> None:
             continue
         verdict = _conforms(value, parameters[key])
         if verdict is False:
-            problems.append(f"{name}.{key}: expected {_hint_name(parameters[key])}, got {value!r} ({_type_name(type(value))}){_yaml_hint(value)}")
+            problems.append(
+                f"{name}.{key}: expected {_hint_name(parameters[key])}, got {value!r} ({_type_name(type(value))}){_yaml_hint(value)}"
+            )
     missing = [key for key in required if key not in node and key not in passed_by_code]
     problems.extend(f"{name}.{key}: is required by {node['_target_']}" for key in missing)
 
@@ -248,7 +270,11 @@ def _accepted_parameters(target: Any) -> tuple[dict[str, Any], list[str], bool]:
     A class's ``**kwargs`` are followed up the MRO (a DataModule passing them to its base);
     where they end at ``object``, they went elsewhere (a logger's writer) and any name goes.
     """
-    functions = [target] if not inspect.isclass(target) else [c.__dict__["__init__"] for c in target.__mro__ if "__init__" in c.__dict__]
+    functions = (
+        [target]
+        if not inspect.isclass(target)
+        else [c.__dict__["__init__"] for c in target.__mro__ if "__init__" in c.__dict__]
+    )
     parameters: dict[str, Any] = {}
     required: list[str] = []
     for depth, function in enumerate(functions):
@@ -256,7 +282,7 @@ def _accepted_parameters(target: Any) -> tuple[dict[str, Any], list[str], bool]:
             return parameters, required, True
         try:
             hints = typing.get_type_hints(function)
-        except Exception:  # noqa: BLE001 - unresolvable annotations only lose the type check
+        except Exception:
             hints = {}
         open_ended = False
         for index, parameter in enumerate(inspect.signature(function).parameters.values()):
@@ -324,21 +350,35 @@ def _check_across(values: Mapping[str, Any], problems: list[str]) -> None:
     size = dataset.get("image_size")
     if multiple and isinstance(size, int) and not isinstance(size, bool) and size % multiple:
         below, above = size - size % multiple, size - size % multiple + multiple
-        problems.append(f"dataset.image_size: {size} is not divisible by {multiple}, which {model.get('_target_')} needs (its {levels} levels halve the image {levels - 1} times); use {below or above} or {above}")
+        problems.append(
+            f"dataset.image_size: {size} is not divisible by {multiple}, which {model.get('_target_')} needs (its {levels} levels halve the image {levels - 1} times); use {below or above} or {above}"
+        )
     freeze = _section(values, "freeze")
     if freeze.get("mode") == "partial" and levels and isinstance(freeze.get("depth"), int) and freeze["depth"] > levels:
         problems.append(f"freeze.depth: {freeze['depth']} exceeds the encoder's {levels} levels")
     pretrain_task = _section(values, "pretrain_task")
     patch = pretrain_task.get("patch_size")
-    if pretrain_task.get("name") == "self_supervised" and isinstance(patch, int) and isinstance(size, int) and patch > 0 and size % patch:
-        problems.append(f"pretrain_task.patch_size: {patch} does not divide dataset.image_size={size} into whole patches")
+    if (
+        pretrain_task.get("name") == "self_supervised"
+        and isinstance(patch, int)
+        and isinstance(size, int)
+        and patch > 0
+        and size % patch
+    ):
+        problems.append(
+            f"pretrain_task.patch_size: {patch} does not divide dataset.image_size={size} into whole patches"
+        )
     task = _section(values, "task")
     if task and task.get("bce_weight", 1) == 0 and task.get("dice_weight", 1) == 0:
         problems.append("task.bce_weight, task.dice_weight: both are 0, so there is nothing to learn from")
     if values.get("reuse") and values.get("ckpt_path") not in (None, "last"):
-        problems.append(f"reuse, ckpt_path: reuse=true keeps (or continues) the run in this directory, ckpt_path={values['ckpt_path']} starts from another checkpoint; set one of them")
+        problems.append(
+            f"reuse, ckpt_path: reuse=true keeps (or continues) the run in this directory, ckpt_path={values['ckpt_path']} starts from another checkpoint; set one of them"
+        )
     if values.get("resume") and values.get("ckpt_path") not in (None, "last"):
-        problems.append(f"resume, ckpt_path: resume=true continues this run directory's last.ckpt, ckpt_path={values['ckpt_path']} another checkpoint; set one of them")
+        problems.append(
+            f"resume, ckpt_path: resume=true continues this run directory's last.ckpt, ckpt_path={values['ckpt_path']} another checkpoint; set one of them"
+        )
 
 
 def _section(values: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -372,7 +412,15 @@ def _unknown(name: str, key: str, known: Sequence[str]) -> str:
 
 
 def _type_name(t: Any) -> str:
-    return {NONE: "null", float: "a number", int: "an integer", bool: "true/false", str: "a string", list: "a list", dict: "a section"}.get(t, getattr(t, "__name__", str(t)))
+    return {
+        NONE: "null",
+        float: "a number",
+        int: "an integer",
+        bool: "true/false",
+        str: "a string",
+        list: "a list",
+        dict: "a section",
+    }.get(t, getattr(t, "__name__", str(t)))
 
 
 def _hint_name(hint: Any) -> str:

@@ -61,16 +61,31 @@ def export_onnx(network: torch.nn.Module, info: ModelInfo, path: Path, opset: in
     """Dynamo export with symbolic batch, height and width (multiples of ``info.multiple``), predict's settings in the metadata."""
     from torch.export import Dim
 
-    dynamic = ({0: Dim("batch", min=1), 2: info.multiple * Dim("height_blocks", min=1), 3: info.multiple * Dim("width_blocks", min=1)},)
+    dynamic = (
+        {
+            0: Dim("batch", min=1),
+            2: info.multiple * Dim("height_blocks", min=1),
+            3: info.multiple * Dim("width_blocks", min=1),
+        },
+    )
     for chatty in ("onnx_ir", "onnxscript"):  # their optimiser passes log every step at INFO
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         program = torch.onnx.export(
-            network, (torch.from_numpy(example),), dynamo=True, opset_version=opset, input_names=["images"],
-            output_names=["probabilities"], dynamic_shapes=dynamic, external_data=False, verbose=False,
+            network,
+            (torch.from_numpy(example),),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["probabilities"],
+            dynamic_shapes=dynamic,
+            external_data=False,
+            verbose=False,
         )
     except Exception as error:
-        raise UserError(f"ONNX export of {info.source} failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from error
+        raise UserError(
+            f"ONNX export of {info.source} failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
     program.model.metadata_props[ONNX_METADATA_KEY] = json.dumps(info.to_dict())
     atomic_write_bytes(path, program.model_proto.SerializeToString())
 
@@ -117,21 +132,46 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         path = output_dir / "model.onnx"
         export_onnx(network, info, path, int(cfg.opset), images[0])
         difference = largest_difference(OnnxSegmenter(path, device="cpu"), images, references)
-        exported["onnx"] = {"path": str(path), "opset": int(cfg.opset), "runtime": "onnxruntime (CPU)", "max_abs_difference": difference, "ok": difference <= atol}
+        exported["onnx"] = {
+            "path": str(path),
+            "opset": int(cfg.opset),
+            "runtime": "onnxruntime (CPU)",
+            "max_abs_difference": difference,
+            "ok": difference <= atol,
+        }
     if "torchscript" in formats:
         path = output_dir / "model.torchscript.pt"
         export_torchscript(network, info, path, images[0])
         scripted = load_torchscript(path)
         with torch.no_grad():
             difference = largest_difference(lambda batch: scripted(torch.from_numpy(batch)).numpy(), images, references)
-        exported["torchscript"] = {"path": str(path), "runtime": "torch.jit", "max_abs_difference": difference, "ok": difference <= atol}
+        exported["torchscript"] = {
+            "path": str(path),
+            "runtime": "torch.jit",
+            "max_abs_difference": difference,
+            "ok": difference <= atol,
+        }
 
     shapes = [list(batch.shape) for batch in images]
-    report = {"source": str(source.resolve()), "model": info.to_dict(), "check": {"atol": atol, "shapes": shapes, "sample": cfg.check.sample}, "exported": exported}
+    report = {
+        "source": str(source.resolve()),
+        "model": info.to_dict(),
+        "check": {"atol": atol, "shapes": shapes, "sample": cfg.check.sample},
+        "exported": exported,
+    }
     atomic_write_json(output_dir / "export.json", report)
     for name, result in exported.items():
         verdict = "matches" if result["ok"] else "DOES NOT match"
-        log.info("%s: %s %s PyTorch within %g on shapes %s (max |Δp| = %.2e) -> %s", name, result["runtime"], verdict, atol, shapes, result["max_abs_difference"], result["path"])
+        log.info(
+            "%s: %s %s PyTorch within %g on shapes %s (max |Δp| = %.2e) -> %s",
+            name,
+            result["runtime"],
+            verdict,
+            atol,
+            shapes,
+            result["max_abs_difference"],
+            result["path"],
+        )
     return report
 
 
@@ -141,7 +181,9 @@ def main(cfg: DictConfig) -> None:
     report = run_export(cfg)
     bad = [name for name, result in report["exported"].items() if not result["ok"]]
     if bad:
-        raise UserError(f"exported {', '.join(bad)} differ from PyTorch by more than check.atol={report['check']['atol']} (see {Path(cfg.output_dir) / 'export.json'})")
+        raise UserError(
+            f"exported {', '.join(bad)} differ from PyTorch by more than check.atol={report['check']['atol']} (see {Path(cfg.output_dir) / 'export.json'})"
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
 from defectseg.config_validation import validate_config
 from defectseg.models import FreezePolicy, parameter_counts
 from defectseg.models.encoder_io import load_decoder, load_encoder, resolve_encoder_path
@@ -42,7 +43,11 @@ def load_pretrained(model: Any, policy: FreezePolicy, location: str | None) -> d
             )
         return None
     if model.encoder_init:
-        log.info("freeze=%s applies to the encoder weights from model.encoder_weights=%s; no stage-1 encoder is loaded", policy.mode, model.encoder_init)
+        log.info(
+            "freeze=%s applies to the encoder weights from model.encoder_weights=%s; no stage-1 encoder is loaded",
+            policy.mode,
+            model.encoder_init,
+        )
         return {"path": model.encoder_init, "pretrain_task": Path(model.encoder_init).name}
     try:
         if not location:
@@ -62,11 +67,15 @@ def load_pretrained(model: Any, policy: FreezePolicy, location: str | None) -> d
 def load_pretrained_decoder(model: Any, pretrained: dict[str, Any] | None) -> list[str] | None:
     """``init_decoder=true``: the decoder (and, from a segmentation stage 1, the head) from the stage-1 run's decoder.safetensors."""
     if pretrained is None or not pretrained.get("sha256"):
-        raise UserError("init_decoder=true starts the decoder from a stage-1 run's decoder.safetensors: it needs a stage-1 encoder (pretrained_encoder=DIR, freeze=encoder|none|partial)")
+        raise UserError(
+            "init_decoder=true starts the decoder from a stage-1 run's decoder.safetensors: it needs a stage-1 encoder (pretrained_encoder=DIR, freeze=encoder|none|partial)"
+        )
     try:
         parts = load_decoder(model, Path(pretrained["path"]).parent, model.architecture)
     except FileNotFoundError as error:
-        raise UserError(f"init_decoder=true: {error}; pretrain with pretrain_task=segmentation or self_supervised (pretrain_task.save_decoder=true), or set init_decoder=false") from None
+        raise UserError(
+            f"init_decoder=true: {error}; pretrain with pretrain_task=segmentation or self_supervised (pretrain_task.save_decoder=true), or set init_decoder=false"
+        ) from None
     log.info("decoder initialised from the stage-1 run (%s)", ", ".join(parts))
     return parts
 
@@ -94,15 +103,30 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
                 ", ".join("-" if f is None else f"{f:.0%}" for f in silent_channels),
             )
     counts = parameter_counts(model)
-    task = SegmentationTask(model, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), channels_last=bool(cfg.channels_last), compile=bool(cfg.get("compile", False)), **cfg.task)
+    task = SegmentationTask(
+        model,
+        lr=float(cfg.optim.lr),
+        weight_decay=float(cfg.optim.weight_decay),
+        channels_last=bool(cfg.channels_last),
+        compile=bool(cfg.get("compile", False)),
+        **cfg.task,
+    )
     log.info(
         "stage 2, freeze=%s: %s of %s parameters train; data %s %s; %s, %s",
-        policy.mode, f"{counts['trainable_params']:,}", f"{counts['total_params']:,}", datamodule.root, datamodule.summary(), run.device, run.precision,
+        policy.mode,
+        f"{counts['trainable_params']:,}",
+        f"{counts['total_params']:,}",
+        datamodule.root,
+        datamodule.summary(),
+        run.device,
+        run.precision,
     )
 
     run.log_text("model/parameters", " | ".join(f"{name}: {value:,}" for name, value in counts.items()))
     run.fit(task, datamodule)
-    tested = run.trainer.test(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
+    tested = run.trainer.test(
+        task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False
+    )[0]
     best = run.history.best("val/dice", "max")
     tuned = task.tuned_threshold or {}  # the best checkpoint's, restored when test loaded it
 
@@ -134,9 +158,24 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_json(run.output_dir / "metrics.json", metrics)
         if cfg.paths.get("finetune_latest"):
             point_link(cfg.paths.finetune_latest, run.output_dir)  # where predict and export look by default
-        log.info("freeze=%s: best val Dice %.4f (epoch %s), test Dice %.4f -> %s", policy.mode, _or_nan(metrics["best_val_dice"]), metrics["best_epoch"], _or_nan(metrics["test_dice"]), run.output_dir / "metrics.json")
+        log.info(
+            "freeze=%s: best val Dice %.4f (epoch %s), test Dice %.4f -> %s",
+            policy.mode,
+            _or_nan(metrics["best_val_dice"]),
+            metrics["best_epoch"],
+            _or_nan(metrics["test_dice"]),
+            run.output_dir / "metrics.json",
+        )
     run.log_hparams(
-        {"stage": "finetune", "model": metrics["model"], "freeze": policy.mode, "dataset": metrics["dataset"], "seed": metrics["seed"], "train_images": metrics.get("train_images", 0), "lr": float(cfg.optim.lr)},
+        {
+            "stage": "finetune",
+            "model": metrics["model"],
+            "freeze": policy.mode,
+            "dataset": metrics["dataset"],
+            "seed": metrics["seed"],
+            "train_images": metrics.get("train_images", 0),
+            "lr": float(cfg.optim.lr),
+        },
         {k: metrics[k] for k in ("best_val_dice", "test_dice", "trainable_params")},
     )
     run.close()

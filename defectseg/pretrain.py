@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 
 from defectseg.config_validation import validate_config
 from defectseg.models import parameter_counts
-from defectseg.models.encoder_io import WEIGHTS_NAME as ENCODER_WEIGHTS_NAME, save_encoder
+from defectseg.models.encoder_io import WEIGHTS_NAME as ENCODER_WEIGHTS_NAME
+from defectseg.models.encoder_io import save_encoder
 from defectseg.models.segmentation import relative_weight_change
 from defectseg.training.checkpoints import finished_run
 from defectseg.training.pretraining import build_datamodule, build_objective, model_arguments
@@ -41,7 +42,9 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         point_link(Path(cfg.paths.pretrain_latest), Path(cfg.paths.output_dir))
         return reused
     seed_run(int(cfg.seed))
-    segmentation_model = instantiate(cfg.model, **model_arguments(cfg))  # before any slow work: starting weights may be refused
+    segmentation_model = instantiate(
+        cfg.model, **model_arguments(cfg)
+    )  # before any slow work: starting weights may be refused
     run = Run(cfg, monitor="val/loss", mode="min")
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
@@ -54,23 +57,46 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     parameters = f"{segmentation_model.name} encoder: {counts['encoder_params']:,} | trained besides it ({objective.name}): {objective.trained_besides_encoder:,}"
     run.log_text("model/parameters", parameters)
     classes = getattr(datamodule, "class_names", None)
-    log.info("stage 1 (%s) on %s: %s images (%s), %s; %s", objective.name, ", ".join(map(str, datamodule.roots)), datamodule.summary(), run.device, run.precision, parameters)
+    log.info(
+        "stage 1 (%s) on %s: %s images (%s), %s; %s",
+        objective.name,
+        ", ".join(map(str, datamodule.roots)),
+        datamodule.summary(),
+        run.device,
+        run.precision,
+        parameters,
+    )
 
     initial_encoder = {name: tensor.detach().clone() for name, tensor in objective.encoder.state_dict().items()}
     run.fit(task, datamodule)
-    validated = run.trainer.validate(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
+    validated = run.trainer.validate(
+        task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False
+    )[0]
     tested, tested_by_source = {}, {}
     if len(datamodule.datasets.get("test", ())):
-        tested = run.trainer.test(task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
-        for source, loader in datamodule.test_loaders_by_source().items():  # several sources: quality on each kind of photo
-            result = run.trainer.test(task, dataloaders=loader, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False)[0]
-            tested_by_source[source] = {"test_images": len(loader.dataset), **{f"test_{name}": result.get(f"test/{name}") for name in ("loss", *objective.metric_names)}}
+        tested = run.trainer.test(
+            task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False
+        )[0]
+        for (
+            source,
+            loader,
+        ) in datamodule.test_loaders_by_source().items():  # several sources: quality on each kind of photo
+            result = run.trainer.test(
+                task, dataloaders=loader, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False
+            )[0]
+            tested_by_source[source] = {
+                "test_images": len(loader.dataset),
+                **{f"test_{name}": result.get(f"test/{name}") for name in ("loss", *objective.metric_names)},
+            }
 
-    encoder_change = relative_weight_change(initial_encoder, objective.encoder)  # the best checkpoint's weights, loaded by test/validate
+    encoder_change = relative_weight_change(
+        initial_encoder, objective.encoder
+    )  # the best checkpoint's weights, loaded by test/validate
     if encoder_change < 0.02:
         log.warning(
             "stage 1 moved the encoder's weights by only %.1f%% of their norm: it is close to its random init, so a frozen transfer carries little; "
-            "train stage 1 longer or on more photos", 100 * encoder_change,
+            "train stage 1 longer or on more photos",
+            100 * encoder_change,
         )
     results = {
         **{f"best_val_{name}": validated.get(f"val/{name}") for name in objective.metric_names},
@@ -100,11 +126,28 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         **run.summary(),
     }
     if run.trainer.is_global_zero:
-        provenance = {key: metrics[key] for key in (
-            "pretrain_task", "model", "encoder_init", "dataset", "experiment", "seed", "classes", "train_images", "epochs",
-            "encoder_weight_change", "best_val_loss", *results,
-        )}
-        metrics["encoder_weights"] = str(save_encoder(objective.encoder, run.output_dir, segmentation_model.architecture, extra={"pretrain": provenance}))
+        provenance = {
+            key: metrics[key]
+            for key in (
+                "pretrain_task",
+                "model",
+                "encoder_init",
+                "dataset",
+                "experiment",
+                "seed",
+                "classes",
+                "train_images",
+                "epochs",
+                "encoder_weight_change",
+                "best_val_loss",
+                *results,
+            )
+        }
+        metrics["encoder_weights"] = str(
+            save_encoder(
+                objective.encoder, run.output_dir, segmentation_model.architecture, extra={"pretrain": provenance}
+            )
+        )
         metrics.update(objective.save_extra(run.output_dir))
         latest = Path(cfg.paths.pretrain_latest)
         point_link(latest, run.output_dir)
@@ -112,7 +155,14 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_json(run.output_dir / "metrics.json", metrics)
         log.info("encoder written to %s (stage 2 finds it through %s)", metrics["encoder_weights"], latest)
     run.log_hparams(
-        {"stage": "pretrain", "pretrain_task": objective.name, "model": metrics["model"], "dataset": metrics["dataset"], "seed": metrics["seed"], "lr": float(cfg.optim.lr)},
+        {
+            "stage": "pretrain",
+            "pretrain_task": objective.name,
+            "model": metrics["model"],
+            "dataset": metrics["dataset"],
+            "seed": metrics["seed"],
+            "lr": float(cfg.optim.lr),
+        },
         {"best_val_loss": metrics["best_val_loss"], **results},
     )
     run.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import contextlib
 import csv
 import datetime as _dt
 import io
@@ -37,18 +38,18 @@ import yaml
 from defectseg.utils.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
-    "ReportError",
     "MODE_ORDER",
-    "mode_label",
+    "ReportError",
+    "aggregate",
     "collect_runs",
     "expected_jobs",
-    "aggregate",
-    "paired_bootstrap_ci",
+    "main",
     "markdown_table",
+    "mode_label",
+    "paired_bootstrap_ci",
     "plot_compare",
     "plot_label_efficiency",
     "write_report",
-    "main",
 ]
 
 #: Number of bootstrap resamples and RNG seed: fixed so reports are reproducible.
@@ -63,18 +64,58 @@ VERDICT_LOSS = "loss is real (CI excludes 0)"
 VERDICT_NS = "not significant"
 
 REPORT_CSV_COLUMNS = [
-    "experiment", "dataset", "model", "pretrain_task", "encoder_from", "freeze", "freeze_depth", "init_decoder", "mode",
-    "train_images", "trainable_params", "total_params", "n_seeds", "seeds",
-    "val_dice_mean", "val_dice_std", "test_dice_mean", "test_dice_std",
-    "gain_abs", "gain_pct", "ttest_p", "n_paired", "boot_ci_low", "boot_ci_high",
-    "boot_n_images", "verdict", "best_epoch_mean", "epochs_mean", "train_seconds_mean",
-    "train_images_per_second_mean", "device", "precision",
+    "experiment",
+    "dataset",
+    "model",
+    "pretrain_task",
+    "encoder_from",
+    "freeze",
+    "freeze_depth",
+    "init_decoder",
+    "mode",
+    "train_images",
+    "trainable_params",
+    "total_params",
+    "n_seeds",
+    "seeds",
+    "val_dice_mean",
+    "val_dice_std",
+    "test_dice_mean",
+    "test_dice_std",
+    "gain_abs",
+    "gain_pct",
+    "ttest_p",
+    "n_paired",
+    "boot_ci_low",
+    "boot_ci_high",
+    "boot_n_images",
+    "verdict",
+    "best_epoch_mean",
+    "epochs_mean",
+    "train_seconds_mean",
+    "train_images_per_second_mean",
+    "device",
+    "precision",
 ]
 
 LABEL_EFF_CSV_COLUMNS = [
-    "experiment", "dataset", "model", "pretrain_task", "encoder_from", "mode", "freeze", "freeze_depth",
-    "train_images", "n_seeds", "test_dice_mean", "test_dice_std", "val_dice_mean",
-    "val_dice_std", "gain_abs", "gain_pct", "verdict",
+    "experiment",
+    "dataset",
+    "model",
+    "pretrain_task",
+    "encoder_from",
+    "mode",
+    "freeze",
+    "freeze_depth",
+    "train_images",
+    "n_seeds",
+    "test_dice_mean",
+    "test_dice_std",
+    "val_dice_mean",
+    "val_dice_std",
+    "gain_abs",
+    "gain_pct",
+    "verdict",
 ]
 
 # Paper Table 1 (test Dice), quoted in report.md for context only.
@@ -88,8 +129,20 @@ _MODE_SHADES = {
     "none": ["#ff7f0e", "#fdae6b", "#a63603", "#fdd0a2", "#e6550d", "#7f2704"],
     "partial": ["#2ca02c", "#74c476", "#006d2c", "#a1d99b", "#31a354", "#00441b"],
 }
-_EXTRA_COLOURS = ["#9467bd", "#d62728", "#17becf", "#bcbd22", "#e377c2", "#8c564b",
-                  "#c5b0d5", "#ff9896", "#9edae5", "#dbdb8d", "#f7b6d2", "#c49c94"]
+_EXTRA_COLOURS = [
+    "#9467bd",
+    "#d62728",
+    "#17becf",
+    "#bcbd22",
+    "#e377c2",
+    "#8c564b",
+    "#c5b0d5",
+    "#ff9896",
+    "#9edae5",
+    "#dbdb8d",
+    "#f7b6d2",
+    "#c49c94",
+]
 
 
 class ReportError(RuntimeError):
@@ -251,8 +304,10 @@ def _find_job_dirs(root: Path) -> list[Path]:
 
     def children(p: Path) -> list[Path]:
         try:
-            return sorted((c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")),
-                          key=lambda c: _natural_key(c.name))
+            return sorted(
+                (c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")),
+                key=lambda c: _natural_key(c.name),
+            )
         except OSError:
             return []
 
@@ -325,18 +380,28 @@ def _stage1_facts(runs: Sequence[dict[str, Any]]) -> list[str]:
         if folder is None or not isinstance(encoder, dict) or str(folder) in facts:
             continue
         info = dict(encoder)
-        try:
+        with contextlib.suppress(OSError, ValueError, TypeError):
             info = {**json.loads((folder / "metrics.json").read_text(encoding="utf-8")), **info}
-        except (OSError, ValueError, TypeError):
-            pass
-        size = [f"{info['train_images']:,} train images" if isinstance(info.get("train_images"), int) else None,
-                f"{info['epochs']} epochs" if isinstance(info.get("epochs"), int) else None]
-        quality = [f"{name} {value:.3f}" for name, value in
-                   (("test accuracy", _finite(info.get("test_accuracy"))), ("test AUROC", _finite(info.get("test_auroc"))),
-                    ("test Dice", _finite(info.get("test_dice"))), ("weight change", _finite(info.get("encoder_weight_change"))))
-                   if value is not None]
+        size = [
+            f"{info['train_images']:,} train images" if isinstance(info.get("train_images"), int) else None,
+            f"{info['epochs']} epochs" if isinstance(info.get("epochs"), int) else None,
+        ]
+        quality = [
+            f"{name} {value:.3f}"
+            for name, value in (
+                ("test accuracy", _finite(info.get("test_accuracy"))),
+                ("test AUROC", _finite(info.get("test_auroc"))),
+                ("test Dice", _finite(info.get("test_dice"))),
+                ("weight change", _finite(info.get("encoder_weight_change"))),
+            )
+            if value is not None
+        ]
         what = f"{info.get('pretrain_task') or 'stage 1'} on {info.get('dataset') or 'unknown data'}"
-        facts[str(folder)] = f"`{folder.name}` ({what}" + "".join(f"; {part}" for part in (", ".join(p for p in size if p), ", ".join(quality)) if part) + ")"
+        facts[str(folder)] = (
+            f"`{folder.name}` ({what}"
+            + "".join(f"; {part}" for part in (", ".join(p for p in size if p), ", ".join(quality)) if part)
+            + ")"
+        )
     return list(facts.values())
 
 
@@ -377,7 +442,9 @@ def collect_runs(sweep_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]
         _fill_from_overrides(run, overrides)
         run.update(entry)
         run["test_dice"] = float(run["test_dice"])
-        run["init_decoder"] = bool(metrics.get("init_decoder"))  # the decoder started from stage 1's (a record when it did)
+        run["init_decoder"] = bool(
+            metrics.get("init_decoder")
+        )  # the decoder started from stage 1's (a record when it did)
         run["encoder_from"] = _encoder_source(metrics)
         run["mode"] = mode_label(run.get("freeze"), run.get("freeze_depth"), run["init_decoder"])
         run["_times"] = _job_times(job_dir, metrics)
@@ -389,12 +456,19 @@ def collect_runs(sweep_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]
         sweeps = [child for child in sorted(root.iterdir()) if (child / "multirun.yaml").is_file()] or [root]
     for sweep in sweeps:
         inside = [r for r in (*runs, *missing) if r.get("job_dir") and Path(r["job_dir"]).is_relative_to(sweep)]
-        _add_never_launched(sweep, [d for d in job_dirs if d.is_relative_to(sweep)], inside, missing, finished_elsewhere=runs)
+        _add_never_launched(
+            sweep, [d for d in job_dirs if d.is_relative_to(sweep)], inside, missing, finished_elsewhere=runs
+        )
     return runs, missing
 
 
-def _add_never_launched(root: Path, job_dirs: Sequence[Path], entries: Sequence[dict[str, Any]], missing: list[dict[str, Any]],
-                        finished_elsewhere: Sequence[dict[str, Any]] = ()) -> None:
+def _add_never_launched(
+    root: Path,
+    job_dirs: Sequence[Path],
+    entries: Sequence[dict[str, Any]],
+    missing: list[dict[str, Any]],
+    finished_elsewhere: Sequence[dict[str, Any]] = (),
+) -> None:
     """MISSING entries for the jobs ``root/multirun.yaml`` expects but no directory holds.
 
     A job that a stopped sweep never launched but a sweep beside it ran with the same overrides
@@ -411,23 +485,39 @@ def _add_never_launched(root: Path, job_dirs: Sequence[Path], entries: Sequence[
 
     def ran(combo: dict[str, Any], job: dict[str, str]) -> bool:
         """Same value for every swept key; any other key the job names must agree too."""
-        return all(job.get(k) == str(combo[k]).lower() for k in swept) and all(job[k] == str(v).lower() for k, v in combo.items() if k in job)
+        return all(job.get(k) == str(combo[k]).lower() for k in swept) and all(
+            job[k] == str(v).lower() for k, v in combo.items() if k in job
+        )
 
     present = [overrides_of(e) for e in entries]
     absent = [c for c in combos if not any(ran(c, p) for p in present)]
     if len(absent) != shortfall:
-        missing.append({"job": None, "job_dir": None, "overrides": [],
-                        "reason": f"{shortfall} of {n_expected} expected jobs have no job directory (never launched)", "count": shortfall})
+        missing.append(
+            {
+                "job": None,
+                "job_dir": None,
+                "overrides": [],
+                "reason": f"{shortfall} of {n_expected} expected jobs have no job directory (never launched)",
+                "count": shortfall,
+            }
+        )
         return
     elsewhere = [overrides_of(r) for r in finished_elsewhere]
     for combo in absent:
         if not any(ran(combo, job) for job in elsewhere):
-            missing.append({"job": None, "job_dir": None, "overrides": [f"{k}={v}" for k, v in combo.items()],
-                            "reason": "no job directory (never launched)"})
+            missing.append(
+                {
+                    "job": None,
+                    "job_dir": None,
+                    "overrides": [f"{k}={v}" for k, v in combo.items()],
+                    "reason": "no job directory (never launched)",
+                }
+            )
 
 
 def _job_times(job_dir: Path, metrics: dict[str, Any]) -> tuple[float | None, float | None]:
     """(start, end) epoch seconds: metrics keys if given, else file mtimes (config at start)."""
+
     def stamp(v: Any) -> float | None:
         if isinstance(v, (int, float)) and math.isfinite(v):
             return float(v)
@@ -453,8 +543,9 @@ def _job_times(job_dir: Path, metrics: dict[str, Any]) -> tuple[float | None, fl
 # --------------------------------------------------------------------------- statistics
 
 
-def paired_bootstrap_ci(diff: Sequence[float] | np.ndarray, n_resamples: int = N_BOOTSTRAP,
-                        seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    diff: Sequence[float] | np.ndarray, n_resamples: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean per-image difference (resampling test images).
 
     A fixed seed makes the verdict reproducible between report runs.
@@ -492,9 +583,17 @@ def _by_seed(runs: Sequence[dict[str, Any]]) -> dict[Any, float]:
 
 
 def _group_key(run: dict[str, Any]) -> tuple[Any, ...]:
-    return (run.get("experiment"), run.get("dataset"), run.get("model"),
-            run.get("pretrain_task"), run.get("encoder_from"), run.get("freeze"), run.get("freeze_depth"),
-            bool(run.get("init_decoder")), run.get("train_images"))
+    return (
+        run.get("experiment"),
+        run.get("dataset"),
+        run.get("model"),
+        run.get("pretrain_task"),
+        run.get("encoder_from"),
+        run.get("freeze"),
+        run.get("freeze_depth"),
+        bool(run.get("init_decoder")),
+        run.get("train_images"),
+    )
 
 
 def _common(values: Iterable[Any]) -> Any:
@@ -503,14 +602,22 @@ def _common(values: Iterable[Any]) -> Any:
 
 
 def _row_sort_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (_none_last(row["experiment"]), _none_last(row["dataset"]), _none_last(row["model"]),
-            _none_last(row["train_images"]), MODE_ORDER.get(row["freeze"], 9),
-            _none_last(row["freeze_depth"]), _none_last(row["pretrain_task"]), _none_last(row.get("encoder_from")),
-            row.get("init_decoder", False))
+    return (
+        _none_last(row["experiment"]),
+        _none_last(row["dataset"]),
+        _none_last(row["model"]),
+        _none_last(row["train_images"]),
+        MODE_ORDER.get(row["freeze"], 9),
+        _none_last(row["freeze_depth"]),
+        _none_last(row["pretrain_task"]),
+        _none_last(row.get("encoder_from")),
+        row.get("init_decoder", False),
+    )
 
 
-def aggregate(runs: Sequence[dict[str, Any]], n_resamples: int = N_BOOTSTRAP,
-              seed: int = BOOTSTRAP_SEED) -> list[dict[str, Any]]:
+def aggregate(
+    runs: Sequence[dict[str, Any]], n_resamples: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED
+) -> list[dict[str, Any]]:
     """Table rows: one per (experiment, dataset, model, pretrain_task, stage-1 run, mode, train_images).
 
     Gains and significance compare each mode with scratch of the same (dataset, model,
@@ -527,29 +634,47 @@ def aggregate(runs: Sequence[dict[str, Any]], n_resamples: int = N_BOOTSTRAP,
         experiment, dataset, model, pretrain_task, encoder_from, freeze, freeze_depth, init_decoder, train_images = key
         vals = [v for v in (_finite(r.get("best_val_dice")) for r in members) if v is not None]
         tests = [r["test_dice"] for r in members]
-        num = lambda k: [v for v in (_finite(r.get(k)) for r in members) if v is not None]  # noqa: E731
-        rows.append({
-            "experiment": experiment, "dataset": dataset, "model": model,
-            "pretrain_task": pretrain_task, "encoder_from": encoder_from, "freeze": freeze, "freeze_depth": freeze_depth,
-            "init_decoder": init_decoder, "mode": mode_label(freeze, freeze_depth, init_decoder), "train_images": train_images,
-            "trainable_params": _common(r.get("trainable_params") for r in members),
-            "total_params": _common(r.get("total_params") for r in members),
-            "n_seeds": len(members),
-            "seeds": [r.get("seed") for r in members],
-            "val_dice_mean": _mean(vals), "val_dice_std": _std(vals),
-            "val_dice_values": vals,
-            "test_dice_mean": _mean(tests), "test_dice_std": _std(tests),
-            "test_dice_values": tests,
-            "gain_abs": None, "gain_pct": None, "ttest_p": None, "n_paired": 0,
-            "boot_ci_low": None, "boot_ci_high": None, "boot_n_images": 0, "verdict": None,
-            "best_epoch_mean": _mean(num("best_epoch")), "epochs_mean": _mean(num("epochs")),
-            "train_seconds_mean": _mean(num("train_seconds")),
-            "train_seconds_total": float(sum(num("train_seconds"))),
-            "train_images_per_second_mean": _mean(num("train_images_per_second")),
-            "device": _common(r.get("device") for r in members),
-            "precision": _common(r.get("precision") for r in members),
-            "_runs": members,
-        })
+        num = lambda k: [v for v in (_finite(r.get(k)) for r in members) if v is not None]
+        rows.append(
+            {
+                "experiment": experiment,
+                "dataset": dataset,
+                "model": model,
+                "pretrain_task": pretrain_task,
+                "encoder_from": encoder_from,
+                "freeze": freeze,
+                "freeze_depth": freeze_depth,
+                "init_decoder": init_decoder,
+                "mode": mode_label(freeze, freeze_depth, init_decoder),
+                "train_images": train_images,
+                "trainable_params": _common(r.get("trainable_params") for r in members),
+                "total_params": _common(r.get("total_params") for r in members),
+                "n_seeds": len(members),
+                "seeds": [r.get("seed") for r in members],
+                "val_dice_mean": _mean(vals),
+                "val_dice_std": _std(vals),
+                "val_dice_values": vals,
+                "test_dice_mean": _mean(tests),
+                "test_dice_std": _std(tests),
+                "test_dice_values": tests,
+                "gain_abs": None,
+                "gain_pct": None,
+                "ttest_p": None,
+                "n_paired": 0,
+                "boot_ci_low": None,
+                "boot_ci_high": None,
+                "boot_n_images": 0,
+                "verdict": None,
+                "best_epoch_mean": _mean(num("best_epoch")),
+                "epochs_mean": _mean(num("epochs")),
+                "train_seconds_mean": _mean(num("train_seconds")),
+                "train_seconds_total": float(sum(num("train_seconds"))),
+                "train_images_per_second_mean": _mean(num("train_images_per_second")),
+                "device": _common(r.get("device") for r in members),
+                "precision": _common(r.get("precision") for r in members),
+                "_runs": members,
+            }
+        )
 
     for row in rows:
         if row["freeze"] == "scratch":
@@ -589,13 +714,25 @@ def aggregate(runs: Sequence[dict[str, Any]], n_resamples: int = N_BOOTSTRAP,
 
 def _scratch_reference(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """Scratch row of the same (dataset, model, train_images); prefer same experiment/pretrain."""
-    cands = [r for r in rows if r["freeze"] == "scratch" and r["dataset"] == row["dataset"]
-             and r["model"] == row["model"] and r["train_images"] == row["train_images"]]
+    cands = [
+        r
+        for r in rows
+        if r["freeze"] == "scratch"
+        and r["dataset"] == row["dataset"]
+        and r["model"] == row["model"]
+        and r["train_images"] == row["train_images"]
+    ]
     if not cands:
         return None
-    return max(cands, key=lambda r: (r["experiment"] == row["experiment"],
-                                     r["pretrain_task"] == row["pretrain_task"],
-                                     r["pretrain_task"] is None, r["n_seeds"]))
+    return max(
+        cands,
+        key=lambda r: (
+            r["experiment"] == row["experiment"],
+            r["pretrain_task"] == row["pretrain_task"],
+            r["pretrain_task"] is None,
+            r["n_seeds"],
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- formatting
@@ -651,24 +788,48 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         cols.insert(0, "experiment")
     if _multi(rows, "model"):
         cols.append("model")
-    cols += ["train imgs", "training", "trainable params", "n", "val DC", "test DC",
-             "gain vs scratch", "paired t", "bootstrap 95% CI (Δ per image)", "verdict",
-             "best ep", "train time"]
+    cols += [
+        "train imgs",
+        "training",
+        "trainable params",
+        "n",
+        "val DC",
+        "test DC",
+        "gain vs scratch",
+        "paired t",
+        "bootstrap 95% CI (Δ per image)",
+        "verdict",
+        "best ep",
+        "train time",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
-        gain = "–" if r["gain_abs"] is None else (
-            f"{_fmt(r['gain_abs'], signed=True)} ({_fmt(r['gain_pct'], '.1f', signed=True)}%)")
-        ci = "–" if r["boot_ci_low"] is None else (
-            f"[{_fmt(r['boot_ci_low'], signed=True)}, {_fmt(r['boot_ci_high'], signed=True)}]")
+        gain = (
+            "–"
+            if r["gain_abs"] is None
+            else (f"{_fmt(r['gain_abs'], signed=True)} ({_fmt(r['gain_pct'], '.1f', signed=True)}%)")
+        )
+        ci = (
+            "–"
+            if r["boot_ci_low"] is None
+            else (f"[{_fmt(r['boot_ci_low'], signed=True)}, {_fmt(r['boot_ci_high'], signed=True)}]")
+        )
         cells = {
-            "experiment": str(r["experiment"]), "dataset": str(r["dataset"]),
-            "model": str(r["model"]), "train imgs": "–" if r["train_images"] is None else str(r["train_images"]),
-            "training": _display_mode(r, rows), "trainable params": _fmt_params(r["trainable_params"]),
-            "n": str(r["n_seeds"]), "val DC": _mean_std(r["val_dice_mean"], r["val_dice_std"]),
-            "test DC": _mean_std(r["test_dice_mean"], r["test_dice_std"]), "gain vs scratch": gain,
+            "experiment": str(r["experiment"]),
+            "dataset": str(r["dataset"]),
+            "model": str(r["model"]),
+            "train imgs": "–" if r["train_images"] is None else str(r["train_images"]),
+            "training": _display_mode(r, rows),
+            "trainable params": _fmt_params(r["trainable_params"]),
+            "n": str(r["n_seeds"]),
+            "val DC": _mean_std(r["val_dice_mean"], r["val_dice_std"]),
+            "test DC": _mean_std(r["test_dice_mean"], r["test_dice_std"]),
+            "gain vs scratch": gain,
             "paired t": _fmt_p(r["ttest_p"]) + (f" (n={r['n_paired']})" if r["ttest_p"] is not None else ""),
-            "bootstrap 95% CI (Δ per image)": ci, "verdict": r["verdict"] or "(reference)",
-            "best ep": _fmt(r["best_epoch_mean"], ".0f"), "train time": _fmt_seconds(r["train_seconds_mean"]),
+            "bootstrap 95% CI (Δ per image)": ci,
+            "verdict": r["verdict"] or "(reference)",
+            "best ep": _fmt(r["best_epoch_mean"], ".0f"),
+            "train time": _fmt_seconds(r["train_seconds_mean"]),
         }
         lines.append("| " + " | ".join(cells[c] for c in cols) + " |")
     return "\n".join(lines) + "\n"
@@ -728,27 +889,41 @@ def _summary_lines(sweep_dir: Path, runs: Sequence[dict[str, Any]], missing: Seq
     ]
 
 
-def _markdown_report(sweep_dir: Path, rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]],
-                     missing: Sequence[dict[str, Any]], images: Sequence[str]) -> str:
+def _markdown_report(
+    sweep_dir: Path,
+    rows: Sequence[dict[str, Any]],
+    runs: Sequence[dict[str, Any]],
+    missing: Sequence[dict[str, Any]],
+    images: Sequence[str],
+) -> str:
     exp = sorted({str(r.get("experiment")) for r in runs if r.get("experiment")})
     title = f"# Table 1 — scratch vs transfer: {', '.join(exp) or sweep_dir.name}"
-    parts = [title, "",
-             "U-Net segmentation Dice (DC), mean ± sample std (ddof=1) over seeds. "
-             "Gain is relative to *scratch* of the same dataset, model and number of training "
-             f"images. For context, {_PAPER_REF}.", "",
-             *_summary_lines(sweep_dir, runs, missing), "",
-             markdown_table(rows)]
+    parts = [
+        title,
+        "",
+        "U-Net segmentation Dice (DC), mean ± sample std (ddof=1) over seeds. "
+        "Gain is relative to *scratch* of the same dataset, model and number of training "
+        f"images. For context, {_PAPER_REF}.",
+        "",
+        *_summary_lines(sweep_dir, runs, missing),
+        "",
+        markdown_table(rows),
+    ]
     parts += ["## MISSING jobs", ""]
     if missing:
         parts += [f"- {_describe_missing(m)}" for m in missing]
     else:
         parts.append("None: every job of the sweep finished.")
-    parts += ["", "## Method", "",
-              "- *paired t*: `scipy.stats.ttest_rel` on test Dice matched by seed "
-              "(needs ≥ 2 seeds present in both modes).",
-              f"- *bootstrap*: per-image test Dice averaged over seeds, difference mode − scratch, "
-              f"{N_BOOTSTRAP:,} resamples of the test images (seed {BOOTSTRAP_SEED}), "
-              "percentile 95% CI of the mean; verdict \"gain is real\" (or \"loss is real\") when the CI excludes 0.", ""]
+    parts += [
+        "",
+        "## Method",
+        "",
+        "- *paired t*: `scipy.stats.ttest_rel` on test Dice matched by seed (needs ≥ 2 seeds present in both modes).",
+        f"- *bootstrap*: per-image test Dice averaged over seeds, difference mode − scratch, "
+        f"{N_BOOTSTRAP:,} resamples of the test images (seed {BOOTSTRAP_SEED}), "
+        'percentile 95% CI of the mean; verdict "gain is real" (or "loss is real") when the CI excludes 0.',
+        "",
+    ]
     for img in images:
         parts += [f"![{Path(img).stem}]({img})", ""]
     return "\n".join(parts)
@@ -775,8 +950,13 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 def _mode_colours(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
     """A distinct, stable colour per displayed mode; shades of one hue share a freeze mode."""
-    labels = sorted({(_display_mode(r, rows), r["freeze"], _none_last(r.get("pretrain_task")), bool(r.get("init_decoder")))
-                     for r in rows}, key=lambda t: (MODE_ORDER.get(t[1], 9), t[2], t[3], t[0]))
+    labels = sorted(
+        {
+            (_display_mode(r, rows), r["freeze"], _none_last(r.get("pretrain_task")), bool(r.get("init_decoder")))
+            for r in rows
+        },
+        key=lambda t: (MODE_ORDER.get(t[1], 9), t[2], t[3], t[0]),
+    )
     out: dict[str, str] = {}
     spare = iter(_EXTRA_COLOURS)
     for label, freeze, _task, _decoder in labels:
@@ -804,17 +984,34 @@ def _legend_handles(colours: dict[str, str]) -> list[Any]:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles: list[Any] = [Patch(facecolor=c, edgecolor="black", linewidth=0.6, label=f"{m} (test, mean ± std)")
-                          for m, c in colours.items()]
-    handles.append(Line2D([], [], ls="none", marker="o", ms=4, color="black", alpha=0.75,
-                          label="seed (test Dice)"))
-    handles.append(Line2D([], [], ls="none", marker="D", ms=6, markerfacecolor="white",
-                          markeredgecolor="#444444", markeredgewidth=1.5, label="val Dice (mean)"))
+    handles: list[Any] = [
+        Patch(facecolor=c, edgecolor="black", linewidth=0.6, label=f"{m} (test, mean ± std)")
+        for m, c in colours.items()
+    ]
+    handles.append(Line2D([], [], ls="none", marker="o", ms=4, color="black", alpha=0.75, label="seed (test Dice)"))
+    handles.append(
+        Line2D(
+            [],
+            [],
+            ls="none",
+            marker="D",
+            ms=6,
+            markerfacecolor="white",
+            markeredgecolor="#444444",
+            markeredgewidth=1.5,
+            label="val Dice (mean)",
+        )
+    )
     return handles
 
 
-def _draw_bars(ax: Any, groups: dict[str, list[dict[str, Any]]], rows: Sequence[dict[str, Any]],
-               colours: dict[str, str], n_bars: int) -> None:
+def _draw_bars(
+    ax: Any,
+    groups: dict[str, list[dict[str, Any]]],
+    rows: Sequence[dict[str, Any]],
+    colours: dict[str, str],
+    n_bars: int,
+) -> None:
     width = 0.8 / n_bars
     rng = np.random.default_rng(0)  # fixed jitter: identical figure on every report run
     top = 0.0
@@ -830,15 +1027,23 @@ def _draw_bars(ax: Any, groups: dict[str, list[dict[str, Any]]], rows: Sequence[
             jitter = rng.uniform(-width * 0.22, width * 0.22, size=pts.size)
             ax.scatter(x + jitter, pts, s=14, color="black", alpha=0.75, zorder=4)
             if r["val_dice_mean"] is not None:
-                ax.scatter([x], [r["val_dice_mean"]], marker="D", s=34, facecolor="white",
-                           edgecolor=col if r["freeze"] != "scratch" else "#444444",
-                           linewidth=1.6, zorder=5)
+                ax.scatter(
+                    [x],
+                    [r["val_dice_mean"]],
+                    marker="D",
+                    s=34,
+                    facecolor="white",
+                    edgecolor=col if r["freeze"] != "scratch" else "#444444",
+                    linewidth=1.6,
+                    zorder=5,
+                )
             hi = max(mean + std, float(pts.max()) if pts.size else mean, r["val_dice_mean"] or 0.0)
             text = f"{mean:.3f}"
             if r["gain_abs"] is not None:
                 text += f"\n{r['gain_abs']:+.3f}" + ("*" if r["verdict"] in (VERDICT_GAIN, VERDICT_LOSS) else "")
-            ax.text(x, hi + 0.015, text, ha="center", va="bottom", fontsize=7 if small else 8.5,
-                    fontweight="bold", zorder=6)
+            ax.text(
+                x, hi + 0.015, text, ha="center", va="bottom", fontsize=7 if small else 8.5, fontweight="bold", zorder=6
+            )
             top = max(top, hi)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(list(groups), fontsize=9)
@@ -867,14 +1072,22 @@ def plot_compare(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], t
             ax.set_title(panel, fontsize=10, loc="left")
     n_seeds = sorted({r["n_seeds"] for r in rows})
     seeds_txt = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}"
-    fig.suptitle(title or f"Test Dice: scratch vs transfer (mean ± std over {seeds_txt} seeds)",
-                 fontsize=12, fontweight="bold")
-    fig.legend(handles=_legend_handles(colours), fontsize=8, loc="upper left",
-               bbox_to_anchor=(1.0, 0.93), frameon=False)
+    fig.suptitle(
+        title or f"Test Dice: scratch vs transfer (mean ± std over {seeds_txt} seeds)", fontsize=12, fontweight="bold"
+    )
+    fig.legend(
+        handles=_legend_handles(colours), fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.93), frameon=False
+    )
     fig.tight_layout()
     if any(r["gain_abs"] is not None for r in rows):
-        fig.text(0.01, -0.01, "bar label: test Dice mean and absolute gain vs scratch "
-                 "(* = bootstrap 95% CI excludes 0)", fontsize=7.5, color="#444444", va="top")
+        fig.text(
+            0.01,
+            -0.01,
+            "bar label: test Dice mean and absolute gain vs scratch (* = bootstrap 95% CI excludes 0)",
+            fontsize=7.5,
+            color="#444444",
+            va="top",
+        )
     _save_figure(fig, path)
     return path
 
@@ -888,12 +1101,21 @@ def _label_eff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         if r["train_images"] is not None:
             sizes.setdefault((r["experiment"], r["dataset"], r["model"]), set()).add(r["train_images"])
-    keep = [r for r in rows if r["train_images"] is not None
-            and len(sizes[(r["experiment"], r["dataset"], r["model"])]) > 1]
-    return sorted(keep, key=lambda r: (_none_last(r["experiment"]), _none_last(r["dataset"]),
-                                       _none_last(r["model"]), MODE_ORDER.get(r["freeze"], 9),
-                                       _none_last(r["freeze_depth"]), _none_last(r["pretrain_task"]),
-                                       r["train_images"]))
+    keep = [
+        r for r in rows if r["train_images"] is not None and len(sizes[(r["experiment"], r["dataset"], r["model"])]) > 1
+    ]
+    return sorted(
+        keep,
+        key=lambda r: (
+            _none_last(r["experiment"]),
+            _none_last(r["dataset"]),
+            _none_last(r["model"]),
+            MODE_ORDER.get(r["freeze"], 9),
+            _none_last(r["freeze_depth"]),
+            _none_last(r["pretrain_task"]),
+            r["train_images"],
+        ),
+    )
 
 
 def plot_label_efficiency(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
@@ -921,8 +1143,15 @@ def plot_label_efficiency(rows: Sequence[dict[str, Any]], path: str | os.PathLik
             ax.fill_between(xs, ys - sd, ys + sd, color=col, alpha=0.18, lw=0, zorder=1)
             for r in lrows:
                 pts = np.asarray(r["test_dice_values"])
-                ax.scatter(np.full(pts.size, float(r["train_images"])) * (1 + np.linspace(-0.03, 0.03, pts.size)),
-                           pts, s=10, color=col, alpha=0.55, edgecolor="none", zorder=2)
+                ax.scatter(
+                    np.full(pts.size, float(r["train_images"])) * (1 + np.linspace(-0.03, 0.03, pts.size)),
+                    pts,
+                    s=10,
+                    color=col,
+                    alpha=0.55,
+                    edgecolor="none",
+                    zorder=2,
+                )
         ax.set_xscale("log")
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(s) for s in sizes])
@@ -940,8 +1169,9 @@ def plot_label_efficiency(rows: Sequence[dict[str, Any]], path: str | os.PathLik
 # --------------------------------------------------------------------------- orchestration
 
 
-def write_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
-                 plots: bool = True) -> dict[str, Any]:
+def write_report(
+    sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None, plots: bool = True
+) -> dict[str, Any]:
     """Collect, aggregate and write every report file; the single entry point for code and CLI.
 
     Returns ``{"paths": {name: Path}, "rows": [...], "missing": [...], "runs": [...],
@@ -954,8 +1184,7 @@ def write_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
     runs, missing = collect_runs(root)
     if not runs:
         n_jobs = sum(1 for m in missing if m.get("job_dir"))
-        raise ReportError(f"no finished job (metrics.json with test_dice) in {root} "
-                          f"({n_jobs} job dirs found)")
+        raise ReportError(f"no finished job (metrics.json with test_dice) in {root} ({n_jobs} job dirs found)")
     out = Path(out_dir) if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
     rows = aggregate(runs)
@@ -977,8 +1206,14 @@ def write_report(sweep_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
     paths["report.md"] = out / "report.md"
     atomic_write_text(paths["report.md"], markdown)
     public_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    return {"paths": paths, "rows": public_rows, "missing": missing, "runs": runs,
-            "markdown": markdown, "table": markdown_table(rows)}
+    return {
+        "paths": paths,
+        "rows": public_rows,
+        "missing": missing,
+        "runs": runs,
+        "markdown": markdown,
+        "table": markdown_table(rows),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1000,7 +1235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"WARNING: {n_missing} job(s) MISSING from the sweep, the report is partial:")
         for m in missing:
             print(f"  MISSING {_describe_missing(m)}")
-    for name, p in result["paths"].items():
+    for _name, p in result["paths"].items():
         print(f"wrote {p}")
     return 0
 

@@ -16,7 +16,9 @@ from PIL import Image
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def write_classification_set(root: Path, n_per_class: int = 6, size: int = 32, classes: tuple[str, ...] = ("Negative", "Positive"), seed: int = 0) -> Path:
+def write_classification_set(
+    root: Path, n_per_class: int = 6, size: int = 32, classes: tuple[str, ...] = ("Negative", "Positive"), seed: int = 0
+) -> Path:
     """Noise photos; Positive ones carry a dark line, so a classifier has something to find."""
     rng = np.random.default_rng(seed)
     for label, name in enumerate(classes):

@@ -17,7 +17,9 @@ class Throttle(L.Callback):
     def __init__(self, seconds: float = 0.2) -> None:
         self.seconds = float(seconds)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         time.sleep(self.seconds)
 
 
@@ -27,7 +29,9 @@ class InjectNaN(L.Callback):
     def __init__(self, at_epoch: int = 1) -> None:
         self.at_epoch = int(at_epoch)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.current_epoch == self.at_epoch and batch_idx == 0:
             with torch.no_grad():
                 weight = next(p for p in pl_module.parameters() if p.requires_grad)
@@ -41,6 +45,8 @@ class SendSignal(L.Callback):
         self.at_step = int(at_step)
         self.signal_name = signal_name
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step == self.at_step:
             os.kill(os.getpid(), getattr(signal, self.signal_name))

@@ -12,19 +12,47 @@ from benchmarks import precision_dice, throughput
 def test_throughput_benchmark_measures_both_contenders_and_records(segmentation_set, tmp_path, monkeypatch):
     monkeypatch.setattr(throughput, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.setattr(throughput, "RESULTS_LOG", tmp_path / "results.md")
-    args = throughput.parse_args([
-        "--image-size", "32", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--modes", "frozen",
-        "--precision", "32-true", "--peak-size", "128", "--note", "test",
-        "--set", "dataset=folder_seg", "--set", f"dataset.root={segmentation_set}", "--set", f"paths.root_dir={tmp_path}",
-        "--set", "trainer.enable_progress_bar=false", "--set", "~logger", "--set", "model.channels=[4,8,16,32,64]",
-    ])
+    args = throughput.parse_args(
+        [
+            "--image-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--modes",
+            "frozen",
+            "--precision",
+            "32-true",
+            "--peak-size",
+            "128",
+            "--note",
+            "test",
+            "--set",
+            "dataset=folder_seg",
+            "--set",
+            f"dataset.root={segmentation_set}",
+            "--set",
+            f"paths.root_dir={tmp_path}",
+            "--set",
+            "trainer.enable_progress_bar=false",
+            "--set",
+            "~logger",
+            "--set",
+            "model.channels=[4,8,16,32,64]",
+        ]
+    )
     result = throughput.run(args)
 
     row = result["training"]["frozen"]
     assert row["freeze"] == "encoder"
     assert row["pipeline_images_per_second"][0] > 0 and row["bare_images_per_second"][0] > 0
     # stored to 4 decimals: a slow pipeline (a busy machine) gives a small ratio, where the rounding is the error
-    assert row["ratio"] == pytest.approx(row["pipeline_images_per_second"][0] / row["bare_images_per_second"][0], rel=1e-3, abs=5e-5)
+    assert row["ratio"] == pytest.approx(
+        row["pipeline_images_per_second"][0] / row["bare_images_per_second"][0], rel=1e-3, abs=5e-5
+    )
     # The frozen encoder's backward is skipped, so one step costs fewer FLOPs than training everything.
     scratch_flops = throughput.Bench(args).training_flops("scratch")
     assert 0 < row["train_gflop_per_step"] * 1e9 < scratch_flops
@@ -39,7 +67,13 @@ def test_throughput_benchmark_measures_both_contenders_and_records(segmentation_
 
 def test_precision_comparison_pairs_runs_per_image():
     def run(test_dice, per_image, seed):
-        return {"test_dice": test_dice, "best_val_dice": test_dice, "test_dice_per_image": per_image, "train_images_per_second": 1.0, "seed": seed}
+        return {
+            "test_dice": test_dice,
+            "best_val_dice": test_dice,
+            "test_dice_per_image": per_image,
+            "train_images_per_second": 1.0,
+            "seed": seed,
+        }
 
     runs = {
         "bf16-mixed": [run(0.5, [0.4, 0.6], 0), run(0.7, [0.6, 0.8], 1)],

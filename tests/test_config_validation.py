@@ -29,7 +29,9 @@ def test_shipped_configs_are_valid(compose_config, stage, experiment):
 
 @pytest.mark.parametrize("freeze", ["scratch", "encoder", "none", "partial"])
 def test_every_freeze_option_is_valid(compose_config, freeze):
-    validate_config(compose_config("finetune", [f"freeze={freeze}", "dataset=folder_seg", "dataset.root=/data"]), "finetune")
+    validate_config(
+        compose_config("finetune", [f"freeze={freeze}", "dataset=folder_seg", "dataset.root=/data"]), "finetune"
+    )
 
 
 @pytest.mark.parametrize(
@@ -37,23 +39,39 @@ def test_every_freeze_option_is_valid(compose_config, freeze):
     [
         ("finetune", "+optim.learning_rate=0.1", r"optim\.learning_rate: unknown key \(known here: lr, weight_decay\)"),
         ("finetune", "+lr=0.1", r"lr: unknown key \(did you mean optim\.lr\?\)"),
-        ("finetune", "+dataset.image_sze=64", r"dataset\.image_sze: unknown key \(did you mean dataset\.image_size\?\)"),
+        (
+            "finetune",
+            "+dataset.image_sze=64",
+            r"dataset\.image_sze: unknown key \(did you mean dataset\.image_size\?\)",
+        ),
         ("finetune", "+trainer.max_epoch=3", r"trainer\.max_epoch: unknown key \(did you mean trainer\.max_epochs\?\)"),
         ("finetune", "+freeze.depht=2", r"freeze\.depht: unknown key \(did you mean freeze\.depth\?\)"),
         ("pretrain", "+task.threshold=0.5", r"task: unknown key"),
         ("finetune", "seed=abc", r"seed: expected an integer, got 'abc'"),
         ("finetune", "trainer.max_epochs=2.5", r"trainer\.max_epochs: expected an integer or null, got 2\.5"),
-        ("finetune", "optim.lr='1e-4'", r"optim\.lr: expected a number, got '1e-4' \(a string\); YAML reads 1e-4 as a string, write 1\.0e-4"),
+        (
+            "finetune",
+            "optim.lr='1e-4'",
+            r"optim\.lr: expected a number, got '1e-4' \(a string\); YAML reads 1e-4 as a string, write 1\.0e-4",
+        ),
         ("finetune", "dataset.batch_size=[4]", r"dataset\.batch_size: expected an integer, got \[4\]"),
         ("finetune", "optim.lr=-0.001", r"optim\.lr: must be a positive number, got -0\.001"),
         ("finetune", "optim.weight_decay=-1", r"optim\.weight_decay: must be at least 0"),
         ("finetune", "task.threshold=1.0", r"task\.threshold: must lie strictly between 0 and 1"),
-        ("finetune", "dataset.split_fractions=[0.7,0.2,0.2]", r"dataset\.split_fractions=\[0\.7, 0\.2, 0\.2\] must be non-negative and sum to 1"),
+        (
+            "finetune",
+            "dataset.split_fractions=[0.7,0.2,0.2]",
+            r"dataset\.split_fractions=\[0\.7, 0\.2, 0\.2\] must be non-negative and sum to 1",
+        ),
         ("pretrain", "dataset.image_size=100", r"dataset\.image_size: 100 is not divisible by 16.*use 96 or 112"),
         ("finetune", "freeze.mode=frozen", r"freeze\.mode='frozen' is not one of"),
         ("pretrain", "head.pooling=mean", r"head\.pooling must be avg, max or avgmax"),
         ("pretrain", "trainer.precision=17", r"trainer\.precision: expected one of"),
-        ("finetune", "+callbacks.extra._target_=no_such_module.Callback", r"callbacks\.extra\._target_: cannot import 'no_such_module\.Callback'"),
+        (
+            "finetune",
+            "+callbacks.extra._target_=no_such_module.Callback",
+            r"callbacks\.extra\._target_: cannot import 'no_such_module\.Callback'",
+        ),
     ],
 )
 def test_bad_values_are_named(compose_config, stage, override, expected):
@@ -61,7 +79,11 @@ def test_bad_values_are_named(compose_config, stage, override, expected):
 
 
 def test_every_problem_is_listed_at_once(compose_config):
-    message = problems(compose_config, "finetune", ["optim.lr=0", "+dataset.image_sze=3", "seed=-1", "freeze=partial", "freeze.depth=9"])
+    message = problems(
+        compose_config,
+        "finetune",
+        ["optim.lr=0", "+dataset.image_sze=3", "seed=-1", "freeze=partial", "freeze.depth=9"],
+    )
     assert message.startswith("config: 4 problem(s), nothing was run")
     for key in ("optim.lr", "dataset.image_sze", "seed", "freeze.depth: 9 exceeds the encoder's 5 levels"):
         assert key in message

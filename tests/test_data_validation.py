@@ -14,7 +14,7 @@ from PIL import Image
 from defectseg.check_data import run_check_data
 from defectseg.data.datamodules import ClassificationDataModule, SegmentationDataModule
 from defectseg.data.readers import DataError, read_image, read_mask
-from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
+from defectseg.utils.errors import exit_cleanly_on_user_error
 from tests.conftest import write_classification_set, write_segmentation_set
 
 
@@ -58,8 +58,11 @@ def test_check_data_reports_every_problem_and_exits_2(compose_config, tmp_path):
     assert report["counts"] == {"train": 8, "val": 3, "total": 11}
     errors = {(e["kind"], Path(e["message"].split(":")[0])) for e in report["errors"]}
     assert errors == {
-        ("unreadable", bad["truncated"]), ("mask_size", bad["small_mask"]), ("mask_values", bad["class_mask"]),
-        ("mask_values", bad["alpha_mask"]), ("missing_mask", bad["no_mask"]),
+        ("unreadable", bad["truncated"]),
+        ("mask_size", bad["small_mask"]),
+        ("mask_values", bad["class_mask"]),
+        ("mask_values", bad["alpha_mask"]),
+        ("missing_mask", bad["no_mask"]),
     }
     warnings = {e["kind"]: e["message"] for e in report["warnings"]}
     assert str(bad["orphan_mask"]) in warnings["mask_without_image"]
@@ -99,7 +102,11 @@ def test_on_error_skip_leaves_bad_samples_out_and_says_which(tmp_path):
     datamodule.write_split(tmp_path / "split.json")
     split = json.loads((tmp_path / "split.json").read_text())
     skipped = {entry["file"] for entry in split["skipped"]}
-    images = {bad["truncated"], bad["no_mask"], *(bad[k].parent.parent / "images" / bad[k].name for k in ("small_mask", "class_mask", "alpha_mask"))}
+    images = {
+        bad["truncated"],
+        bad["no_mask"],
+        *(bad[k].parent.parent / "images" / bad[k].name for k in ("small_mask", "class_mask", "alpha_mask")),
+    }
     assert skipped == {str(p) for p in images}
     assert not skipped & set(split["train"])
     assert next(iter(datamodule.train_dataloader()))["image"].shape[1:] == (3, 32, 32)
@@ -142,7 +149,12 @@ def test_cmyk_images_are_converted(tmp_path):
     ("make", "expected"),
     [
         (lambda p: Image.fromarray(np.zeros((4, 4), np.float32)).save(p.with_suffix(".tif")), "floating-point image"),
-        (lambda p: Image.fromarray(np.zeros((4, 4), np.uint8)).save(p.with_suffix(".tif"), save_all=True, append_images=[Image.fromarray(np.ones((4, 4), np.uint8))]), "holds 2 frames"),
+        (
+            lambda p: Image.fromarray(np.zeros((4, 4), np.uint8)).save(
+                p.with_suffix(".tif"), save_all=True, append_images=[Image.fromarray(np.ones((4, 4), np.uint8))]
+            ),
+            "holds 2 frames",
+        ),
     ],
 )
 def test_unsupported_images_are_refused(tmp_path, make, expected):
@@ -179,7 +191,9 @@ def test_check_data_warns_about_exif_rotation(compose_config, tmp_path):
     Image.open(root / "images" / "001.png").convert("RGB").save(rotated, exif=exif)
     (root / "images" / "001.png").unlink()
     report = run_check_data(compose_config("check_data", ["dataset=folder_seg", f"dataset.root={root}"]))
-    assert [w["kind"] for w in report["warnings"]] == ["exif_orientation"] and str(rotated) in report["warnings"][0]["message"]
+    assert [w["kind"] for w in report["warnings"]] == ["exif_orientation"] and str(rotated) in report["warnings"][0][
+        "message"
+    ]
 
 
 # --- fuzz: corrupted files never crash or misread, they are named ---------------------------------

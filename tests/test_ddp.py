@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Runs a stage's Hydra main, recording every file each rank writes through defectseg.utils.io.
 # Lightning starts rank 1 by re-running this same script with the same arguments.
-WRITE_SPY = '''
+WRITE_SPY = """
 import os, sys
 sys.path.insert(0, os.environ["DEFECTSEG_REPO"])
 import defectseg.utils.io as io
@@ -49,7 +49,7 @@ io.atomic_writer, io.point_link = spy_writer, spy_link
 
 import runpy
 runpy.run_module(os.environ["DEFECTSEG_STAGE"], run_name="__main__")  # as `python -m`, but __main__ stays this spy
-'''
+"""
 
 DDP_CPU = [
     "trainer=ddp",
@@ -82,7 +82,13 @@ def run_stage(stage: str, overrides: list[str], tmp_path: Path, write_log: Path)
     spy = tmp_path / "write_spy.py"
     spy.write_text(WRITE_SPY)
     write_log.mkdir(exist_ok=True)
-    env = {**os.environ, "DEFECTSEG_REPO": str(REPO), "DEFECTSEG_STAGE": f"defectseg.{stage}", "DEFECTSEG_WRITE_LOG": str(write_log), "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "DEFECTSEG_REPO": str(REPO),
+        "DEFECTSEG_STAGE": f"defectseg.{stage}",
+        "DEFECTSEG_WRITE_LOG": str(write_log),
+        "PYTHONPATH": str(REPO),
+    }
     env.pop("LOCAL_RANK", None)
     command = [sys.executable, str(spy), *DDP_CPU, *overrides, f"paths.root_dir={tmp_path}"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -111,14 +117,37 @@ def test_ddp_on_two_cpu_processes_reduces_metrics_and_only_rank0_writes(tmp_path
     pretrain_dir, finetune_dir = tmp_path / "outputs" / "pretrain_run", tmp_path / "outputs" / "finetune_run"
     writes = tmp_path / "writes"
 
-    run_stage("pretrain", ["dataset=folder_cls", f"dataset.root={cls_root}", f"hydra.run.dir={pretrain_dir}"], tmp_path, writes)
-    run_stage("finetune", ["freeze=encoder", "dataset=folder_seg", f"dataset.root={seg_root}", f"pretrained_encoder={pretrain_dir}", f"hydra.run.dir={finetune_dir}"], tmp_path, writes)
+    run_stage(
+        "pretrain",
+        ["dataset=folder_cls", f"dataset.root={cls_root}", f"hydra.run.dir={pretrain_dir}"],
+        tmp_path,
+        writes,
+    )
+    run_stage(
+        "finetune",
+        [
+            "freeze=encoder",
+            "dataset=folder_seg",
+            f"dataset.root={seg_root}",
+            f"pretrained_encoder={pretrain_dir}",
+            f"hydra.run.dir={finetune_dir}",
+        ],
+        tmp_path,
+        writes,
+    )
 
     # Only rank 0 wrote, and it wrote everything a stage leaves behind.
     assert not (writes / "rank1.txt").exists(), (writes / "rank1.txt").read_text()
     written = {Path(line).resolve() for line in (writes / "rank0.txt").read_text().split()}
     latest = tmp_path / "outputs" / "pretrain" / "latest"
-    for expected in (pretrain_dir / "metrics.json", pretrain_dir / "encoder.safetensors", pretrain_dir / "encoder.json", pretrain_dir / "config.yaml", finetune_dir / "metrics.json", finetune_dir / "split.json"):
+    for expected in (
+        pretrain_dir / "metrics.json",
+        pretrain_dir / "encoder.safetensors",
+        pretrain_dir / "encoder.json",
+        pretrain_dir / "config.yaml",
+        finetune_dir / "metrics.json",
+        finetune_dir / "split.json",
+    ):
         assert expected.resolve() in written
     assert latest.resolve() == pretrain_dir.resolve()
 

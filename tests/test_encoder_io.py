@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from defectseg.models import unet_paper
-from defectseg.models.encoder_io import INFO_NAME, WEIGHTS_NAME, EncoderMismatchError, load_encoder, resolve_encoder_path, save_encoder
+from defectseg.models.encoder_io import (
+    INFO_NAME,
+    WEIGHTS_NAME,
+    EncoderMismatchError,
+    load_encoder,
+    resolve_encoder_path,
+    save_encoder,
+)
 from defectseg.utils import io as io_utils
 from defectseg.utils.io import point_link
 

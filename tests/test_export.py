@@ -48,12 +48,15 @@ def exported(tmp_path_factory):
     """One export shared by the tests below (conf/export.yaml's own settings; exporting takes seconds)."""
     root = tmp_path_factory.mktemp("export")
     run_dir = write_tiny_run(root / "finetune" / "tiny")
-    cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "export.yaml"), {"checkpoint": str(run_dir), "output_dir": str(root / "exported")})
+    cfg = OmegaConf.merge(
+        OmegaConf.load(REPO / "conf" / "export.yaml"),
+        {"checkpoint": str(run_dir), "output_dir": str(root / "exported")},
+    )
     return run_export(cfg), run_dir
 
 
 def test_export_checks_itself_and_carries_predicts_settings(exported):
-    report, run_dir = exported
+    report, _run_dir = exported
     assert set(report["exported"]) == {"onnx", "torchscript"}
     for result in report["exported"].values():
         assert result["ok"] and result["max_abs_difference"] <= 1e-4
@@ -95,8 +98,20 @@ def test_onnx_model_predicts_from_the_command_line_without_torch_or_lightning(ex
         "    loaded = sorted(m for m in ('torch', 'lightning') if m in sys.modules)\n"
         "    print('heavy modules:', loaded, file=sys.stderr)\n"
     )
-    args = [f"input={photos}", f"checkpoint={report['exported']['onnx']['path']}", f"hydra.run.dir={out}", "progress=false"]
-    done = subprocess.run([sys.executable, "-c", probe, *args], cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    args = [
+        f"input={photos}",
+        f"checkpoint={report['exported']['onnx']['path']}",
+        f"hydra.run.dir={out}",
+        "progress=false",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "heavy modules: []" in done.stderr
     assert Image.open(out / "masks" / "p.png").size == (70, 45)

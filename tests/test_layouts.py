@@ -10,12 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CONF_DIR, TINY_TRAINER, write_classification_set
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import CONF_DIR, TINY_TRAINER, write_classification_set
 from defectseg.data.datamodules import ClassificationDataModule, SegmentationDataModule
-from defectseg.data.layouts import FolderLayout, MaskFile, MaskValues, PatternLayout, SeverstalLayout, VocLayout, decode_rle, encode_rle, parse_rle
+from defectseg.data.layouts import (
+    FolderLayout,
+    MaskFile,
+    MaskValues,
+    PatternLayout,
+    SeverstalLayout,
+    VocLayout,
+    decode_rle,
+    encode_rle,
+    parse_rle,
+)
 from defectseg.data.readers import DataError
 from defectseg.data.splits import cap_train_split, group_keys, split_indices, subset_for_budget
 
@@ -64,7 +74,13 @@ def test_rle_round_trip_on_odd_shapes_and_borders(shape):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("1 2 3", "even count"), ("1 x", "'x', not an integer"), ("0 3", "start 0 < 1"), ("4 0", "length 0 < 1"), ("-2 3", "start -2")],
+    [
+        ("1 2 3", "even count"),
+        ("1 x", "'x', not an integer"),
+        ("0 3", "start 0 < 1"),
+        ("4 0", "length 0 < 1"),
+        ("-2 3", "start -2"),
+    ],
 )
 def test_bad_rle_is_named(text, message):
     with pytest.raises(DataError, match=re.escape(message)) as caught:
@@ -85,7 +101,9 @@ def test_class_indices_reduce_to_any_defect_or_kept_classes():
     assert MaskValues("classes").to_binary(values, "m").tolist() == [[0, 1, 1, 1, 1]]
     assert MaskValues("classes", keep_classes=(1, 3)).to_binary(values, "m").tolist() == [[0, 1, 0, 1, 0]]
     assert MaskValues("classes", void_value=255).to_binary(values, "m").tolist() == [[0, 1, 1, 1, 0]]
-    assert MaskValues("classes", keep_classes=(2,), void_value=255, void_as="defect").to_binary(values, "m").tolist() == [[0, 0, 1, 0, 1]]
+    assert MaskValues("classes", keep_classes=(2,), void_value=255, void_as="defect").to_binary(
+        values, "m"
+    ).tolist() == [[0, 0, 1, 0, 1]]
 
 
 def test_binary_mode_refuses_class_indices_and_class_options():
@@ -135,7 +153,9 @@ def test_pattern_layout_finds_masks_beside_images_recursively(tmp_path):
     scan = PatternLayout("{stem}.png", recursive=True).scan(root)
     assert scan.splits is None
     assert [(i.parent.parent.name, i.name, Path(str(m)).name) for i, m in scan.samples] == [
-        ("MT_Blowhole", "exp0.jpg", "exp0.png"), ("MT_Blowhole", "exp1.jpg", "exp1.png"), ("MT_Free", "exp0.jpg", "exp0.png"),
+        ("MT_Blowhole", "exp0.jpg", "exp0.png"),
+        ("MT_Blowhole", "exp1.jpg", "exp1.png"),
+        ("MT_Free", "exp0.jpg", "exp0.png"),
     ]
     assert loaded(scan.samples[0]).sum() == 24 and loaded(scan.samples[2]).sum() == 0
     with pytest.raises(DataError, match="holds no images"):
@@ -148,7 +168,10 @@ def test_pattern_layout_with_a_suffix_never_takes_masks_for_images(tmp_path, suf
         save(photo(), tmp_path / f"{stem}.png")
         save(np.full((8, 8), 255, np.uint8), tmp_path / f"{stem}{suffix}.png")
     samples = PatternLayout(f"{{stem}}{suffix}.png").scan(tmp_path).samples
-    assert [(i.name, Path(str(m)).name) for i, m in samples] == [("a.png", f"a{suffix}.png"), ("b.png", f"b{suffix}.png")]
+    assert [(i.name, Path(str(m)).name) for i, m in samples] == [
+        ("a.png", f"a{suffix}.png"),
+        ("b.png", f"b{suffix}.png"),
+    ]
 
 
 def test_pattern_layout_names_images_without_a_mask(tmp_path):
@@ -169,7 +192,15 @@ def test_pattern_layout_refuses_a_pattern_without_fields():
 def test_grey_images_of_varying_sizes_batch_as_three_channels(tmp_path):
     """Magnetic-tile: grey photos of many sizes become 3xSxS tensors with their masks resized alike."""
     root = write_magnetic_tile(tmp_path / "mt")
-    dm = SegmentationDataModule(root=str(root), layout=PatternLayout("{stem}.png", recursive=True), image_size=32, batch_size=3, num_workers=0, split_fractions=(0.34, 0.33, 0.33), augment={"enabled": False})
+    dm = SegmentationDataModule(
+        root=str(root),
+        layout=PatternLayout("{stem}.png", recursive=True),
+        image_size=32,
+        batch_size=3,
+        num_workers=0,
+        split_fractions=(0.34, 0.33, 0.33),
+        augment={"enabled": False},
+    )
     dm.setup()
     images = torch.stack([dm.datasets[s][i]["image"] for s in dm.datasets for i in range(len(dm.datasets[s]))])
     masks = torch.stack([dm.datasets[s][i]["mask"] for s in dm.datasets for i in range(len(dm.datasets[s]))])
@@ -202,7 +233,11 @@ def test_voc_split_lists_are_honoured(tmp_path):
     root = write_voc(tmp_path / "voc")
     dm = SegmentationDataModule(root=str(root), layout=VocLayout(), image_size=16, batch_size=2, num_workers=0)
     dm.setup()
-    assert {split: sorted(Path(f).stem for f in files) for split, files in dm.split_files.items()} == {"train": ["a", "b", "c"], "val": ["d"], "test": ["e"]}
+    assert {split: sorted(Path(f).stem for f in files) for split, files in dm.split_files.items()} == {
+        "train": ["a", "b", "c"],
+        "val": ["d"],
+        "test": ["e"],
+    }
     mask = dm.datasets["train"].pairs[0][1].load((6, 10))
     assert mask[0].sum() == 0 and mask.sum() == 1  # void border is background, the class pixel a defect
 
@@ -229,7 +264,9 @@ def test_voc_without_lists_splits_by_fractions(tmp_path):
 def test_voc_listed_image_missing_names_list_and_line(tmp_path):
     root = write_voc(tmp_path / "voc")
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("d\n\nghost\n")
-    with pytest.raises(DataError, match=re.escape(str(root / "ImageSets" / "Segmentation" / "val.txt")) + r", line 3: no image 'ghost'"):
+    with pytest.raises(
+        DataError, match=re.escape(str(root / "ImageSets" / "Segmentation" / "val.txt")) + r", line 3: no image 'ghost'"
+    ):
         VocLayout().scan(root)
 
 
@@ -242,7 +279,13 @@ def test_voc_image_in_two_lists_is_refused(tmp_path):
 # --- Severstal --------------------------------------------------------------------------------------
 
 
-def write_severstal(root: Path, rows: list[str], header: str = "ImageId,ClassId,EncodedPixels", images=("a.jpg", "b.jpg", "c.jpg"), size=(4, 6)) -> Path:
+def write_severstal(
+    root: Path,
+    rows: list[str],
+    header: str = "ImageId,ClassId,EncodedPixels",
+    images=("a.jpg", "b.jpg", "c.jpg"),
+    size=(4, 6),
+) -> Path:
     for name in images:
         save(photo(*size), root / "train_images" / name)
     (root / "train.csv").write_text("\n".join([header, *rows]) + "\n")
@@ -253,7 +296,9 @@ def test_severstal_rows_merge_per_image_and_unlisted_images_are_empty(tmp_path):
     first, second = np.zeros((4, 6), np.uint8), np.zeros((4, 6), np.uint8)
     first[0, 0:2] = 1  # touches the top-left corner
     second[3, 5] = 1  # the last pixel
-    root = write_severstal(tmp_path / "sev", [f"a.jpg,1,{encode_rle(first)}", f"a.jpg,3,{encode_rle(second)}", "b.jpg,2,5 4"])
+    root = write_severstal(
+        tmp_path / "sev", [f"a.jpg,1,{encode_rle(first)}", f"a.jpg,3,{encode_rle(second)}", "b.jpg,2,5 4"]
+    )
     masks = {i.name: m.load((4, 6)) for i, m in SeverstalLayout().scan(root).samples}
     assert np.array_equal(masks["a.jpg"], first | second)
     assert masks["b.jpg"][:, 1].tolist() == [1, 1, 1, 1] and masks["b.jpg"].sum() == 4
@@ -263,7 +308,11 @@ def test_severstal_rows_merge_per_image_and_unlisted_images_are_empty(tmp_path):
 
 
 def test_severstal_wide_format(tmp_path):
-    root = write_severstal(tmp_path / "sev", ["a.jpg_1,1 2", "a.jpg_2,", "b.jpg_1,", "b.jpg_4,24 1"], header="ImageId_ClassId,EncodedPixels")
+    root = write_severstal(
+        tmp_path / "sev",
+        ["a.jpg_1,1 2", "a.jpg_2,", "b.jpg_1,", "b.jpg_4,24 1"],
+        header="ImageId_ClassId,EncodedPixels",
+    )
     masks = {i.name: m.load((4, 6)) for i, m in SeverstalLayout().scan(root).samples}
     assert masks["a.jpg"][:2, 0].tolist() == [1, 1] and masks["a.jpg"].sum() == 2
     assert masks["b.jpg"][3, 5] == 1 and masks["b.jpg"].sum() == 1
@@ -275,7 +324,10 @@ def test_severstal_errors_name_the_csv_line(tmp_path):
         SeverstalLayout().scan(root)
     message = str(caught.value)
     assert "2 problem(s)" in message
-    assert "train.csv, line 3: image 'zzz.jpg' is not in" in message and "train.csv, line 4: EncodedPixels holds 'x'" in message
+    assert (
+        "train.csv, line 3: image 'zzz.jpg' is not in" in message
+        and "train.csv, line 4: EncodedPixels holds 'x'" in message
+    )
     (root / "train.csv").write_text("id,rle\n")
     with pytest.raises(DataError, match="header"):
         SeverstalLayout().scan(root)
@@ -283,8 +335,17 @@ def test_severstal_errors_name_the_csv_line(tmp_path):
 
 def test_severstal_run_outside_the_image_fails_setup_naming_the_line(tmp_path):
     root = write_severstal(tmp_path / "sev", ["a.jpg,1,1 2", "b.jpg,1,20 10"] + [f"c.jpg,1,{k} 1" for k in range(1, 4)])
-    dm = SegmentationDataModule(root=str(root), layout=SeverstalLayout(), image_size=16, batch_size=2, num_workers=0, split_fractions=(0.34, 0.33, 0.33))
-    with pytest.raises(DataError, match=r"train\.csv, line 3: run 20 10 ends at pixel 29, past the 6x4 image's 24 pixels"):
+    dm = SegmentationDataModule(
+        root=str(root),
+        layout=SeverstalLayout(),
+        image_size=16,
+        batch_size=2,
+        num_workers=0,
+        split_fractions=(0.34, 0.33, 0.33),
+    )
+    with pytest.raises(
+        DataError, match=r"train\.csv, line 3: run 20 10 ends at pixel 29, past the 6x4 image's 24 pixels"
+    ):
         dm.setup()
 
 
@@ -297,7 +358,12 @@ def test_layout_and_folder_options_together_are_refused(tmp_path):
 
 
 def test_group_keys_from_file_names():
-    paths = [Path("P/11125-1_x0_y0.jpg"), Path("N/11125-1_x158_y157.jpg"), Path("P/IMG_3_x0_y0.jpg"), Path("N/00001.jpg")]
+    paths = [
+        Path("P/11125-1_x0_y0.jpg"),
+        Path("N/11125-1_x158_y157.jpg"),
+        Path("P/IMG_3_x0_y0.jpg"),
+        Path("N/00001.jpg"),
+    ]
     keys = group_keys(paths, r"^(.+)_x\d+_y\d+$")
     assert keys[0] == keys[1] == "group:11125-1" and keys[2] == "group:IMG_3" and keys[3].startswith("file:")
     assert group_keys(paths, None) is None
@@ -337,13 +403,23 @@ def test_capped_train_split_moves_the_surplus_to_test():
 
 def test_train_split_size_keeps_test_fixed_across_label_budgets(segmentation_set):
     def module(**kwargs):
-        dm = SegmentationDataModule(root=str(segmentation_set), image_size=16, batch_size=2, num_workers=0, split_fractions=(0.6, 0.2, 0.2), train_split_size=4, **kwargs)
+        dm = SegmentationDataModule(
+            root=str(segmentation_set),
+            image_size=16,
+            batch_size=2,
+            num_workers=0,
+            split_fractions=(0.6, 0.2, 0.2),
+            train_split_size=4,
+            **kwargs,
+        )
         dm.setup()
         return dm
 
     full, budget = module(), module(max_train_images=2)
     assert full.summary() == {"train_images": 4, "val_images": 2, "test_images": 4}
-    assert budget.split_files["test"] == full.split_files["test"] and set(budget.split_files["train"]) < set(full.split_files["train"])
+    assert budget.split_files["test"] == full.split_files["test"] and set(budget.split_files["train"]) < set(
+        full.split_files["train"]
+    )
 
 
 # --- stage 1 on several folders ----------------------------------------------------------------------
@@ -361,12 +437,21 @@ def write_photo_crops(root: Path, photos: int = 8) -> Path:
 def test_several_roots_are_split_each_on_its_own_and_grouped(tmp_path):
     bricks = write_classification_set(tmp_path / "bricks", n_per_class=10, size=16)
     crops = write_photo_crops(tmp_path / "crops")
-    dm = ClassificationDataModule(root=[str(bricks), str(crops)], image_size=16, batch_size=4, num_workers=0, split_fractions=(0.6, 0.2, 0.2), split_groups=r"^(.+)_x\d+_y\d+$")
+    dm = ClassificationDataModule(
+        root=[str(bricks), str(crops)],
+        image_size=16,
+        batch_size=4,
+        num_workers=0,
+        split_fractions=(0.6, 0.2, 0.2),
+        split_groups=r"^(.+)_x\d+_y\d+$",
+    )
     dm.setup()
     assert dm.class_names == ["Negative", "Positive"] and dm.grouped_images == 24
     for split, files in dm.split_files.items():
         assert {Path(f).parents[1].name for f in files} == {"bricks", "crops"}, split
-    photos = {split: {Path(f).stem.split("_x")[0] for f in files if "crops" in f} for split, files in dm.split_files.items()}
+    photos = {
+        split: {Path(f).stem.split("_x")[0] for f in files if "crops" in f} for split, files in dm.split_files.items()
+    }
     assert not (photos["train"] & photos["val"] or photos["train"] & photos["test"] or photos["val"] & photos["test"])
     by_source = dm.test_loaders_by_source()
     assert set(by_source) == {"bricks", "crops"}
@@ -394,8 +479,10 @@ def test_stage1_on_several_roots_reports_each_source(compose_config, tmp_path):
 
     bricks = write_classification_set(tmp_path / "bricks", n_per_class=6, size=16)
     crops = write_photo_crops(tmp_path / "crops", photos=6)
-    cfg = compose_config("pretrain", TINY_TRAINER + ["dataset=folder_cls", f"dataset.root=[{bricks},{crops}]", "dataset.image_size=32", "dataset.batch_size=4",
-                                                     "dataset.split_fractions=[0.5,0.25,0.25]", "dataset.split_groups='^(.+)_x\\d+_y\\d+$'"])
+    cfg = compose_config(
+        "pretrain",
+        [*TINY_TRAINER, "dataset=folder_cls", f"dataset.root=[{bricks},{crops}]", "dataset.image_size=32", "dataset.batch_size=4", "dataset.split_fractions=[0.5,0.25,0.25]", "dataset.split_groups='^(.+)_x\\d+_y\\d+$'"],
+    )
     metrics = run_pretrain(cfg)
     assert set(metrics["test_by_source"]) == {"bricks", "crops"}
     assert sum(s["test_images"] for s in metrics["test_by_source"].values()) == metrics["test_images"]
@@ -406,18 +493,33 @@ def test_stage1_on_several_roots_reports_each_source(compose_config, tmp_path):
 # --- configs ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("dataset", "layout"), [("folder_seg_mask_pattern", PatternLayout), ("voc_seg", VocLayout), ("severstal_seg", SeverstalLayout), ("real_magnetic_tile", FolderLayout)])
+@pytest.mark.parametrize(
+    ("dataset", "layout"),
+    [
+        ("folder_seg_mask_pattern", PatternLayout),
+        ("voc_seg", VocLayout),
+        ("severstal_seg", SeverstalLayout),
+        ("real_magnetic_tile", FolderLayout),
+    ],
+)
 def test_layout_configs_instantiate(compose_config, dataset, layout):
     cfg = compose_config("finetune", [f"dataset={dataset}", "dataset.root=/some/where"])
     assert isinstance(instantiate(cfg.dataset).layout, layout)
 
 
 def test_real_configs_point_into_the_shared_datasets_folder(compose_config):
-    for stage, dataset, folder in [("finetune", "real_magnetic_tile", "magnetic_tile"), ("finetune", "real_crackforest", "crackforest"), ("finetune", "real_deepcrack", "deepcrack"),
-                                   ("pretrain", "real_brickwork_cls", "brickwork_crack_cls"), ("pretrain", "real_deepcrack_patches_cls", "deepcrack_patches_cls")]:
+    for stage, dataset, folder in [
+        ("finetune", "real_magnetic_tile", "magnetic_tile"),
+        ("finetune", "real_crackforest", "crackforest"),
+        ("finetune", "real_deepcrack", "deepcrack"),
+        ("pretrain", "real_brickwork_cls", "brickwork_crack_cls"),
+        ("pretrain", "real_deepcrack_patches_cls", "deepcrack_patches_cls"),
+    ]:
         cfg = compose_config(stage, [f"dataset={dataset}", "paths.shared_datasets=/data/shared"])
         assert cfg.dataset.root == f"/data/shared/{folder}", dataset
-    cfg = compose_config("pretrain", ["dataset=real_crack_cls", "experiment=real", "paths.shared_datasets=/data/shared"])
+    cfg = compose_config(
+        "pretrain", ["dataset=real_crack_cls", "experiment=real", "paths.shared_datasets=/data/shared"]
+    )
     assert list(cfg.dataset.root) == ["/data/shared/brickwork_crack_cls", "/data/shared/deepcrack_patches_cls"]
     assert cfg.dataset.image_size == 128 and cfg.experiment_name == "real"
 
@@ -438,9 +540,17 @@ def shared_datasets() -> Path:
 
 def test_real_deepcrack_patches_split_by_photo():
     root = shared_datasets() / "deepcrack_patches_cls"
-    dm = ClassificationDataModule(root=str(root), image_size=32, num_workers=0, split_fractions=(0.7, 0.15, 0.15), split_groups=r"^(.+)_x\d+_y\d+$")
+    dm = ClassificationDataModule(
+        root=str(root),
+        image_size=32,
+        num_workers=0,
+        split_fractions=(0.7, 0.15, 0.15),
+        split_groups=r"^(.+)_x\d+_y\d+$",
+    )
     dm.setup()
-    photos = {split: {re.sub(r"_x\d+_y\d+$", "", Path(f).stem) for f in files} for split, files in dm.split_files.items()}
+    photos = {
+        split: {re.sub(r"_x\d+_y\d+$", "", Path(f).stem) for f in files} for split, files in dm.split_files.items()
+    }
     assert not (photos["train"] & photos["val"] or photos["train"] & photos["test"] or photos["val"] & photos["test"])
     assert dm.grouped_images == sum(dm.summary().values())
 

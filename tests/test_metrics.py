@@ -104,7 +104,9 @@ def test_compute_before_update_is_nan_and_per_image_empty():
 def test_indices_give_dataset_order_and_drop_padded_duplicates():
     """What a DistributedSampler delivers: images out of order, the last rank padded with a repeat."""
     metric = DefectDice()
-    metric.update(torch.cat([mask("1000"), mask("1111")]), torch.cat([mask("1100"), mask("1111")]), index=torch.tensor([1, 0]))  # 2/3, 1.0
+    metric.update(
+        torch.cat([mask("1000"), mask("1111")]), torch.cat([mask("1100"), mask("1111")]), index=torch.tensor([1, 0])
+    )  # 2/3, 1.0
     metric.update(mask("1100"), mask("1100"), index=torch.tensor([2]))  # 1.0
     metric.update(mask("1000"), mask("1100"), index=torch.tensor([1]))  # image 1 again (padding)
     assert metric.per_image().tolist() == pytest.approx([1.0, 2 / 3, 1.0])

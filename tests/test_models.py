@@ -111,7 +111,13 @@ def test_partial_frozen_levels_build_no_graph_but_later_levels_do():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"mode": "bogus"}, {"mode": "Encoder"}, {"mode": "partial"}, {"mode": "partial", "depth": 0}, {"mode": "partial", "depth": -1}],
+    [
+        {"mode": "bogus"},
+        {"mode": "Encoder"},
+        {"mode": "partial"},
+        {"mode": "partial", "depth": 0},
+        {"mode": "partial", "depth": -1},
+    ],
 )
 def test_invalid_policy_raises_value_error_naming_freeze(kwargs):
     with pytest.raises(ValueError, match=r"freeze\."):

@@ -22,14 +22,19 @@ GROUP_OPTIONS = {
 
 
 def stage1_overrides(root: Path) -> list[str]:
-    return TINY_TRAINER + ["dataset=folder_cls", f"dataset.root={root}", "dataset.image_size=32", "dataset.batch_size=4"]
+    return [*TINY_TRAINER, "dataset=folder_cls", f"dataset.root={root}", "dataset.image_size=32", "dataset.batch_size=4"]
 
 
 def stage2_overrides(root: Path, freeze: str = "encoder") -> list[str]:
-    return TINY_TRAINER + [f"freeze={freeze}", "dataset=folder_seg", f"dataset.root={root}", "dataset.image_size=32", "dataset.batch_size=4"]
+    return [*TINY_TRAINER, f"freeze={freeze}", "dataset=folder_seg", f"dataset.root={root}", "dataset.image_size=32", "dataset.batch_size=4"]
 
 
-STAGE_GROUPS = [(stage, group) for stage in ("pretrain", "finetune") for group in sorted(GROUP_OPTIONS) if not (stage == "pretrain" and group == "freeze")]
+STAGE_GROUPS = [
+    (stage, group)
+    for stage in ("pretrain", "finetune")
+    for group in sorted(GROUP_OPTIONS)
+    if not (stage == "pretrain" and group == "freeze")
+]
 
 
 @pytest.mark.parametrize(("stage", "group"), STAGE_GROUPS)
@@ -40,7 +45,11 @@ def test_every_config_option_composes_and_instantiates(compose_config, stage, gr
         assert node is not None or group == "experiment"
         if group in ("model", "trainer", "logger") and "_target_" in node:
             # composing checks the option; instantiating on CPU checks its keys are real Trainer arguments
-            overrides = {"precision": "32-true", "enable_progress_bar": False, "accelerator": "cpu"} if group == "trainer" else {}
+            overrides = (
+                {"precision": "32-true", "enable_progress_bar": False, "accelerator": "cpu"}
+                if group == "trainer"
+                else {}
+            )
             assert instantiate(node, **overrides) is not None
         if group == "callbacks":
             assert all(instantiate(c) is not None for c in node.values())
@@ -73,7 +82,10 @@ def test_paper_defaults(compose_config):
     assert cfg.pretrained_encoder.endswith("outputs/pretrain/latest")
     single = compose_config("finetune", ["dataset.synthetic.defect_set=crack", "dataset.synthetic.conditions=field"])
     assert single.dataset.root.endswith("_seed0_field_crack")  # each generated set in a folder of its own
-    assert (cfg.dataset.name, single.dataset.name) == ("synthetic_steel_defects_clean_mixed", "synthetic_steel_defects_field_crack")  # and report rows
+    assert (cfg.dataset.name, single.dataset.name) == (
+        "synthetic_steel_defects_clean_mixed",
+        "synthetic_steel_defects_field_crack",
+    )  # and report rows
 
 
 def test_quick_experiment_is_smaller(compose_config):
@@ -93,7 +105,9 @@ def test_stage1_of_quick_and_paper_has_the_kaggle_sets_size(compose_config):
     assert compose_config("pretrain", ["experiment=paper"]).trainer.max_epochs == 100
 
 
-def test_stage1_then_stage2_transfers_and_freezes_the_encoder(compose_config, classification_set, segmentation_set, tmp_path):
+def test_stage1_then_stage2_transfers_and_freezes_the_encoder(
+    compose_config, classification_set, segmentation_set, tmp_path
+):
     stage1 = run_pretrain(compose_config("pretrain", stage1_overrides(classification_set), run_name="s1"))
     encoder_file = Path(stage1["encoder_weights"])
     assert encoder_file.name == "encoder.safetensors" and encoder_file.with_name("encoder.json").is_file()
@@ -121,15 +135,32 @@ def test_stage1_then_stage2_transfers_and_freezes_the_encoder(compose_config, cl
     stage1_weights = load_file(str(encoder_file))
     encoder_after = captured["model"].encoder.state_dict()
     assert set(stage1_weights) == set(encoder_after)
-    assert all(torch.equal(stage1_weights[k], encoder_after[k].cpu()) for k in stage1_weights), "the frozen encoder changed"
+    assert all(torch.equal(stage1_weights[k], encoder_after[k].cpu()) for k in stage1_weights), (
+        "the frozen encoder changed"
+    )
     decoder_after = captured["model"].decoder.state_dict()
-    assert any(not torch.equal(captured["decoder_before"][k], decoder_after[k].cpu()) for k in decoder_after), "the decoder did not train"
+    assert any(not torch.equal(captured["decoder_before"][k], decoder_after[k].cpu()) for k in decoder_after), (
+        "the decoder did not train"
+    )
 
     assert metrics2["trainable_params"] == 3_134_433 and metrics2["total_params"] == 7_846_657
     assert metrics2["pretrained_encoder"]["path"] == str(encoder_file.resolve())
     saved = json.loads((Path(metrics2["output_dir"]) / "metrics.json").read_text())
-    for key in ("stage", "model", "freeze", "seed", "trainable_params", "total_params", "best_val_dice", "test_dice",
-                "epochs", "train_seconds", "train_images_per_second", "test_dice_per_image", "train_images"):
+    for key in (
+        "stage",
+        "model",
+        "freeze",
+        "seed",
+        "trainable_params",
+        "total_params",
+        "best_val_dice",
+        "test_dice",
+        "epochs",
+        "train_seconds",
+        "train_images_per_second",
+        "test_dice_per_image",
+        "train_images",
+    ):
         assert key in saved, key
     assert 0.0 <= saved["test_dice"] <= 1.0
     silent = saved["encoder_silent_channels"]
@@ -140,7 +171,9 @@ def test_stage1_then_stage2_transfers_and_freezes_the_encoder(compose_config, cl
 
 
 def test_scratch_trains_everything_without_an_encoder(compose_config, segmentation_set):
-    metrics = run_finetune(compose_config("finetune", stage2_overrides(segmentation_set, "scratch") + ["pretrained_encoder=/nonexistent"]))
+    metrics = run_finetune(
+        compose_config("finetune", [*stage2_overrides(segmentation_set, "scratch"), "pretrained_encoder=/nonexistent"])
+    )
     assert metrics["trainable_params"] == metrics["total_params"] == 7_846_657
     assert metrics["pretrained_encoder"] is None and metrics["freeze"] == "scratch"
 
@@ -155,7 +188,15 @@ def test_transfer_without_encoder_says_run_pretrain(compose_config, segmentation
 def test_job_names_keep_the_compared_axes_only():
     from defectseg.utils.naming import job_name
 
-    name = job_name(["freeze=encoder", "seed=2", "dataset.root=/very/long/path", "dataset.max_train_images=25", "trainer.max_epochs=3"])
+    name = job_name(
+        [
+            "freeze=encoder",
+            "seed=2",
+            "dataset.root=/very/long/path",
+            "dataset.max_train_images=25",
+            "trainer.max_epochs=3",
+        ]
+    )
     assert name == "freeze=encoder,labels=25,seed=2"
     assert "/" not in job_name(["dataset=../some/where"]) and len(job_name([f"seed={'9' * 500}"])) <= 100
 

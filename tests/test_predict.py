@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from tests.test_pipeline import stage2_overrides
 def tiny_segmenter(seed: int = 0) -> TorchSegmenter:
     torch.manual_seed(seed)
     model = unet_paper(channels=(4, 8, 16)).eval()
-    return TorchSegmenter(model, ModelInfo(source="tiny", runtime="torch", multiple=model.encoder.reduction), device="cpu")
+    return TorchSegmenter(
+        model, ModelInfo(source="tiny", runtime="torch", multiple=model.encoder.reduction), device="cpu"
+    )
 
 
 def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -38,13 +41,17 @@ def test_one_tile_equals_the_whole_image_through_the_network():
     image = photo(48, 64)
     tiled = predict_tiled(image, segmenter, tile_size=64, overlap=0.25, multiple=4)
     with torch.no_grad():
-        direct = segmenter.network(torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)).numpy()[0]
+        direct = segmenter.network(torch.from_numpy(image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)).numpy()[
+            0
+        ]
     np.testing.assert_allclose(tiled, direct, atol=1e-6)
 
 
 @pytest.mark.parametrize(("height", "width"), [(37, 53), (300, 41), (17, 130), (1, 1)])
 def test_output_has_exactly_the_photo_size(height, width):
-    probability = probability_map(photo(height, width), tiny_segmenter(), tile_size=32, overlap=0.25, batch_size=3, multiple=4)
+    probability = probability_map(
+        photo(height, width), tiny_segmenter(), tile_size=32, overlap=0.25, batch_size=3, multiple=4
+    )
     assert probability.shape == (height, width) and probability.dtype == np.float32
     assert np.isfinite(probability).all() and 0.0 <= probability.min() <= probability.max() <= 1.0
 
@@ -59,7 +66,15 @@ def test_blending_is_a_weighted_average_that_reproduces_a_pixelwise_model():
     whole = pixelwise(image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)[0]
     for tile, overlap in ((32, 0.5), (64, 0.25), (48, 0.0)):
         progress: list[tuple[int, int]] = []
-        tiled = predict_tiled(image, pixelwise, tile_size=tile, overlap=overlap, batch_size=4, multiple=16, on_progress=lambda *p: progress.append(p))
+        tiled = predict_tiled(
+            image,
+            pixelwise,
+            tile_size=tile,
+            overlap=overlap,
+            batch_size=4,
+            multiple=16,
+            on_progress=lambda *p: progress.append(p),
+        )
         np.testing.assert_allclose(tiled, whole, atol=1e-5)
         rows, columns = (len(axis_layout(side, tile, overlap, 16)[2]) for side in (300, 41))
         assert progress[-1] == (rows * columns, rows * columns) and len(progress) == -(-rows * columns // 4)
@@ -68,7 +83,7 @@ def test_blending_is_a_weighted_average_that_reproduces_a_pixelwise_model():
 def test_tiles_cover_the_side_with_the_overlap_asked_for():
     padded, tile, origins = axis_layout(300, 64, 0.25, 16)
     assert (padded, tile, origins[0], origins[-1]) == (300, 64, 0, 236)
-    assert all(0 < b - a <= 48 for a, b in zip(origins, origins[1:]))
+    assert all(0 < b - a <= 48 for a, b in itertools.pairwise(origins))
     assert axis_layout(37, 64, 0.25, 16) == (48, 48, [0])  # one tile, padded to the network's multiple
     window = blend_window(32, 32)
     assert window.min() > 0 and window[16, 16] == pytest.approx(1.0, abs=0.01) and window[0, 0] < 0.01
@@ -138,7 +153,11 @@ def test_unreadable_photo_is_named_skipped_and_fails_the_run(compose_config, mon
         assert np.load(out / "probabilities" / f"{stem}.npy").shape == size
     assert not (out / "masks" / "b_broken.png").exists()
     rows = list(csv.DictReader((out / "predictions.csv").open()))
-    assert [(Path(r["image"]).name, r["status"]) for r in rows] == [("a.png", "ok"), ("c.jpg", "ok"), ("b_broken.png", "failed")]
+    assert [(Path(r["image"]).name, r["status"]) for r in rows] == [
+        ("a.png", "ok"),
+        ("c.jpg", "ok"),
+        ("b_broken.png", "failed"),
+    ]
     assert "b_broken.png" in rows[2]["error"]
     assert int(rows[0]["defect_area_px"]) == 10 * 15 and float(rows[0]["defect_area_mm2"]) == pytest.approx(37.5)
     report = json.loads((out / "predictions.json").read_text())
@@ -159,14 +178,19 @@ def test_predict_without_a_model_says_how_to_get_one(compose_config, tmp_path):
 def test_end_to_end_from_a_tiny_finetune_run(compose_config, segmentation_set, tmp_path):
     """Stage 2 tunes and stores the threshold and the latest pointer; predict finds both without being told,
     and rebuilds the network from the run's own config (here a narrower U-Net than the default)."""
-    overrides = stage2_overrides(segmentation_set, "scratch") + ["model.channels=[8,16,32]"]
+    overrides = [*stage2_overrides(segmentation_set, "scratch"), "model.channels=[8,16,32]"]
     metrics = run_finetune(compose_config("finetune", overrides, run_name="ft"))
     assert metrics["best_threshold"] in THRESHOLD_GRID
-    assert 0.0 <= metrics["val_dice_at_best_threshold"] <= 1.0 and metrics["val_dice_at_best_threshold"] >= metrics["best_val_dice"] - 1e-6
+    assert (
+        0.0 <= metrics["val_dice_at_best_threshold"] <= 1.0
+        and metrics["val_dice_at_best_threshold"] >= metrics["best_val_dice"] - 1e-6
+    )
     assert 0.0 <= metrics["test_dice_at_best_threshold"] <= 1.0
     run_dir = Path(metrics["output_dir"])
     assert (tmp_path / "outputs" / "finetune" / "latest").resolve() == run_dir.resolve()
-    stored = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)[TUNED_THRESHOLD_KEY]
+    stored = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)[
+        TUNED_THRESHOLD_KEY
+    ]
     assert stored["best_threshold"] == metrics["best_threshold"]
 
     photos = tmp_path / "new_photos"
@@ -184,7 +208,11 @@ def test_end_to_end_from_a_tiny_finetune_run(compose_config, segmentation_set, t
         assert Image.open(out / "masks" / f"{name}.png").size == size[::-1]
         assert Image.open(out / "overlays" / f"{name}.png").size == size[::-1]
     report = json.loads((out / "predictions.json").read_text())
-    assert report["model"]["tile_size"] == 32 and report["model"]["runtime"] == "torch" and report["model"]["multiple"] == 4
+    assert (
+        report["model"]["tile_size"] == 32
+        and report["model"]["runtime"] == "torch"
+        and report["model"]["multiple"] == 4
+    )
     assert report["model"]["threshold_source"].startswith("tuned on validation Dice")
     assert Path(report["model"]["source"]) == (run_dir / "checkpoints" / "best.ckpt").resolve()
     assert {Path(r["image"]).stem for r in report["images"]} == set(sizes)

@@ -37,12 +37,23 @@ STAGE1_DATA = {
     "self_supervised": lambda cls, seg: ["dataset=folder_seg", f"dataset.root={seg}", "pretrain_task.patch_size=8"],
 }
 REPO = Path(__file__).resolve().parents[1]
-DECODER_PARTS = {"classification": None, "segmentation": ["decoder", "segmentation_head"], "self_supervised": ["decoder"]}
+DECODER_PARTS = {
+    "classification": None,
+    "segmentation": ["decoder", "segmentation_head"],
+    "self_supervised": ["decoder"],
+}
 
 
 @pytest.mark.parametrize("objective", sorted(STAGE1_DATA))
-def test_each_objective_writes_an_encoder_that_stage2_loads(compose_config, classification_set, segmentation_set, objective):
-    overrides = TINY_TRAINER + SMALL + [f"pretrain_task={objective}"] + STAGE1_DATA[objective](classification_set, segmentation_set)
+def test_each_objective_writes_an_encoder_that_stage2_loads(
+    compose_config, classification_set, segmentation_set, objective
+):
+    overrides = (
+        TINY_TRAINER
+        + SMALL
+        + [f"pretrain_task={objective}"]
+        + STAGE1_DATA[objective](classification_set, segmentation_set)
+    )
     stage1 = run_pretrain(compose_config("pretrain", overrides, run_name="s1"))
     run_dir = Path(stage1["encoder_weights"]).parent
     info = json.loads((run_dir / "encoder.json").read_text())
@@ -51,14 +62,26 @@ def test_each_objective_writes_an_encoder_that_stage2_loads(compose_config, clas
     assert (run_dir / DECODER_WEIGHTS_NAME).is_file() == (DECODER_PARTS[objective] is not None)
 
     init_decoder = DECODER_PARTS[objective] is not None
-    stage2_overrides = TINY_TRAINER + SMALL + ["freeze=encoder", "dataset=folder_seg", f"dataset.root={segmentation_set}", f"pretrained_encoder={run_dir}", f"init_decoder={str(init_decoder).lower()}"]
+    stage2_overrides = (
+        TINY_TRAINER
+        + SMALL
+        + [
+            "freeze=encoder",
+            "dataset=folder_seg",
+            f"dataset.root={segmentation_set}",
+            f"pretrained_encoder={run_dir}",
+            f"init_decoder={str(init_decoder).lower()}",
+        ]
+    )
     stage2 = run_finetune(compose_config("finetune", stage2_overrides, run_name="s2"))
     assert stage2["pretrain_task"] == objective
     assert stage2["pretrained_encoder"]["path"] == str((run_dir / "encoder.safetensors").resolve())
     assert stage2["init_decoder"] == DECODER_PARTS[objective]
 
 
-def test_reuse_keeps_a_finished_stage1_refuses_another_config_and_continues_an_unfinished_one(compose_config, classification_set, monkeypatch, caplog):
+def test_reuse_keeps_a_finished_stage1_refuses_another_config_and_continues_an_unfinished_one(
+    compose_config, classification_set, monkeypatch, caplog
+):
     """make compare / label-efficiency share one long stage 1 through reuse=true: never trained twice, never overwritten."""
     overrides = TINY_TRAINER + SMALL + STAGE1_DATA["classification"](classification_set, None) + ["reuse=true"]
     first = run_pretrain(compose_config("pretrain", overrides, run_name="s1"))
@@ -72,11 +95,18 @@ def test_reuse_keeps_a_finished_stage1_refuses_another_config_and_continues_an_u
 
     with monkeypatch.context() as patched:
         patched.setattr(pretrain_module, "Run", no_training)
-        again = run_pretrain(compose_config("pretrain", overrides + ["trainer.enable_progress_bar=true"], run_name="s1"))  # how it runs may change
+        again = run_pretrain(
+            compose_config("pretrain", [*overrides, "trainer.enable_progress_bar=true"], run_name="s1")
+        )  # how it runs may change
         assert again == first
-        with pytest.raises(UserError, match=r"reuse: the config differs from the finished run's .*optim\.lr: 0\.0001 -> 0\.001.*STAGE1_DIR"):
-            run_pretrain(compose_config("pretrain", overrides + ["optim.lr=1e-3"], run_name="s1"))
-    assert {name: (run_dir / name).read_bytes() for name in written} == written, "a refused reuse changed the finished run"
+        with pytest.raises(
+            UserError,
+            match=r"reuse: the config differs from the finished run's .*optim\.lr: 0\.0001 -> 0\.001.*STAGE1_DIR",
+        ):
+            run_pretrain(compose_config("pretrain", [*overrides, "optim.lr=1e-3"], run_name="s1"))
+    assert {name: (run_dir / name).read_bytes() for name in written} == written, (
+        "a refused reuse changed the finished run"
+    )
 
     copied = run_dir.with_name("s1_copy")  # a stage 1 copied or moved elsewhere is still the same run
     shutil.copytree(run_dir, copied)
@@ -86,7 +116,9 @@ def test_reuse_keeps_a_finished_stage1_refuses_another_config_and_continues_an_u
     with caplog.at_level("INFO", logger="defectseg.training.checkpoints"):
         continued = run_pretrain(compose_config("pretrain", overrides, run_name="s1"))
     assert "holds an unfinished run; continuing it" in caplog.text and "resuming from" in caplog.text
-    assert continued["epochs"] == first["epochs"] and continued["best_val_loss"] == pytest.approx(first["best_val_loss"])
+    assert continued["epochs"] == first["epochs"] and continued["best_val_loss"] == pytest.approx(
+        first["best_val_loss"]
+    )
     assert (run_dir / "metrics.json").is_file()
 
 
@@ -101,19 +133,45 @@ def test_a_refused_reuse_from_the_command_line_leaves_the_finished_runs_hydra_re
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(finished_config, resolve=True))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
     result = subprocess.run(
-        [sys.executable, "-m", "defectseg.pretrain", "reuse=true", f"hydra.run.dir={run_dir}", f"paths.root_dir={tmp_path}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "defectseg.pretrain",
+            "reuse=true",
+            f"hydra.run.dir={run_dir}",
+            f"paths.root_dir={tmp_path}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert result.returncode != 0 and "reuse: the config differs from the finished run's" in result.stderr + result.stdout
+    assert (
+        result.returncode != 0 and "reuse: the config differs from the finished run's" in result.stderr + result.stdout
+    )
     assert "optim.lr: 0.5 -> 0.0001" in result.stderr + result.stdout
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- how the finished run was made\n"
     assert sorted(path.name for path in (run_dir / ".hydra").iterdir()) == ["overrides.yaml"]
 
 
 def test_init_decoder_without_a_decoder_file_names_it(compose_config, classification_set, segmentation_set):
-    stage1 = run_pretrain(compose_config("pretrain", TINY_TRAINER + SMALL + STAGE1_DATA["classification"](classification_set, None), run_name="s1"))
+    stage1 = run_pretrain(
+        compose_config(
+            "pretrain", TINY_TRAINER + SMALL + STAGE1_DATA["classification"](classification_set, None), run_name="s1"
+        )
+    )
     run_dir = Path(stage1["encoder_weights"]).parent
-    overrides = TINY_TRAINER + SMALL + ["dataset=folder_seg", f"dataset.root={segmentation_set}", f"pretrained_encoder={run_dir}", "init_decoder=true"]
+    overrides = (
+        TINY_TRAINER
+        + SMALL
+        + [
+            "dataset=folder_seg",
+            f"dataset.root={segmentation_set}",
+            f"pretrained_encoder={run_dir}",
+            "init_decoder=true",
+        ]
+    )
     with pytest.raises(UserError, match=DECODER_WEIGHTS_NAME):
         run_finetune(compose_config("finetune", overrides, run_name="s2"))
 
@@ -134,7 +192,16 @@ def test_self_supervised_never_reads_a_mask(compose_config, segmentation_set, mo
     monkeypatch.setattr(readers, "read_mask_values", refuse)
     monkeypatch.setattr(readers, "read_mask", refuse)
     monkeypatch.setattr(layouts.MaskFile, "load", refuse)
-    overrides = TINY_TRAINER + SMALL + ["pretrain_task=self_supervised", "pretrain_task.patch_size=8", "dataset=folder_seg", f"dataset.root={segmentation_set}"]
+    overrides = (
+        TINY_TRAINER
+        + SMALL
+        + [
+            "pretrain_task=self_supervised",
+            "pretrain_task.patch_size=8",
+            "dataset=folder_seg",
+            f"dataset.root={segmentation_set}",
+        ]
+    )
     metrics = run_pretrain(compose_config("pretrain", overrides))
     assert metrics["pretrain_task"] == "self_supervised" and metrics["train_images"] > 0
 
@@ -146,8 +213,13 @@ def test_unlabelled_sources_take_only_the_targets_train_split(tmp_path):
     stage2_args = {"root": str(seg_root), "split_fractions": (0.6, 0.2, 0.2), "split_seed": 3, "train_split_size": 8}
     target = SegmentationDataModule(**stage2_args)
     unlabelled = UnlabelledImageDataModule(
-        sources={"target": {"dataset": SegmentationDataModule(**stage2_args)}, "cracks": {"dataset": ClassificationDataModule(root=str(cls_root)), "splits": ["train", "val", "test"]}},
-        image_size=32, batch_size=4, split_fractions=(0.75, 0.25, 0.0),
+        sources={
+            "target": {"dataset": SegmentationDataModule(**stage2_args)},
+            "cracks": {"dataset": ClassificationDataModule(root=str(cls_root)), "splits": ["train", "val", "test"]},
+        },
+        image_size=32,
+        batch_size=4,
+        split_fractions=(0.75, 0.25, 0.0),
     )
     listed, _ = target.list_samples()
     train = {str(path) for path, _ in listed["train"]}
@@ -179,7 +251,9 @@ def test_reconstruction_loss_ignores_visible_pixels():
 
 
 def test_hidden_squares_get_the_fill_colour_not_black():
-    task = MaskedReconstructionTask(unet_paper(channels=(4, 8, 16, 32, 64), num_classes=3), patch_size=8, channels_last=False)
+    task = MaskedReconstructionTask(
+        unet_paper(channels=(4, 8, 16, 32, 64), num_classes=3), patch_size=8, channels_last=False
+    )
     images = torch.rand(1, 3, 32, 32)
     mask = random_patch_mask(1, 32, 32, 8, 0.5)
     hidden = task.hide(images, mask)
@@ -191,7 +265,15 @@ def test_hidden_squares_get_the_fill_colour_not_black():
 def test_balanced_sources_draw_each_about_half(tmp_path):
     small = write_classification_set(tmp_path / "small", n_per_class=5, size=16)
     large = write_classification_set(tmp_path / "large", n_per_class=50, size=16, seed=1)
-    datamodule = ClassificationDataModule(root=[str(small), str(large)], image_size=16, batch_size=8, num_workers=0, split_fractions=(0.8, 0.1, 0.1), balance_sources=True, samples_per_epoch=4000)
+    datamodule = ClassificationDataModule(
+        root=[str(small), str(large)],
+        image_size=16,
+        batch_size=8,
+        num_workers=0,
+        split_fractions=(0.8, 0.1, 0.1),
+        balance_sources=True,
+        samples_per_epoch=4000,
+    )
     datamodule.setup("fit")
     sampler = datamodule.train_dataloader().sampler
     torch.manual_seed(0)
@@ -206,14 +288,29 @@ def test_report_has_one_row_per_pretrain_task_and_freeze(tmp_path):
     """A sweep over two stage-1 runs x freeze x seed, plus scratch: one row per (pretrain_task, freeze), scratch the reference."""
     job = 0
     for seed in (0, 1):
-        for task, freeze, dice in (("classification", "encoder", 0.6), ("classification", "none", 0.65), ("self_supervised", "encoder", 0.7), ("self_supervised", "none", 0.75), (None, "scratch", 0.5)):
+        for task, freeze, dice in (
+            ("classification", "encoder", 0.6),
+            ("classification", "none", 0.65),
+            ("self_supervised", "encoder", 0.7),
+            ("self_supervised", "none", 0.75),
+            (None, "scratch", 0.5),
+        ):
             run = finetune_metrics(freeze, seed, dice + 0.01 * seed)
             run["pretrain_task"] = task
             write_job(tmp_path, f"{job}_freeze={freeze},seed={seed}", [f"freeze={freeze}", f"seed={seed}"], run)
             job += 1
     rows = aggregate(collect_runs(tmp_path)[0], n_resamples=200)
     keys = [(row["pretrain_task"], row["freeze"], row["n_seeds"]) for row in rows]
-    assert sorted(keys, key=str) == sorted([(None, "scratch", 2), ("classification", "encoder", 2), ("classification", "none", 2), ("self_supervised", "encoder", 2), ("self_supervised", "none", 2)], key=str)
+    assert sorted(keys, key=str) == sorted(
+        [
+            (None, "scratch", 2),
+            ("classification", "encoder", 2),
+            ("classification", "none", 2),
+            ("self_supervised", "encoder", 2),
+            ("self_supervised", "none", 2),
+        ],
+        key=str,
+    )
     by_key = {(row["pretrain_task"], row["freeze"]): row for row in rows}
     assert by_key[("self_supervised", "encoder")]["gain_abs"] == pytest.approx(0.2)
     assert by_key[("classification", "none")]["gain_abs"] == pytest.approx(0.15)
@@ -227,12 +324,30 @@ def test_every_mode_of_a_large_grid_gets_its_own_colour():
     """3 pretrain tasks x 3 freeze modes x decoder starts + scratch: no two bars share a colour (none repeats scratch's grey)."""
     from defectseg.report import _display_mode, _mode_colours, mode_label
 
-    rows = [{"freeze": "scratch", "pretrain_task": None, "init_decoder": False, "freeze_depth": None, "mode": "scratch"}]
-    for task in ("classification", "segmentation", "self_supervised", "other_a", "other_b", "other_c", "other_d", "other_e"):
+    rows = [
+        {"freeze": "scratch", "pretrain_task": None, "init_decoder": False, "freeze_depth": None, "mode": "scratch"}
+    ]
+    for task in (
+        "classification",
+        "segmentation",
+        "self_supervised",
+        "other_a",
+        "other_b",
+        "other_c",
+        "other_d",
+        "other_e",
+    ):
         for freeze in ("encoder", "partial", "none"):
             for decoder in (False, True):
-                rows.append({"freeze": freeze, "pretrain_task": task, "init_decoder": decoder, "freeze_depth": 3 if freeze == "partial" else None,
-                             "mode": mode_label(freeze, 3 if freeze == "partial" else None, decoder)})
+                rows.append(
+                    {
+                        "freeze": freeze,
+                        "pretrain_task": task,
+                        "init_decoder": decoder,
+                        "freeze_depth": 3 if freeze == "partial" else None,
+                        "mode": mode_label(freeze, 3 if freeze == "partial" else None, decoder),
+                    }
+                )
     colours = _mode_colours(rows)
     assert len(colours) == len({_display_mode(r, rows) for r in rows}) == 49
     assert len(set(colours.values())) == 49
@@ -245,7 +360,11 @@ def test_report_keeps_a_stage1_decoder_start_apart(tmp_path):
     """init_decoder=true is another training than the encoder alone: its own row, never averaged with it."""
     job = 0
     for seed in (0, 1):
-        for freeze, decoder, dice in (("encoder", None, 0.6), ("encoder", {"path": "decoder.safetensors"}, 0.7), ("scratch", None, 0.5)):
+        for freeze, decoder, dice in (
+            ("encoder", None, 0.6),
+            ("encoder", {"path": "decoder.safetensors"}, 0.7),
+            ("scratch", None, 0.5),
+        ):
             run = finetune_metrics(freeze, seed, dice)
             run["pretrain_task"], run["init_decoder"] = (None if freeze == "scratch" else "segmentation"), decoder
             write_job(tmp_path, f"{job}_freeze={freeze},seed={seed}", [f"freeze={freeze}", f"seed={seed}"], run)
@@ -260,10 +379,16 @@ def test_report_keeps_a_stage1_decoder_start_apart(tmp_path):
 def test_a_stopped_sweep_continued_beside_it_is_not_missing(tmp_path):
     """A sweep stopped after its first job, its other jobs run by a second sweep: nothing is missing, only the job nobody ran."""
     write_multirun(tmp_path / "first", ["freeze=scratch,encoder", "seed=0,1"])
-    write_job(tmp_path / "first", "0_freeze=scratch,seed=0", ["freeze=scratch", "seed=0"], finetune_metrics("scratch", 0, 0.5))
+    write_job(
+        tmp_path / "first", "0_freeze=scratch,seed=0", ["freeze=scratch", "seed=0"], finetune_metrics("scratch", 0, 0.5)
+    )
     write_multirun(tmp_path / "rest", ["freeze=encoder", "seed=0,1"])
-    write_job(tmp_path / "rest", "0_freeze=encoder,seed=0", ["freeze=encoder", "seed=0"], finetune_metrics("encoder", 0, 0.6))
-    write_job(tmp_path / "rest", "1_freeze=encoder,seed=1", ["freeze=encoder", "seed=1"], finetune_metrics("encoder", 1, 0.6))
+    write_job(
+        tmp_path / "rest", "0_freeze=encoder,seed=0", ["freeze=encoder", "seed=0"], finetune_metrics("encoder", 0, 0.6)
+    )
+    write_job(
+        tmp_path / "rest", "1_freeze=encoder,seed=1", ["freeze=encoder", "seed=1"], finetune_metrics("encoder", 1, 0.6)
+    )
     runs, missing = collect_runs(tmp_path)
     assert len(runs) == 3
     assert [m["overrides"] for m in missing] == [["freeze=scratch", "seed=1"]]
@@ -273,15 +398,37 @@ def test_side_by_side_sweeps_report_their_own_never_launched_jobs(tmp_path):
     """make compare-pretrain: finetune/transfer (encoders x freeze) and finetune/scratch, each with its multirun.yaml."""
     write_multirun(tmp_path / "transfer", ["freeze=encoder", "pretrained_encoder=A,B", "seed=0"])
     write_multirun(tmp_path / "scratch", ["freeze=scratch", "seed=0,1"])
-    write_job(tmp_path / "transfer", "0_encoder_from=A", ["freeze=encoder", "pretrained_encoder=A", "seed=0"], finetune_metrics("encoder", 0, 0.6))
-    write_job(tmp_path / "scratch", "0_freeze=scratch,seed=0", ["freeze=scratch", "seed=0"], finetune_metrics("scratch", 0, 0.5))
-    write_job(tmp_path / "scratch", "1_freeze=scratch,seed=1", ["freeze=scratch", "seed=1"], finetune_metrics("scratch", 1, 0.5))
+    write_job(
+        tmp_path / "transfer",
+        "0_encoder_from=A",
+        ["freeze=encoder", "pretrained_encoder=A", "seed=0"],
+        finetune_metrics("encoder", 0, 0.6),
+    )
+    write_job(
+        tmp_path / "scratch",
+        "0_freeze=scratch,seed=0",
+        ["freeze=scratch", "seed=0"],
+        finetune_metrics("scratch", 0, 0.5),
+    )
+    write_job(
+        tmp_path / "scratch",
+        "1_freeze=scratch,seed=1",
+        ["freeze=scratch", "seed=1"],
+        finetune_metrics("scratch", 1, 0.5),
+    )
     runs, missing = collect_runs(tmp_path)
     assert len(runs) == 3
     assert [m["overrides"] for m in missing] == [["freeze=encoder", "pretrained_encoder=B", "seed=0"]]
 
 
-@pytest.mark.parametrize(("objective", "dataset_target"), [("self_supervised", "UnlabelledImageDataModule"), ("segmentation", "SegmentationDataModule"), ("classification", "ClassificationDataModule")])
+@pytest.mark.parametrize(
+    ("objective", "dataset_target"),
+    [
+        ("self_supervised", "UnlabelledImageDataModule"),
+        ("segmentation", "SegmentationDataModule"),
+        ("classification", "ClassificationDataModule"),
+    ],
+)
 def test_each_objective_composes_and_validates_with_no_other_key(compose_config, objective, dataset_target):
     cfg = compose_config("pretrain", [f"pretrain_task={objective}"])
     validate_config(cfg, "pretrain")
@@ -298,7 +445,11 @@ def test_embedded_ssl_data_is_concrete_plus_the_targets_train_split(compose_conf
 
 
 def test_mismatched_data_set_is_refused_with_the_task(compose_config, segmentation_set):
-    overrides = TINY_TRAINER + SMALL + ["pretrain_task=classification", "dataset=folder_seg", f"dataset.root={segmentation_set}"]
+    overrides = (
+        TINY_TRAINER
+        + SMALL
+        + ["pretrain_task=classification", "dataset=folder_seg", f"dataset.root={segmentation_set}"]
+    )
     with pytest.raises(UserError, match="pretrain_task=classification needs a classification data set"):
         run_pretrain(compose_config("pretrain", overrides))
 
@@ -310,4 +461,7 @@ def test_crack_mask_set_has_the_classification_photos(tmp_path):
     cls = synthetic.ensure_crack_classification(tmp_path / "cls", n_per_class=2, size=32, progress=False)
     image = readers.read_image(seg / "images" / "00002.png")  # crack photo 1
     assert np.array_equal(image, readers.read_image(cls / "Positive" / "00001.png"))
-    assert readers.read_mask(seg / "masks" / "00002.png").any() and not readers.read_mask(seg / "masks" / "00003.png").any()
+    assert (
+        readers.read_mask(seg / "masks" / "00002.png").any()
+        and not readers.read_mask(seg / "masks" / "00003.png").any()
+    )

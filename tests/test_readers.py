@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_classification_set
 from PIL import Image
 
-from conftest import write_classification_set
 from defectseg.data.datamodules import ClassificationDataModule, SegmentationDataModule
 from defectseg.data.readers import (
     DataError,
@@ -303,7 +303,9 @@ def test_split_is_stratified():
         assert (labels.count(0), labels.count(1)) == expected, name
 
 
-@pytest.mark.parametrize("fractions", [(0.7, 0.2, 0.2), (0.5, 0.2, 0.2), (0.7, 0.3), (1.2, -0.1, -0.1), (0.0, 0.5, 0.5), (0.5, 0.0, 0.5)])
+@pytest.mark.parametrize(
+    "fractions", [(0.7, 0.2, 0.2), (0.5, 0.2, 0.2), (0.7, 0.3), (1.2, -0.1, -0.1), (0.0, 0.5, 0.5), (0.5, 0.0, 0.5)]
+)
 def test_bad_fractions_are_refused_naming_the_setting(fractions):
     with pytest.raises(ValueError, match=r"dataset\.split_fractions"):
         split_indices(LABELS, fractions, seed=0)
@@ -412,7 +414,9 @@ def test_classification_module_classes_and_batches(classification_set: Path):
 
 
 def test_classification_module_honours_classes_order(classification_set: Path):
-    dm = ClassificationDataModule(root=str(classification_set), image_size=32, batch_size=4, num_workers=0, classes=["Positive", "Negative"])
+    dm = ClassificationDataModule(
+        root=str(classification_set), image_size=32, batch_size=4, num_workers=0, classes=["Positive", "Negative"]
+    )
     dm.setup()
     assert dm.class_names == ["Positive", "Negative"]
     train = dm.datasets["train"].samples
@@ -422,7 +426,9 @@ def test_classification_module_honours_classes_order(classification_set: Path):
 def test_grayscale_option_makes_all_splits_grey(segmentation_set):
     from defectseg.data.datamodules import SegmentationDataModule
 
-    datamodule = SegmentationDataModule(root=str(segmentation_set), image_size=32, batch_size=4, num_workers=0, grayscale=True)
+    datamodule = SegmentationDataModule(
+        root=str(segmentation_set), image_size=32, batch_size=4, num_workers=0, grayscale=True
+    )
     datamodule.setup()
     for split in ("train", "val"):
         image = datamodule.datasets[split][0]["image"]

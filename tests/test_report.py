@@ -30,10 +30,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def write_multirun(root: Path, task: list[str]) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    cfg = {"hydra": {"mode": "MULTIRUN",
-                     "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
-                                 "params": None},
-                     "overrides": {"task": task}}}
+    cfg = {
+        "hydra": {
+            "mode": "MULTIRUN",
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None},
+            "overrides": {"task": task},
+        }
+    }
     (root / "multirun.yaml").write_text(yaml.safe_dump(cfg))
 
 
@@ -48,24 +51,51 @@ def write_job(root: Path, job: str, overrides: list[str], metrics: dict[str, Any
     return d
 
 
-def metrics(freeze: str, seed: int, test: float, val: float | None = None, *,
-            per_image: list[float] | None = None, train_images: int = 175,
-            dataset: str = "steel_single", freeze_depth: int | None = None) -> dict[str, Any]:
+def metrics(
+    freeze: str,
+    seed: int,
+    test: float,
+    val: float | None = None,
+    *,
+    per_image: list[float] | None = None,
+    train_images: int = 175,
+    dataset: str = "steel_single",
+    freeze_depth: int | None = None,
+) -> dict[str, Any]:
     return {
-        "stage": "finetune", "model": "unet_paper", "freeze": freeze, "freeze_depth": freeze_depth,
-        "pretrain_task": None if freeze == "scratch" else "classification", "dataset": dataset,
-        "experiment": "table1", "seed": seed, "train_images": train_images,
-        "trainable_params": 3134433 if freeze == "encoder" else 7846657, "total_params": 7846657,
-        "best_val_dice": test + 0.02 if val is None else val, "test_dice": test,
+        "stage": "finetune",
+        "model": "unet_paper",
+        "freeze": freeze,
+        "freeze_depth": freeze_depth,
+        "pretrain_task": None if freeze == "scratch" else "classification",
+        "dataset": dataset,
+        "experiment": "table1",
+        "seed": seed,
+        "train_images": train_images,
+        "trainable_params": 3134433 if freeze == "encoder" else 7846657,
+        "total_params": 7846657,
+        "best_val_dice": test + 0.02 if val is None else val,
+        "test_dice": test,
         "test_dice_per_image": per_image if per_image is not None else [test] * 4,
-        "epochs": 100, "best_epoch": 50 + seed, "train_seconds": 100.0 + seed,
-        "train_images_per_second": 40.0, "device": "cuda: NVIDIA H100", "precision": "bf16-mixed",
-        "checkpoint_path": "/somewhere/best.ckpt", "extra_key_from_the_future": 1,
+        "epochs": 100,
+        "best_epoch": 50 + seed,
+        "train_seconds": 100.0 + seed,
+        "train_images_per_second": 40.0,
+        "device": "cuda: NVIDIA H100",
+        "precision": "bf16-mixed",
+        "checkpoint_path": "/somewhere/best.ckpt",
+        "extra_key_from_the_future": 1,
     }
 
 
-def make_sweep(root: Path, values: dict[str, list[float]], *, per_image: dict[str, list[list[float]]] | None = None,
-               crash: tuple[str, ...] = (), train_images: int = 175) -> Path:
+def make_sweep(
+    root: Path,
+    values: dict[str, list[float]],
+    *,
+    per_image: dict[str, list[list[float]]] | None = None,
+    crash: tuple[str, ...] = (),
+    train_images: int = 175,
+) -> Path:
     """Sweep freeze=<modes> seed=0..n-1 with given test Dice; jobs numbered like Hydra."""
     modes = list(values)
     n_seeds = len(next(iter(values.values())))
@@ -74,16 +104,18 @@ def make_sweep(root: Path, values: dict[str, list[float]], *, per_image: dict[st
     for mode in modes:
         for seed, test in enumerate(values[mode]):
             pi = per_image[mode][seed] if per_image else None
-            m = None if f"{mode}:{seed}" in crash else metrics(mode, seed, test, per_image=pi,
-                                                              train_images=train_images)
+            m = (
+                None
+                if f"{mode}:{seed}" in crash
+                else metrics(mode, seed, test, per_image=pi, train_images=train_images)
+            )
             write_job(root, str(job), [f"freeze={mode}", f"seed={seed}"], m)
             job += 1
     return root
 
 
 def row_of(rows: list[dict[str, Any]], freeze: str, train_images: int | None = None) -> dict[str, Any]:
-    found = [r for r in rows if r["freeze"] == freeze
-             and (train_images is None or r["train_images"] == train_images)]
+    found = [r for r in rows if r["freeze"] == freeze and (train_images is None or r["train_images"] == train_images)]
     assert len(found) == 1, found
     return found[0]
 
@@ -150,8 +182,9 @@ def test_paired_ttest_matches_scipy_and_pairs_by_seed(tmp_path: Path) -> None:
 
 
 def test_ttest_uses_only_seeds_present_in_both(tmp_path: Path) -> None:
-    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.66, 0.74], "encoder": [0.79, 0.73, 0.80]},
-                       crash=("encoder:1",))
+    sweep = make_sweep(
+        tmp_path / "s", {"scratch": [0.70, 0.66, 0.74], "encoder": [0.79, 0.73, 0.80]}, crash=("encoder:1",)
+    )
     e = row_of(aggregate(collect_runs(sweep)[0]), "encoder")
     assert e["n_paired"] == 2
     assert e["ttest_p"] == pytest.approx(stats.ttest_rel([0.79, 0.80], [0.70, 0.74]).pvalue, rel=1e-12)
@@ -162,10 +195,11 @@ def test_bootstrap_clear_gain_is_real(tmp_path: Path) -> None:
     base = rng.uniform(0.5, 0.8, size=20)
     scratch_pi = [list(base + rng.normal(0, 0.01, 20)) for _ in range(3)]
     transfer_pi = [list(base + 0.1 + rng.normal(0, 0.01, 20)) for _ in range(3)]
-    sweep = make_sweep(tmp_path / "s",
-                       {"scratch": [float(np.mean(v)) for v in scratch_pi],
-                        "encoder": [float(np.mean(v)) for v in transfer_pi]},
-                       per_image={"scratch": scratch_pi, "encoder": transfer_pi})
+    sweep = make_sweep(
+        tmp_path / "s",
+        {"scratch": [float(np.mean(v)) for v in scratch_pi], "encoder": [float(np.mean(v)) for v in transfer_pi]},
+        per_image={"scratch": scratch_pi, "encoder": transfer_pi},
+    )
     e = row_of(aggregate(collect_runs(sweep)[0]), "encoder")
     assert e["verdict"] == VERDICT_GAIN
     assert e["boot_n_images"] == 20
@@ -180,8 +214,11 @@ def test_bootstrap_no_gain_is_not_significant(tmp_path: Path) -> None:
     swing = [0.1, -0.1, 0.1, -0.1, 0.1, -0.1, 0.1, -0.1]  # mean difference exactly 0
     scratch_pi = [base, base]
     transfer_pi = [[b + s for b, s in zip(base, swing)]] * 2
-    sweep = make_sweep(tmp_path / "s", {"scratch": [0.68, 0.68], "encoder": [0.68, 0.68]},
-                       per_image={"scratch": scratch_pi, "encoder": transfer_pi})
+    sweep = make_sweep(
+        tmp_path / "s",
+        {"scratch": [0.68, 0.68], "encoder": [0.68, 0.68]},
+        per_image={"scratch": scratch_pi, "encoder": transfer_pi},
+    )
     e = row_of(aggregate(collect_runs(sweep)[0]), "encoder")
     assert e["verdict"] == VERDICT_NS
     assert e["boot_ci_low"] < 0 < e["boot_ci_high"]
@@ -203,8 +240,7 @@ def test_paired_bootstrap_ci_deterministic_and_exact_on_constant() -> None:
 
 
 def test_crashed_job_is_reported_missing_with_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.72], "encoder": [0.78, 0.80]},
-                       crash=("encoder:1",))
+    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.72], "encoder": [0.78, 0.80]}, crash=("encoder:1",))
     runs, missing = collect_runs(sweep)
     assert len(runs) == 3
     assert len(missing) == 1
@@ -238,8 +274,9 @@ def test_expected_count_from_multirun_yaml(tmp_path: Path) -> None:
     job = 0
     for mode in ("scratch", "encoder"):
         for seed in range(3):
-            write_job(root, str(job), [f"freeze={mode}", f"seed={seed}", "trainer.max_epochs=100"],
-                      metrics(mode, seed, 0.7))
+            write_job(
+                root, str(job), [f"freeze={mode}", f"seed={seed}", "trainer.max_epochs=100"], metrics(mode, seed, 0.7)
+            )
             job += 1
     runs, missing = collect_runs(root)
     assert len(runs) == 6
@@ -305,14 +342,20 @@ def test_two_stage1_runs_of_one_objective_are_two_rows(tmp_path: Path) -> None:
     """A small and a large stage-1 run (same objective) must not be averaged into one row; both compare with one scratch."""
     root = tmp_path / "s"
     for seed in (0, 1):
-        write_job(root, f"scratch{seed}", ["freeze=scratch", f"seed={seed}"], metrics("scratch", seed, 0.70 + 0.01 * seed))
+        write_job(
+            root, f"scratch{seed}", ["freeze=scratch", f"seed={seed}"], metrics("scratch", seed, 0.70 + 0.01 * seed)
+        )
         for name, test in (("pretrain_small", 0.66), ("pretrain_large", 0.74)):
-            m = metrics("encoder", seed, test + 0.01 * seed) | {"pretrained_encoder": {"path": f"/runs/{name}/encoder.safetensors", "sha256": name}}
+            m = metrics("encoder", seed, test + 0.01 * seed) | {
+                "pretrained_encoder": {"path": f"/runs/{name}/encoder.safetensors", "sha256": name}
+            }
             write_job(root, f"{name}{seed}", ["freeze=encoder", f"seed={seed}"], m)
     out = write_report(root)
     transfer = {r["encoder_from"]: r for r in out["rows"] if r["freeze"] == "encoder"}
     assert set(transfer) == {"pretrain_small", "pretrain_large"}
-    assert transfer["pretrain_small"]["gain_abs"] == pytest.approx(-0.04) and transfer["pretrain_large"]["gain_abs"] == pytest.approx(0.04)
+    assert transfer["pretrain_small"]["gain_abs"] == pytest.approx(-0.04) and transfer["pretrain_large"][
+        "gain_abs"
+    ] == pytest.approx(0.04)
     assert row_of([r for r in out["rows"] if r["freeze"] == "scratch"], "scratch")["encoder_from"] is None
     md = out["paths"]["report.md"].read_text()
     assert "transfer-frozen encoder [pretrain_small]" in md and "transfer-frozen encoder [pretrain_large]" in md
@@ -321,16 +364,51 @@ def test_two_stage1_runs_of_one_objective_are_two_rows(tmp_path: Path) -> None:
 
 def test_report_names_the_stage1_runs_with_their_size_and_quality(tmp_path: Path) -> None:
     """A reused stage 1 lives outside the sweep: the header says which one, from stage 2's record or the run's metrics.json."""
-    recorded = {"pretrain_task": "classification", "dataset": "concrete", "train_images": 32000, "epochs": 3, "test_accuracy": 0.9952}
+    recorded = {
+        "pretrain_task": "classification",
+        "dataset": "concrete",
+        "train_images": 32000,
+        "epochs": 3,
+        "test_accuracy": 0.9952,
+    }
     old = tmp_path / "stage1_old"  # an encoder that recorded no size: its run's metrics.json gives it
     old.mkdir()
-    (old / "metrics.json").write_text(json.dumps({"stage": "pretrain", "train_images": 640, "epochs": 8, "test_auroc": 0.991}))
+    (old / "metrics.json").write_text(
+        json.dumps({"stage": "pretrain", "train_images": 640, "epochs": 8, "test_auroc": 0.991})
+    )
     root = tmp_path / "s"
     write_job(root, "0", ["freeze=scratch"], metrics("scratch", 0, 0.70))
-    write_job(root, "1", ["freeze=encoder"], metrics("encoder", 0, 0.69) | {"pretrained_encoder": {"path": "/gone/stage1_big/encoder.safetensors", **recorded}})
-    write_job(root, "2", ["freeze=none"], metrics("none", 0, 0.71) | {"pretrained_encoder": {"path": "/gone/stage1_big/encoder.safetensors", **recorded}})
-    write_job(root, "3", ["freeze=none"], metrics("none", 1, 0.68) | {"pretrained_encoder": {"path": str(old / "encoder.safetensors"), "pretrain_task": "classification", "dataset": "concrete"}})
-    line = next(line for line in write_report(root)["paths"]["report.md"].read_text().splitlines() if line.startswith("- **Stage 1:**"))
+    write_job(
+        root,
+        "1",
+        ["freeze=encoder"],
+        metrics("encoder", 0, 0.69)
+        | {"pretrained_encoder": {"path": "/gone/stage1_big/encoder.safetensors", **recorded}},
+    )
+    write_job(
+        root,
+        "2",
+        ["freeze=none"],
+        metrics("none", 0, 0.71) | {"pretrained_encoder": {"path": "/gone/stage1_big/encoder.safetensors", **recorded}},
+    )
+    write_job(
+        root,
+        "3",
+        ["freeze=none"],
+        metrics("none", 1, 0.68)
+        | {
+            "pretrained_encoder": {
+                "path": str(old / "encoder.safetensors"),
+                "pretrain_task": "classification",
+                "dataset": "concrete",
+            }
+        },
+    )
+    line = next(
+        line
+        for line in write_report(root)["paths"]["report.md"].read_text().splitlines()
+        if line.startswith("- **Stage 1:**")
+    )
     assert "`stage1_big` (classification on concrete; 32,000 train images, 3 epochs; test accuracy 0.995)" in line
     assert "`stage1_old` (classification on concrete; 640 train images, 8 epochs; test AUROC 0.991)" in line
     assert line.count("stage1_big") == 1  # one stage 1, however many jobs used it
@@ -343,8 +421,7 @@ def test_partial_mode_label_and_order(tmp_path: Path) -> None:
     write_job(root, "2", ["freeze=scratch"], metrics("scratch", 0, 0.70))
     write_job(root, "3", ["freeze=encoder"], metrics("encoder", 0, 0.79))
     rows = aggregate(collect_runs(root)[0])
-    assert [r["mode"] for r in rows] == ["scratch", "transfer-frozen encoder", "partial-2",
-                                         "transfer-full fine-tuning"]
+    assert [r["mode"] for r in rows] == ["scratch", "transfer-frozen encoder", "partial-2", "transfer-full fine-tuning"]
 
 
 # --------------------------------------------------------------------------- label efficiency
@@ -353,21 +430,32 @@ def test_partial_mode_label_and_order(tmp_path: Path) -> None:
 def test_label_efficiency_csv_when_several_train_sizes(tmp_path: Path) -> None:
     root = tmp_path / "s"
     write_multirun(root, ["freeze=scratch,encoder", "seed=0,1", "dataset.max_train_images=10,50"])
-    table = {("scratch", 10): [0.40, 0.44], ("encoder", 10): [0.60, 0.62],
-             ("scratch", 50): [0.60, 0.64], ("encoder", 50): [0.70, 0.74]}
+    table = {
+        ("scratch", 10): [0.40, 0.44],
+        ("encoder", 10): [0.60, 0.62],
+        ("scratch", 50): [0.60, 0.64],
+        ("encoder", 50): [0.70, 0.74],
+    }
     job = 0
     for (mode, size), vals in table.items():
         for seed, v in enumerate(vals):
-            write_job(root, str(job), [f"freeze={mode}", f"seed={seed}", f"dataset.max_train_images={size}"],
-                      metrics(mode, seed, v, train_images=size))
+            write_job(
+                root,
+                str(job),
+                [f"freeze={mode}", f"seed={seed}", f"dataset.max_train_images={size}"],
+                metrics(mode, seed, v, train_images=size),
+            )
             job += 1
     result = write_report(root)
     assert "label_efficiency.csv" in result["paths"] and "label_efficiency.png" in result["paths"]
     rows = read_csv(result["paths"]["label_efficiency.csv"])
     got = [(r["mode"], int(r["train_images"]), int(r["n_seeds"]), float(r["test_dice_mean"])) for r in rows]
-    assert got == [("scratch", 10, 2, pytest.approx(0.42)), ("scratch", 50, 2, pytest.approx(0.62)),
-                   ("transfer-frozen encoder", 10, 2, pytest.approx(0.61)),
-                   ("transfer-frozen encoder", 50, 2, pytest.approx(0.72))]
+    assert got == [
+        ("scratch", 10, 2, pytest.approx(0.42)),
+        ("scratch", 50, 2, pytest.approx(0.62)),
+        ("transfer-frozen encoder", 10, 2, pytest.approx(0.61)),
+        ("transfer-frozen encoder", 50, 2, pytest.approx(0.72)),
+    ]
     enc10 = next(r for r in rows if r["freeze"] == "encoder" and r["train_images"] == "10")
     assert float(enc10["gain_abs"]) == pytest.approx(0.19)  # vs scratch at the same size
     assert float(enc10["test_dice_std"]) == pytest.approx(math.sqrt(0.0002))
@@ -389,8 +477,12 @@ def test_label_efficiency_only_for_sets_trained_at_several_budgets(tmp_path: Pat
     job = 0
     for dataset, size in jobs:
         for mode in ("scratch", "encoder"):
-            write_job(root, str(job), [f"dataset={dataset}", f"freeze={mode}", "seed=0"],
-                      metrics(mode, 0, 0.5, train_images=size, dataset=dataset))
+            write_job(
+                root,
+                str(job),
+                [f"dataset={dataset}", f"freeze={mode}", "seed=0"],
+                metrics(mode, 0, 0.5, train_images=size, dataset=dataset),
+            )
             job += 1
     result = write_report(root, plots=False)
     rows = read_csv(result["paths"]["label_efficiency.csv"])
@@ -399,8 +491,12 @@ def test_label_efficiency_only_for_sets_trained_at_several_budgets(tmp_path: Pat
     only_sizes = tmp_path / "t"
     write_multirun(only_sizes, ["dataset=small,big", "freeze=scratch", "seed=0"])
     for job, (dataset, size) in enumerate(jobs[:2]):
-        write_job(only_sizes, str(job), [f"dataset={dataset}", "freeze=scratch", "seed=0"],
-                  metrics("scratch", 0, 0.5, train_images=size, dataset=dataset))
+        write_job(
+            only_sizes,
+            str(job),
+            [f"dataset={dataset}", "freeze=scratch", "seed=0"],
+            metrics("scratch", 0, 0.5, train_images=size, dataset=dataset),
+        )
     assert "label_efficiency.csv" not in write_report(only_sizes, plots=False)["paths"]
 
 
@@ -419,15 +515,20 @@ def assert_png(path: Path, min_bytes: int = 15_000) -> None:
 
 
 def test_pngs_written_and_non_trivial(tmp_path: Path) -> None:
-    sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.72, 0.71], "encoder": [0.78, 0.80, 0.79],
-                                         "none": [0.80, 0.81, 0.79]})
+    sweep = make_sweep(
+        tmp_path / "s", {"scratch": [0.70, 0.72, 0.71], "encoder": [0.78, 0.80, 0.79], "none": [0.80, 0.81, 0.79]}
+    )
     result = write_report(sweep)
     assert result["paths"]["compare.png"] == sweep / "compare.png"
     assert_png(sweep / "compare.png")
     assert "![compare](compare.png)" in result["markdown"]
     # Atomic writes leave no temp files behind.
     assert sorted(p.name for p in sweep.iterdir() if p.is_file()) == [
-        "compare.png", "multirun.yaml", "report.csv", "report.md"]
+        "compare.png",
+        "multirun.yaml",
+        "report.csv",
+        "report.md",
+    ]
 
 
 def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -457,8 +558,12 @@ def test_module_entry_point_runs(tmp_path: Path) -> None:
     import sys
 
     sweep = make_sweep(tmp_path / "s", {"scratch": [0.70, 0.72], "encoder": [0.78, 0.80]})
-    proc = subprocess.run([sys.executable, "-m", "defectseg.report", str(sweep), "--no-plots"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "defectseg.report", str(sweep), "--no-plots"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "transfer-frozen encoder" in proc.stdout
     assert (sweep / "report.csv").exists() and not (sweep / "compare.png").exists()

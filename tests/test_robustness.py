@@ -22,28 +22,45 @@ REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 6
 # 10 images -> 6 train / 2 val / 2 test; batches of 2: 3 steps per epoch. A tiny U-Net keeps checkpoints small.
 FAST = [
-    "freeze=scratch", "dataset=folder_seg", "dataset.image_size=32", "dataset.batch_size=2", "model.channels=[4,8,16,32,64]",
-    f"trainer.max_epochs={EPOCHS}", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "callbacks=none",
+    "freeze=scratch",
+    "dataset=folder_seg",
+    "dataset.image_size=32",
+    "dataset.batch_size=2",
+    "model.channels=[4,8,16,32,64]",
+    f"trainer.max_epochs={EPOCHS}",
+    "trainer.accelerator=cpu",
+    "trainer.precision=32-true",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "callbacks=none",
 ]
 STEPS = EPOCHS * 3
 
 
 def fast_args(root: Path, tmp_path: Path, extra: list[str] | None = None) -> list[str]:
-    return FAST + [f"dataset.root={root}", f"paths.root_dir={tmp_path}"] + list(extra or [])
+    return [*FAST, f"dataset.root={root}", f"paths.root_dir={tmp_path}", *list(extra or [])]
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "HYDRA_FULL_ERROR": "0"}
     with open(log, "wb") as handle:
-        return subprocess.Popen([sys.executable, "-m", "defectseg.finetune", *args], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "defectseg.finetune", *args],
+            cwd=REPO,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_for(condition, process: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
-            pytest.fail(f"training ended (rc {process.returncode}) before the test could signal it:\n{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"training ended (rc {process.returncode}) before the test could signal it:\n{log.read_text()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"timed out waiting for the run:\n{log.read_text()[-3000:]}")
@@ -60,7 +77,15 @@ def test_stopped_and_killed_runs_resume_to_the_full_epoch_count(compose_config, 
     data = write_segmentation_set(tmp_path / "seg", n_images=10)
     run_dir = tmp_path / "outputs" / "finetune" / "run"  # where compose_config(run_name="run") puts the last resume
     last = run_dir / "checkpoints" / "last.ckpt"
-    throttled = fast_args(data, tmp_path, [f"hydra.run.dir={run_dir}", "+callbacks.throttle._target_=robustness_callbacks.Throttle", "+callbacks.throttle.seconds=0.25"])
+    throttled = fast_args(
+        data,
+        tmp_path,
+        [
+            f"hydra.run.dir={run_dir}",
+            "+callbacks.throttle._target_=robustness_callbacks.Throttle",
+            "+callbacks.throttle.seconds=0.25",
+        ],
+    )
 
     first = start(throttled, tmp_path / "first.log")
     wait_for(last.is_file, first, tmp_path / "first.log")  # epoch 0 done
@@ -72,8 +97,10 @@ def test_stopped_and_killed_runs_resume_to_the_full_epoch_count(compose_config, 
     assert 3 <= stopped_at < STEPS
     assert not (run_dir / "metrics.json").exists()
 
-    second = start(throttled + ["resume=true"], tmp_path / "second.log")
-    wait_for(lambda: load_checkpoint(last)["global_step"] > stopped_at, second, tmp_path / "second.log")  # atomic: never half a file
+    second = start([*throttled, "resume=true"], tmp_path / "second.log")
+    wait_for(
+        lambda: load_checkpoint(last)["global_step"] > stopped_at, second, tmp_path / "second.log"
+    )  # atomic: never half a file
     second.send_signal(signal.SIGKILL)
     assert second.wait(timeout=60) == -signal.SIGKILL
     killed_at = load_checkpoint(last)["global_step"]
@@ -87,7 +114,9 @@ def test_stopped_and_killed_runs_resume_to_the_full_epoch_count(compose_config, 
     epochs = history_of(final)
     assert [row["epoch"] for row in epochs] == list(range(EPOCHS)), "every epoch validated once, across three processes"
     best_row = max(epochs, key=lambda row: row["val/dice"])
-    assert metrics["best_val_dice"] == pytest.approx(best_row["val/dice"]) and metrics["best_epoch"] == best_row["epoch"]
+    assert (
+        metrics["best_val_dice"] == pytest.approx(best_row["val/dice"]) and metrics["best_epoch"] == best_row["epoch"]
+    )
     best = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
     assert best["epoch"] == metrics["best_epoch"]
     saved_best = next(state for key, state in final["callbacks"].items() if key.startswith("ModelCheckpoint"))
@@ -102,8 +131,12 @@ def test_resume_without_a_checkpoint_says_where_it_looked(compose_config, segmen
 def test_resume_needs_the_same_config_and_a_finished_run_trains_no_more(compose_config, segmentation_set, tmp_path):
     first = run_finetune(compose_config("finetune", fast_args(segmentation_set, tmp_path, ["trainer.max_epochs=1"])))
     with pytest.raises(UserError, match=r"trainer\.max_epochs: 1 -> 3"):
-        run_finetune(compose_config("finetune", fast_args(segmentation_set, tmp_path, ["trainer.max_epochs=3", "resume=true"])))
-    again = run_finetune(compose_config("finetune", fast_args(segmentation_set, tmp_path, ["trainer.max_epochs=1", "ckpt_path=last"])))
+        run_finetune(
+            compose_config("finetune", fast_args(segmentation_set, tmp_path, ["trainer.max_epochs=3", "resume=true"]))
+        )
+    again = run_finetune(
+        compose_config("finetune", fast_args(segmentation_set, tmp_path, ["trainer.max_epochs=1", "ckpt_path=last"]))
+    )
     assert again["epochs"] == first["epochs"] == 1
     assert again["best_val_dice"] == first["best_val_dice"] and again["test_dice"] == first["test_dice"]
 
@@ -152,15 +185,23 @@ def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path):
     io = AtomicCheckpointIO()
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
     with pytest.raises(Exception):
-        io.save_checkpoint({"state_dict": {"w": torch.zeros(10_000)}, "broken": lambda: None}, path)  # pickling fails midway
+        io.save_checkpoint(
+            {"state_dict": {"w": torch.zeros(10_000)}, "broken": lambda: None}, path
+        )  # pickling fails midway
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temp file left behind"
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(compose_config, segmentation_set, tmp_path):
-    args = fast_args(segmentation_set, tmp_path, ["trainer.max_epochs=4", "+callbacks.nan._target_=robustness_callbacks.InjectNaN", "+callbacks.nan.at_epoch=2"])
+    args = fast_args(
+        segmentation_set,
+        tmp_path,
+        ["trainer.max_epochs=4", "+callbacks.nan._target_=robustness_callbacks.InjectNaN", "+callbacks.nan.at_epoch=2"],
+    )
     cfg = compose_config("finetune", args)
-    with pytest.raises(NonFiniteLossError, match=r"NaN or infinite at epoch 2, batch 0 \(optimizer step 7\).*last\.ckpt") as caught:
+    with pytest.raises(
+        NonFiniteLossError, match=r"NaN or infinite at epoch 2, batch 0 \(optimizer step 7\).*last\.ckpt"
+    ) as caught:
         run_finetune(cfg)
     assert "optim.lr" in str(caught.value)
     run_dir = Path(cfg.paths.output_dir)
@@ -171,12 +212,23 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(compo
     assert not (run_dir / "metrics.json").exists()
 
 
-def test_ctrl_c_stops_after_the_batch_saves_last_ckpt_and_restores_the_handler(compose_config, segmentation_set, tmp_path):
+def test_ctrl_c_stops_after_the_batch_saves_last_ckpt_and_restores_the_handler(
+    compose_config, segmentation_set, tmp_path
+):
     handler_before = signal.getsignal(signal.SIGINT)
-    args = fast_args(segmentation_set, tmp_path, ["+callbacks.ctrl_c._target_=robustness_callbacks.SendSignal", "+callbacks.ctrl_c.at_step=4"])
+    args = fast_args(
+        segmentation_set,
+        tmp_path,
+        ["+callbacks.ctrl_c._target_=robustness_callbacks.SendSignal", "+callbacks.ctrl_c.at_step=4"],
+    )
     cfg = compose_config("finetune", args)
-    with pytest.raises(RunInterrupted, match=r"SIGINT: training stopped at epoch 1, step 4, saved .*last\.ckpt; resume with: .*resume=true") as caught:
+    with pytest.raises(
+        RunInterrupted,
+        match=r"SIGINT: training stopped at epoch 1, step 4, saved .*last\.ckpt; resume with: .*resume=true",
+    ) as caught:
         run_finetune(cfg)
     assert caught.value.exit_code == 130
-    assert load_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")["global_step"] == 4, "saved at the stop, mid-epoch"
+    assert load_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")["global_step"] == 4, (
+        "saved at the stop, mid-epoch"
+    )
     assert signal.getsignal(signal.SIGINT) is handler_before

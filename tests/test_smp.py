@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import segmentation_models_pytorch as smp
 import torch
-from hydra.utils import instantiate
 from huggingface_hub.errors import LocalEntryNotFoundError
+from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
 
 from defectseg.finetune import load_pretrained, run_finetune
-from defectseg.models import EncoderClassifier, FreezePolicy, parameter_counts, smp_model, unet_paper
-from defectseg.models import smp_models
+from defectseg.models import EncoderClassifier, FreezePolicy, parameter_counts, smp_model, smp_models, unet_paper
 from defectseg.models.encoder_io import EncoderMismatchError, load_encoder, save_encoder
 from defectseg.models.freeze import encoder_levels
 from defectseg.pretrain import run_pretrain
@@ -32,7 +31,12 @@ READY = {
     "smp_unetplusplus_convnext": ("unetplusplus-tu-convnext_tiny", 34_335_665, 27_818_592, 6_517_073),
 }
 # The same architecture on a small encoder of the same family, to keep forward/backward fast on a CPU.
-SMALL_ENCODER = {"smp_unet_resnet34": "resnet18", "smp_fpn_efficientnet": "efficientnet-b0", "smp_deeplabv3plus_resnet50": "resnet18", "smp_unetplusplus_convnext": "tu-convnext_atto"}
+SMALL_ENCODER = {
+    "smp_unet_resnet34": "resnet18",
+    "smp_fpn_efficientnet": "efficientnet-b0",
+    "smp_deeplabv3plus_resnet50": "resnet18",
+    "smp_unetplusplus_convnext": "tu-convnext_atto",
+}
 RESNET18_LEVELS = [9_536, 147_968, 525_568, 2_099_712, 8_393_728]  # stem; maxpool+layer1; layer2; layer3; layer4
 
 
@@ -74,7 +78,12 @@ def test_ready_config_composes_builds_with_documented_counts(compose_config, con
     model = instantiate(compose_config("finetune", [f"model={config}"]).model)
     name, total, encoder, decoder = READY[config]
     assert model.name == name and model.architecture["name"] == "smp" and model.encoder_init is None
-    assert parameter_counts(model) == {"total_params": total, "trainable_params": total, "encoder_params": encoder, "decoder_params": decoder}
+    assert parameter_counts(model) == {
+        "total_params": total,
+        "trainable_params": total,
+        "encoder_params": encoder,
+        "decoder_params": decoder,
+    }
     assert torch.allclose(model.normalize.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
 
 
@@ -97,11 +106,20 @@ def test_ready_config_architecture_trains_on_a_tiny_batch(compose_config, config
 
 def test_image_sides_not_a_multiple_of_the_stride_are_refused_clearly():
     model = smp_model("fpn", "resnet18")
-    with pytest.raises(ValueError, match=r"fpn-resnet18 needs image sides that are multiples of 32, got 48x64.*dataset.image_size"):
+    with pytest.raises(
+        ValueError, match=r"fpn-resnet18 needs image sides that are multiples of 32, got 48x64.*dataset.image_size"
+    ):
         model(torch.rand(1, 3, 48, 64))
 
 
-@pytest.mark.parametrize(("kwargs", "key"), [({"arch": "unetzzz"}, "model.arch"), ({"encoder_name": "resnet9000"}, "model.encoder_name"), ({"in_channels": 1}, "model.mean")])
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"arch": "unetzzz"}, "model.arch"),
+        ({"encoder_name": "resnet9000"}, "model.encoder_name"),
+        ({"in_channels": 1}, "model.mean"),
+    ],
+)
 def test_bad_model_keys_are_named(kwargs, key):
     with pytest.raises(ValueError, match=key):
         smp_model(**kwargs)
@@ -123,9 +141,13 @@ def test_classifier_uses_the_smp_encoder_and_its_deepest_map():
 def test_smp_levels_are_the_encoder_stages():
     model = small_unet()
     levels = encoder_levels(model.encoder)
-    assert [sum(p.numel() for module in level for p in module.parameters(recurse=False)) for level in levels] == RESNET18_LEVELS
+    assert [
+        sum(p.numel() for module in level for p in module.parameters(recurse=False)) for level in levels
+    ] == RESNET18_LEVELS
     assert model.encoder.conv1 in levels[0] and model.encoder.bn1 in levels[0]
-    assert all(module in levels[4] for module in model.encoder.layer4.modules() if list(module.parameters(recurse=False)))
+    assert all(
+        module in levels[4] for module in model.encoder.layer4.modules() if list(module.parameters(recurse=False))
+    )
 
 
 def test_levels_probe_changes_neither_statistics_nor_modes():
@@ -146,7 +168,9 @@ def test_frozen_smp_encoder_and_its_batchnorm_statistics_stay_unchanged_while_de
     decoder_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
     train_steps(model)
     assert not model.encoder.training and not model.encoder.bn1.training
-    assert_same_tensors(encoder_before, encoder_state(model))  # running_mean / running_var / num_batches_tracked included
+    assert_same_tensors(
+        encoder_before, encoder_state(model)
+    )  # running_mean / running_var / num_batches_tracked included
     assert any(not torch.equal(decoder_before[k], v) for k, v in model.decoder.state_dict().items())
 
 
@@ -154,7 +178,9 @@ def test_partial_freezes_the_first_stages_only():
     model = small_unet()
     assert FreezePolicy("partial", depth=2).apply(model) == 2
     encoder = model.encoder
-    assert parameter_counts(model)["trainable_params"] == parameter_counts(model)["total_params"] - sum(RESNET18_LEVELS[:2])
+    assert parameter_counts(model)["trainable_params"] == parameter_counts(model)["total_params"] - sum(
+        RESNET18_LEVELS[:2]
+    )
     stats_before = {k: v.clone() for k, v in encoder.layer1.state_dict().items()}
     layer2_before = encoder.layer2[0].bn1.running_mean.clone()
     train_steps(model, steps=2)
@@ -170,7 +196,9 @@ def test_convnext_has_an_empty_first_level_and_still_calibrates():
     levels = encoder_levels(model.encoder)
     assert len(levels) == 5 and levels[0] == [] and all(levels[1:])
     model.calibrate_feature_scale([torch.rand(2, 3, 64, 64)])
-    assert model.feature_scale.inv_std_1.shape == (1, 0, 1, 1) and not torch.equal(model.feature_scale.inv_std_2, torch.ones_like(model.feature_scale.inv_std_2))
+    assert model.feature_scale.inv_std_1.shape == (1, 0, 1, 1) and not torch.equal(
+        model.feature_scale.inv_std_2, torch.ones_like(model.feature_scale.inv_std_2)
+    )
 
 
 # --- encoder exchange ----------------------------------------------------------------------------
@@ -204,9 +232,17 @@ def test_encoder_transfers_between_decoders_of_the_same_encoder(tmp_path: Path):
     assert_same_tensors(encoder_state(unet), encoder_state(fpn))
 
 
-def test_stage1_to_stage2_transfers_the_smp_encoder_and_keeps_it_frozen(compose_config, classification_set, segmentation_set, monkeypatch):
+def test_stage1_to_stage2_transfers_the_smp_encoder_and_keeps_it_frozen(
+    compose_config, classification_set, segmentation_set, monkeypatch
+):
     small = ["model=smp", "model.encoder_name=resnet18", "dataset.image_size=32", "dataset.batch_size=2"]
-    stage1 = run_pretrain(compose_config("pretrain", TINY_TRAINER + small + ["dataset=folder_cls", f"dataset.root={classification_set}"], run_name="s1"))
+    stage1 = run_pretrain(
+        compose_config(
+            "pretrain",
+            TINY_TRAINER + small + ["dataset=folder_cls", f"dataset.root={classification_set}"],
+            run_name="s1",
+        )
+    )
     encoder_file = Path(stage1["encoder_weights"])
     info = json.loads(encoder_file.with_name("encoder.json").read_text())
     assert info["architecture"] == {"name": "smp", "encoder_name": "resnet18", "in_channels": 3, "encoder_depth": 5}
@@ -221,13 +257,24 @@ def test_stage1_to_stage2_transfers_the_smp_encoder_and_keeps_it_frozen(compose_
         return original_apply(self, model)
 
     monkeypatch.setattr(FreezePolicy, "apply", spy_apply)
-    metrics = run_finetune(compose_config("finetune", TINY_TRAINER + small + ["freeze=encoder", "dataset=folder_seg", f"dataset.root={segmentation_set}"], run_name="s2"))
+    metrics = run_finetune(
+        compose_config(
+            "finetune",
+            TINY_TRAINER + small + ["freeze=encoder", "dataset=folder_seg", f"dataset.root={segmentation_set}"],
+            run_name="s2",
+        )
+    )
     stage1_weights = load_file(str(encoder_file))
     assert_same_tensors(stage1_weights, captured["loaded"])  # loaded identically
-    assert_same_tensors(stage1_weights, encoder_state(captured["model"]))  # and unchanged by training, BN statistics included
+    assert_same_tensors(
+        stage1_weights, encoder_state(captured["model"])
+    )  # and unchanged by training, BN statistics included
     assert metrics["model"] == "unet-resnet18" and metrics["pretrain_task"] == "classification"
     assert metrics["trainable_params"] == metrics["decoder_params"] == 3_151_697
-    assert metrics["encoder_params"] == sum(RESNET18_LEVELS) and metrics["total_params"] == metrics["encoder_params"] + metrics["decoder_params"]
+    assert (
+        metrics["encoder_params"] == sum(RESNET18_LEVELS)
+        and metrics["total_params"] == metrics["encoder_params"] + metrics["decoder_params"]
+    )
 
 
 # --- starting weights: ImageNet and local files ------------------------------------------------------
@@ -260,7 +307,9 @@ def test_local_weights_of_another_encoder_are_refused_clearly(tmp_path: Path):
     torch.save(smp.encoders.get_encoder("efficientnet-b0", weights=None).state_dict(), path)
     with pytest.raises(EncoderMismatchError, match=rf"{path}: tensors do not match the encoder \(\d+ missing"):
         small_unet(encoder_weights=str(path))
-    torch.save(smp.encoders.get_encoder("resnet34", weights=None).state_dict(), path)  # resnet18's tensors and more blocks
+    torch.save(
+        smp.encoders.get_encoder("resnet34", weights=None).state_dict(), path
+    )  # resnet18's tensors and more blocks
     with pytest.raises(EncoderMismatchError, match=r"blocks this encoder lacks \(e.g. \['layer1.2"):
         small_unet(encoder_weights=str(path))
     with pytest.raises(FileNotFoundError, match="model.encoder_weights: no weights file"):
@@ -270,17 +319,23 @@ def test_local_weights_of_another_encoder_are_refused_clearly(tmp_path: Path):
 def test_imagenet_without_network_fails_at_once_saying_how_to_pass_a_file(monkeypatch):
     monkeypatch.setattr(smp_models, "hub_unreachable_reason", lambda: "huggingface.co:443: Name or service not known")
     monkeypatch.setattr(smp.encoders, "hf_hub_download", lambda *a, **k: pytest.fail("no download may be tried"))
-    with pytest.raises(UserError, match=r"model.encoder_weights=imagenet .*cannot be reached.*model.encoder_weights=/path/to/file"):
+    with pytest.raises(
+        UserError, match=r"model.encoder_weights=imagenet .*cannot be reached.*model.encoder_weights=/path/to/file"
+    ):
         small_unet(encoder_weights="imagenet")
 
 
 def test_hub_client_errors_become_one_clear_line(monkeypatch):
     def offline(*args, **kwargs):
-        raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub and we cannot find the requested files in the local cache.")
+        raise LocalEntryNotFoundError(
+            "An error happened while trying to locate the file on the Hub and we cannot find the requested files in the local cache."
+        )
 
     monkeypatch.setattr(smp_models, "hub_unreachable_reason", lambda: None)
     monkeypatch.setattr(smp.encoders, "hf_hub_download", offline)
-    with pytest.raises(UserError, match=r"could not get the resnet18 weights \(An error happened.*model.encoder_weights=/path/to/file"):
+    with pytest.raises(
+        UserError, match=r"could not get the resnet18 weights \(An error happened.*model.encoder_weights=/path/to/file"
+    ):
         small_unet(encoder_weights="imagenet")
 
 
@@ -290,7 +345,9 @@ def test_downloaded_weights_are_loaded_into_the_encoder(monkeypatch, tmp_path: P
     save_file(state, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text("{}")
     monkeypatch.setattr(smp_models, "hub_unreachable_reason", lambda: None)
-    monkeypatch.setattr(smp.encoders, "hf_hub_download", lambda repo_id, filename, revision=None: str(tmp_path / filename))
+    monkeypatch.setattr(
+        smp.encoders, "hf_hub_download", lambda repo_id, filename, revision=None: str(tmp_path / filename)
+    )
     model = small_unet(encoder_weights="imagenet")
     assert_same_tensors(state, encoder_state(model))
     assert model.encoder_init == "imagenet"
@@ -302,13 +359,19 @@ def test_entry_point_prints_the_offline_error_in_one_line(monkeypatch, capsys):
 
     @exit_cleanly_on_user_error
     def main():
-        instantiate({"_target_": "defectseg.models.smp_model", "encoder_name": "resnet18", "encoder_weights": "imagenet"})
+        instantiate(
+            {"_target_": "defectseg.models.smp_model", "encoder_name": "resnet18", "encoder_weights": "imagenet"}
+        )
 
     with pytest.raises(SystemExit) as exited:
         main()
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: model.encoder_weights=imagenet") and "Traceback" not in err and len(err.splitlines()) == 1
+    assert (
+        err.startswith("error: model.encoder_weights=imagenet")
+        and "Traceback" not in err
+        and len(err.splitlines()) == 1
+    )
 
 
 def test_stage1_refuses_unreachable_imagenet_before_generating_data(compose_config, tmp_path: Path, monkeypatch):
@@ -353,8 +416,18 @@ def test_stage2_uses_starting_weights_instead_of_a_stage1_encoder(tmp_path: Path
 
 
 def test_job_names_carry_the_model_axes():
-    assert job_name(["model=smp_unet_resnet34", "freeze=scratch", "seed=1"]) == "freeze=scratch,model=smp_unet_resnet34,seed=1"
-    name = job_name(["model=smp", "model.arch=fpn", "model.encoder_name=efficientnet-b0", "model.encoder_weights=/w/r34.safetensors"])
+    assert (
+        job_name(["model=smp_unet_resnet34", "freeze=scratch", "seed=1"])
+        == "freeze=scratch,model=smp_unet_resnet34,seed=1"
+    )
+    name = job_name(
+        [
+            "model=smp",
+            "model.arch=fpn",
+            "model.encoder_name=efficientnet-b0",
+            "model.encoder_weights=/w/r34.safetensors",
+        ]
+    )
     assert name == "arch=fpn,encoder=efficientnet-b0,model=smp,weights=w-r34.safetensors"
 
 
@@ -364,7 +437,12 @@ def test_report_compares_modes_within_each_model(tmp_path: Path):
 
     sweep = tmp_path / "sweep"
     write_multirun(sweep, ["model=unet_paper,smp_unet_resnet34", "freeze=scratch,encoder", "seed=0,1"])
-    dice = {("unet_paper", "scratch"): 0.70, ("unet_paper", "encoder"): 0.60, ("unet-resnet34", "scratch"): 0.75, ("unet-resnet34", "encoder"): 0.85}
+    dice = {
+        ("unet_paper", "scratch"): 0.70,
+        ("unet_paper", "encoder"): 0.60,
+        ("unet-resnet34", "scratch"): 0.75,
+        ("unet-resnet34", "encoder"): 0.85,
+    }
     job = 0
     for option, model in (("unet_paper", "unet_paper"), ("smp_unet_resnet34", "unet-resnet34")):
         for freeze in ("scratch", "encoder"):

@@ -18,7 +18,9 @@ from defectseg.utils.errors import UserError
 from tests.conftest import TINY_TRAINER
 
 
-@pytest.mark.parametrize(("cpus", "processes", "workers"), [(2, 1, 0), (4, 1, 2), (16, 1, 8), (64, 1, 8), (16, 4, 2), (16, 8, 0)])
+@pytest.mark.parametrize(
+    ("cpus", "processes", "workers"), [(2, 1, 0), (4, 1, 2), (16, 1, 8), (64, 1, 8), (16, 4, 2), (16, 8, 0)]
+)
 def test_auto_workers_leave_the_model_its_cores_and_split_them_between_processes(monkeypatch, cpus, processes, workers):
     monkeypatch.setattr(datamodules.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     assert resolve_num_workers("auto", processes) == workers
@@ -28,7 +30,9 @@ def test_auto_workers_leave_the_model_its_cores_and_split_them_between_processes
 def test_cpu_training_gets_no_pinned_memory_and_no_persistent_workers(segmentation_set):
     datamodule = SegmentationDataModule(root=str(segmentation_set), image_size=32, batch_size=4, num_workers=0)
     datamodule.setup("fit")
-    datamodule.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    datamodule.trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
     loader = datamodule.train_dataloader()
     assert loader.pin_memory is False
     assert loader.num_workers == 0 and loader.persistent_workers is False
@@ -45,10 +49,15 @@ def test_adam_is_fused_and_holds_only_trainable_parameters():
 
 
 def test_compile_flag_compiles_the_network_in_place():
-    eager, compiled = SegmentationTask(unet_paper(channels=(4, 8)), compile=False), SegmentationTask(unet_paper(channels=(4, 8)), compile=True)
+    eager, compiled = (
+        SegmentationTask(unet_paper(channels=(4, 8)), compile=False),
+        SegmentationTask(unet_paper(channels=(4, 8)), compile=True),
+    )
     assert eager.model._compiled_call_impl is None
     assert compiled.model._compiled_call_impl is not None
-    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())  # checkpoints and encoder files unchanged
+    assert list(compiled.model.state_dict()) == list(
+        eager.model.state_dict()
+    )  # checkpoints and encoder files unchanged
 
 
 def test_progress_bar_refreshes_when_the_logger_reads(compose_config):
@@ -61,7 +70,14 @@ def test_progress_bar_refreshes_when_the_logger_reads(compose_config):
 def test_ddp_inside_a_hydra_multirun_is_refused(compose_config):
     compose_config("finetune")
     hydra_cfg = HydraConfig.get()
-    trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = L.Trainer(
+        strategy="ddp",
+        accelerator="cpu",
+        devices=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
     with read_write(hydra_cfg):
         hydra_cfg.mode = RunMode.RUN
     refuse_ddp_launch_in_multirun(trainer)  # a single run may launch its processes
@@ -70,7 +86,9 @@ def test_ddp_inside_a_hydra_multirun_is_refused(compose_config):
             hydra_cfg.mode = RunMode.MULTIRUN
         with pytest.raises(UserError, match="multirun"):
             refuse_ddp_launch_in_multirun(trainer)
-        refuse_ddp_launch_in_multirun(L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False))
+        refuse_ddp_launch_in_multirun(
+            L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        )
     finally:
         with read_write(hydra_cfg):
             hydra_cfg.mode = RunMode.RUN

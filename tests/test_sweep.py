@@ -17,12 +17,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_multirun_scratch_vs_transfer_produces_report(compose_config, classification_set, segmentation_set, tmp_path):
-    stage1 = run_pretrain(compose_config("pretrain", TINY_TRAINER + ["dataset=folder_cls", f"dataset.root={classification_set}", "dataset.image_size=32", "dataset.batch_size=4"]))
+    stage1 = run_pretrain(
+        compose_config(
+            "pretrain",
+            [*TINY_TRAINER, "dataset=folder_cls", f"dataset.root={classification_set}", "dataset.image_size=32", "dataset.batch_size=4"],
+        )
+    )
     sweep = tmp_path / "sweep"
     command = [
-        sys.executable, "-m", "defectseg.finetune", "-m",
-        "freeze=scratch,encoder", "dataset=folder_seg", f"dataset.root={segmentation_set}", "dataset.image_size=32", "dataset.batch_size=4",
-        f"pretrained_encoder={Path(stage1['encoder_weights']).parent}", f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}",
+        sys.executable,
+        "-m",
+        "defectseg.finetune",
+        "-m",
+        "freeze=scratch,encoder",
+        "dataset=folder_seg",
+        f"dataset.root={segmentation_set}",
+        "dataset.image_size=32",
+        "dataset.batch_size=4",
+        f"pretrained_encoder={Path(stage1['encoder_weights']).parent}",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
         *TINY_TRAINER,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -32,7 +46,9 @@ def test_multirun_scratch_vs_transfer_produces_report(compose_config, classifica
     assert len(jobs) == 2 and all((job / "metrics.json").is_file() for job in jobs)
     assert any("freeze=scratch" in job.name for job in jobs), "job folders are named by their overrides"
 
-    report = subprocess.run([sys.executable, "-m", "defectseg.report", str(sweep)], env=env, capture_output=True, text=True, timeout=300)
+    report = subprocess.run(
+        [sys.executable, "-m", "defectseg.report", str(sweep)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     with open(sweep / "report.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -77,7 +77,7 @@ def test_positives_show_thin_dark_structures_negatives_lack(tmp_path: Path) -> N
     neg = [_thin_dark_score(a) for a in _arrays(root / "Negative").values()]
     assert np.median(pos) > 2.5 * max(np.median(neg), 1)
     # but the classes are not separable by darkness alone: negatives carry dark clutter too
-    dark = lambda arrs: [float((a.mean(-1) < 0.75 * np.median(a.mean(-1))).mean()) for a in arrs]  # noqa: E731
+    dark = lambda arrs: [float((a.mean(-1) < 0.75 * np.median(a.mean(-1))).mean()) for a in arrs]
     assert max(dark(_arrays(root / "Negative").values())) > 0.01
 
 
@@ -95,7 +95,11 @@ def test_steel_layout_masks_and_manifest(tmp_path: Path) -> None:
         assert set(np.unique(masks[key])) <= {0, 255}
     assert sum(bool(m.any()) for m in masks.values()) >= N - 1
     manifest = S.read_manifest(root)
-    assert manifest is not None and manifest["count"] == N and manifest["params"] == {"n_images": N, "size": SIZE, "seed": 0, "conditions": "clean", "defect_set": "mixed"}
+    assert (
+        manifest is not None
+        and manifest["count"] == N
+        and manifest["params"] == {"n_images": N, "size": SIZE, "seed": 0, "conditions": "clean", "defect_set": "mixed"}
+    )
 
 
 def test_steel_files_match_the_sample_function_and_are_deterministic(tmp_path: Path) -> None:
@@ -109,7 +113,14 @@ def test_steel_files_match_the_sample_function_and_are_deterministic(tmp_path: P
 
 
 @pytest.mark.parametrize(
-    ("size", "conditions", "defect_set"), [(64, "clean", "mixed"), (160, "clean", "mixed"), (64, "field", "mixed"), (160, "field", "mixed"), (64, "clean", "crack")]
+    ("size", "conditions", "defect_set"),
+    [
+        (64, "clean", "mixed"),
+        (160, "clean", "mixed"),
+        (64, "field", "mixed"),
+        (160, "field", "mixed"),
+        (64, "clean", "crack"),
+    ],
 )
 def test_masks_cover_exactly_what_the_defects_changed(size: int, conditions: str, defect_set: str) -> None:
     """Re-render each photo without its defects: the difference must sit on the mask (plus a 1-px rim).
@@ -120,7 +131,9 @@ def test_masks_cover_exactly_what_the_defects_changed(size: int, conditions: str
     checked = 0
     for i in range(12):
         image, mask, kinds = S._steel_sample(0, i, size, conditions=conditions, defect_set=defect_set)
-        clean, clean_mask, clean_kinds = S._steel_sample(0, i, size, defects=False, conditions=conditions, defect_set=defect_set)
+        clean, clean_mask, clean_kinds = S._steel_sample(
+            0, i, size, defects=False, conditions=conditions, defect_set=defect_set
+        )
         assert not clean_mask.any() and clean_kinds == []
         diff = np.abs(image.astype(int) - clean.astype(int)).max(-1)
         if not mask.any():
@@ -225,7 +238,9 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, n_writes: int) -> None:
     monkeypatch.setattr(S, "_save_png", flaky)
 
 
-def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_generation_leaves_nothing_that_looks_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "seg"
     _fail_after(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
@@ -277,7 +292,9 @@ def test_ensure_refuses_to_replace_foreign_data(tmp_path: Path) -> None:
 
 
 def test_ensure_cleans_scratch_folders_of_dead_processes(tmp_path: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     orphan = tmp_path / f".seg.partial-{int(dead.stdout)}-0123abcd"
     (orphan / "images").mkdir(parents=True)
     live = tmp_path / f".seg.partial-{os.getpid()}-0123abcd"
@@ -296,7 +313,9 @@ def test_ensure_logs_what_and_where(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert not [r for r in caplog.records if r.name == "defectseg.data.synthetic"]
 
 
-@pytest.mark.parametrize("kwargs", [{"n_images": 0}, {"size": 8}, {"seed": -1}, {"conditions": "foggy"}, {"defect_set": "dents"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"n_images": 0}, {"size": 8}, {"seed": -1}, {"conditions": "foggy"}, {"defect_set": "dents"}]
+)
 def test_invalid_parameters_are_rejected(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         S.ensure_steel_segmentation(tmp_path / "seg", progress=False, **kwargs)
@@ -308,8 +327,31 @@ def test_invalid_parameters_are_rejected(tmp_path: Path, kwargs: dict) -> None:
 
 def test_cli_main(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert S.main(["seg", str(tmp_path / "seg"), "--n", "2", "--size", "32", "--seed", "3", "--no-progress"]) == 0
-    assert S.read_manifest(tmp_path / "seg")["params"] == {"n_images": 2, "size": 32, "seed": 3, "conditions": "clean", "defect_set": "mixed"}
-    assert S.main(["seg", str(tmp_path / "field"), "--n", "2", "--size", "32", "--conditions", "field", "--defect-set", "crack", "--no-progress"]) == 0
+    assert S.read_manifest(tmp_path / "seg")["params"] == {
+        "n_images": 2,
+        "size": 32,
+        "seed": 3,
+        "conditions": "clean",
+        "defect_set": "mixed",
+    }
+    assert (
+        S.main(
+            [
+                "seg",
+                str(tmp_path / "field"),
+                "--n",
+                "2",
+                "--size",
+                "32",
+                "--conditions",
+                "field",
+                "--defect-set",
+                "crack",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     params = S.read_manifest(tmp_path / "field")["params"]
     assert (params["conditions"], params["defect_set"]) == ("field", "crack")
     assert "2 images" in capsys.readouterr().out
@@ -320,8 +362,21 @@ def test_cli_main(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_cli_module_entry_point(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "defectseg.data.synthetic", "cls", str(tmp_path / "cls"), "--n", "1", "--size", "32", "--no-progress"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "defectseg.data.synthetic",
+            "cls",
+            str(tmp_path / "cls"),
+            "--n",
+            "1",
+            "--size",
+            "32",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "cls").iterdir()) == ["GENERATED.json", "Negative", "Positive"]
@@ -329,7 +384,9 @@ def test_cli_module_entry_point(tmp_path: Path) -> None:
 
 def test_worker_processes_write_the_same_files(tmp_path: Path) -> None:
     serial = S.generate_steel_segmentation(tmp_path / "serial", n_images=4, size=32, seed=2, progress=False)
-    parallel = S.generate_steel_segmentation(tmp_path / "parallel", n_images=4, size=32, seed=2, progress=False, workers=2)
+    parallel = S.generate_steel_segmentation(
+        tmp_path / "parallel", n_images=4, size=32, seed=2, progress=False, workers=2
+    )
     for sub in ("images", "masks"):
         a, b = _arrays(serial / sub), _arrays(parallel / sub)
         assert a.keys() == b.keys() and len(a) == 4
@@ -366,7 +423,7 @@ def test_a_single_defect_set_repaints_the_mixed_photos_with_one_kind() -> None:
     for i in range(12):
         _, _, mixed_kinds = S._steel_sample(0, i, SIZE)
         bare_mixed = S._steel_sample(0, i, SIZE, defects=False)[0]
-        image, mask, kinds = S._steel_sample(0, i, SIZE, defect_set="crack")
+        _image, mask, kinds = S._steel_sample(0, i, SIZE, defect_set="crack")
         assert np.array_equal(S._steel_sample(0, i, SIZE, defects=False, defect_set="crack")[0], bare_mixed)
         assert set(kinds) <= {"crack"} and bool(kinds) == bool(mask.any())
         counts.append((len(mixed_kinds), len(kinds)))

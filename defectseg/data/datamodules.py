@@ -64,7 +64,9 @@ def collate_in_numpy(samples: list[dict[str, Any]]) -> dict[str, Any]:
     from torch.utils.data import default_collate
 
     return {
-        key: torch.from_numpy(np.stack([sample[key].numpy() for sample in samples])) if isinstance(samples[0][key], torch.Tensor) else default_collate([sample[key] for sample in samples])
+        key: torch.from_numpy(np.stack([sample[key].numpy() for sample in samples]))
+        if isinstance(samples[0][key], torch.Tensor)
+        else default_collate([sample[key] for sample in samples])
         for key in samples[0]
     }
 
@@ -258,14 +260,22 @@ class _FolderDataModule(L.LightningDataModule):
         if groups is not None:
             grouped = [key for key in groups if key.startswith("group:")]
             self.grouped_images += len(grouped)
-            log.info("dataset.split_groups=%r: %d of %d images in %d groups, the others one group each", self.split_groups, len(grouped), len(groups), len(set(grouped)))
+            log.info(
+                "dataset.split_groups=%r: %d of %d images in %d groups, the others one group each",
+                self.split_groups,
+                len(grouped),
+                len(groups),
+                len(set(grouped)),
+            )
         splits = split_indices(labels, self.split_fractions, self.split_seed, groups)
         return cap_train_split(splits, self.train_split_size, self.split_seed, groups)
 
     @property
     def num_workers(self) -> int:
         """Per training process: under DDP the processes on one machine split its cores."""
-        return resolve_num_workers(self.num_workers_setting, self.trainer.num_devices if self.trainer is not None else 1)
+        return resolve_num_workers(
+            self.num_workers_setting, self.trainer.num_devices if self.trainer is not None else 1
+        )
 
     def _pin_memory(self) -> bool:
         """Page-locked batches speed up host-to-GPU copies; without a GPU in use they only cost memory."""
@@ -306,7 +316,11 @@ class _FolderDataModule(L.LightningDataModule):
         sources = self.sources_of(dataset)
         counts = np.bincount(sources, minlength=len(self.source_names)).astype(float)
         weights = 1.0 / counts[sources]
-        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=self.samples_per_epoch or len(sources), replacement=True)
+        return WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double),
+            num_samples=self.samples_per_epoch or len(sources),
+            replacement=True,
+        )
 
     def sources_of(self, dataset: Dataset) -> np.ndarray:
         """The source index of each sample of one of this module's datasets."""
@@ -326,7 +340,8 @@ class _FolderDataModule(L.LightningDataModule):
         sources = self.sources_of(test)
         return {
             name: self._make_loader(Subset(test, np.flatnonzero(sources == i).tolist()), train=False)
-            for i, name in enumerate(self.source_names) if (sources == i).any()
+            for i, name in enumerate(self.source_names)
+            if (sources == i).any()
         }
 
     def train_dataloader(self) -> DataLoader:
@@ -337,7 +352,9 @@ class _FolderDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if len(self.datasets.get("test", ())) == 0:
-            raise ValueError(f"dataset {self.name!r} has no test images (dataset.split_fractions={list(self.split_fractions)}, or the set's own split has no test part)")
+            raise ValueError(
+                f"dataset {self.name!r} has no test images (dataset.split_fractions={list(self.split_fractions)}, or the set's own split has no test part)"
+            )
         return self._loader("test")
 
     def calibration_dataset(self) -> Dataset:
@@ -347,13 +364,24 @@ class _FolderDataModule(L.LightningDataModule):
         return view
 
     def transform(self, train: bool) -> Any:
-        return build_transform(self.image_size, train=train, augment=self.augment if train else None, grayscale=self.grayscale)
+        return build_transform(
+            self.image_size, train=train, augment=self.augment if train else None, grayscale=self.grayscale
+        )
 
     def write_split(self, path: str | Path) -> None:
         """Record exactly which files went where (and which were skipped), so a run can be audited and repeated."""
         root = str(self.root) if len(self.roots) == 1 else [str(r) for r in self.roots]
         skipped = {"skipped": [{"file": p.sample, "problem": p.message} for p in self.skipped]} if self.skipped else {}
-        atomic_write_json(path, {"root": root, "split_seed": self.split_seed, "split_groups": self.split_groups, **self.split_files, **skipped})
+        atomic_write_json(
+            path,
+            {
+                "root": root,
+                "split_seed": self.split_seed,
+                "split_groups": self.split_groups,
+                **self.split_files,
+                **skipped,
+            },
+        )
 
     def summary(self) -> dict[str, int]:
         counts = {f"{split}_images": len(dataset) for split, dataset in self.datasets.items()}
@@ -381,7 +409,9 @@ class ClassificationDataModule(_FolderDataModule):
                 per_split.setdefault(split, []).extend(split_samples)
                 self.source_of.update({str(path): source for path, _ in split_samples})
         if self.split_groups and not self.grouped_images:
-            raise ValueError(f"dataset.split_groups={self.split_groups!r} matches no file name in {[str(r) for r in self.roots]}")
+            raise ValueError(
+                f"dataset.split_groups={self.split_groups!r} matches no file name in {[str(r) for r in self.roots]}"
+            )
         return per_split, []
 
     def _load(self, sample: tuple[Path, int]) -> np.ndarray:
@@ -401,7 +431,9 @@ class ClassificationDataModule(_FolderDataModule):
     def _scan_classes(self, folder: Path) -> list[tuple[Path, int]]:
         samples, names = readers.scan_classification_folder(folder, self.classes)
         if self.class_names and names != self.class_names:
-            raise readers.DataError(f"{folder}: classes {names} differ from {self.class_names} in the other folders (splits or roots)")
+            raise readers.DataError(
+                f"{folder}: classes {names} differ from {self.class_names} in the other folders (splits or roots)"
+            )
         self.class_names = names
         return samples
 
@@ -428,7 +460,9 @@ class SegmentationDataModule(_FolderDataModule):
     ) -> None:
         super().__init__(*args, **kwargs)
         if layout is not None and (image_dir, mask_dir, mask_suffix) != ("images", "masks", ""):
-            raise ValueError("dataset.image_dir / mask_dir / mask_suffix describe the images/ + masks/ layout; with dataset.layout set, use its own options (dataset.layout.*)")
+            raise ValueError(
+                "dataset.image_dir / mask_dir / mask_suffix describe the images/ + masks/ layout; with dataset.layout set, use its own options (dataset.layout.*)"
+            )
         self.layout = layout or FolderLayout(image_dir, mask_dir, mask_suffix)
         self.max_train_images = None if max_train_images is None else int(max_train_images)
 
@@ -439,7 +473,11 @@ class SegmentationDataModule(_FolderDataModule):
         problems: list[validation.Problem] = []
         for source, root in enumerate(self.roots):
             scan = self.layout.scan(root)
-            indices = scan.splits if scan.splits is not None else self._split([0] * len(scan.samples), [image for image, _ in scan.samples])
+            indices = (
+                scan.splits
+                if scan.splits is not None
+                else self._split([0] * len(scan.samples), [image for image, _ in scan.samples])
+            )
             if "train" not in indices:
                 raise readers.DataError(f"{root}: the set's own split has no train part")
             for split, idx in indices.items():
@@ -450,7 +488,10 @@ class SegmentationDataModule(_FolderDataModule):
 
     def _select(self, per_split: dict[str, list[Any]]) -> dict[str, list[Any]]:
         train = per_split["train"]
-        return {**per_split, "train": [train[i] for i in subset_for_budget(range(len(train)), self.max_train_images, self.split_seed)]}
+        return {
+            **per_split,
+            "train": [train[i] for i in subset_for_budget(range(len(train)), self.max_train_images, self.split_seed)],
+        }
 
     def _load(self, sample: Sample) -> np.ndarray:
         return self.cache.pair(*sample)[0]
@@ -472,7 +513,13 @@ class UnlabelledImageDataModule(_FolderDataModule):
 
     task = "unlabelled"
 
-    def __init__(self, sources: Mapping[str, Any] | Sequence[Any], name: str = "unlabelled", synthetic: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        sources: Mapping[str, Any] | Sequence[Any],
+        name: str = "unlabelled",
+        synthetic: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         from hydra.utils import instantiate
 
         entries = list(sources.items()) if isinstance(sources, Mapping) else [(None, entry) for entry in sources]
@@ -482,27 +529,46 @@ class UnlabelledImageDataModule(_FolderDataModule):
         for key, entry in entries:
             where = f"dataset.sources.{key}" if key is not None else f"dataset.sources[{len(self.sources)}]"
             if not isinstance(entry, Mapping) or entry.get("dataset") is None:
-                raise ValueError(f"{where}: must hold dataset: (a dataset config) and optionally splits: [train, ...], got {entry!r}")
+                raise ValueError(
+                    f"{where}: must hold dataset: (a dataset config) and optionally splits: [train, ...], got {entry!r}"
+                )
             module = entry["dataset"]
             if isinstance(module, Mapping):
                 module = instantiate(module)
             if not isinstance(module, _FolderDataModule):
-                raise ValueError(f"{where}.dataset: expected a dataset config (a DataModule of defectseg.data.datamodules), got {type(module).__name__}")
+                raise ValueError(
+                    f"{where}.dataset: expected a dataset config (a DataModule of defectseg.data.datamodules), got {type(module).__name__}"
+                )
             splits = tuple(entry.get("splits") or ("train",))
             unknown = sorted(set(splits) - {"train", "val", "test"})
             if unknown:
                 raise ValueError(f"{where}.splits: {unknown} are not splits (train, val, test)")
             self.sources.append((str(key if key is not None else module.name), module, splits))
-        super().__init__(root=[str(module.root) if len(module.roots) == 1 else str(module.roots[0]) for _, module, _ in self.sources], name=name, **kwargs)
+        super().__init__(
+            root=[
+                str(module.root) if len(module.roots) == 1 else str(module.roots[0]) for _, module, _ in self.sources
+            ],
+            name=name,
+            **kwargs,
+        )
 
     @classmethod
     def of(cls, datamodule: _FolderDataModule) -> UnlabelledImageDataModule:
         """Any data set as one unlabelled source: its train split's images, with its image size, batches and augmentation."""
         return cls(
-            sources={datamodule.name: {"dataset": datamodule, "splits": ["train"]}}, name=datamodule.name, image_size=datamodule.image_size,
-            batch_size=datamodule.batch_size, eval_batch_size=datamodule.eval_batch_size, num_workers=datamodule.num_workers_setting,
-            split_fractions=(0.9, 0.1, 0.0), split_seed=datamodule.split_seed, cache=datamodule.cache.enabled, augment=datamodule.augment,
-            samples_per_epoch=datamodule.samples_per_epoch, grayscale=datamodule.grayscale, on_error=datamodule.on_error,
+            sources={datamodule.name: {"dataset": datamodule, "splits": ["train"]}},
+            name=datamodule.name,
+            image_size=datamodule.image_size,
+            batch_size=datamodule.batch_size,
+            eval_batch_size=datamodule.eval_batch_size,
+            num_workers=datamodule.num_workers_setting,
+            split_fractions=(0.9, 0.1, 0.0),
+            split_seed=datamodule.split_seed,
+            cache=datamodule.cache.enabled,
+            augment=datamodule.augment,
+            samples_per_epoch=datamodule.samples_per_epoch,
+            grayscale=datamodule.grayscale,
+            on_error=datamodule.on_error,
         )
 
     @property
@@ -521,7 +587,9 @@ class UnlabelledImageDataModule(_FolderDataModule):
             listed, _ = module.list_samples()  # the source's own problems (a missing mask...) do not concern its images
             images = sorted({validation.sample_file(sample) for split in splits for sample in listed.get(split, ())})
             if not images:
-                raise readers.DataError(f"dataset.sources.{name}: no images in its {'/'.join(splits)} split(s) ({module.root})")
+                raise readers.DataError(
+                    f"dataset.sources.{name}: no images in its {'/'.join(splits)} split(s) ({module.root})"
+                )
             for split, idx in split_indices([0] * len(images), self.split_fractions, self.split_seed).items():
                 per_split.setdefault(split, []).extend((images[i], index) for i in idx)
             self.source_of.update({str(path): index for path in images})
@@ -536,7 +604,9 @@ class UnlabelledImageDataModule(_FolderDataModule):
     def write_split(self, path: str | Path) -> None:
         super().write_split(path)
         split = read_split_file(path)
-        split["sources"] = {name: {"root": str(module.root), "splits": list(splits)} for name, module, splits in self.sources}
+        split["sources"] = {
+            name: {"root": str(module.root), "splits": list(splits)} for name, module, splits in self.sources
+        }
         atomic_write_json(path, split)
 
 

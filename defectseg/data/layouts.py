@@ -62,9 +62,16 @@ class MaskValues:
             raise ValueError("dataset.layout.keep_classes / void_value need mask_values=classes (class-index masks)")
 
     @classmethod
-    def from_options(cls, mode: str, keep_classes: Iterable[int] | None, void_value: int | None, void_as: str) -> MaskValues:
+    def from_options(
+        cls, mode: str, keep_classes: Iterable[int] | None, void_value: int | None, void_as: str
+    ) -> MaskValues:
         keep = None if keep_classes is None else tuple(sorted(int(c) for c in keep_classes))
-        return cls(mode=str(mode), keep_classes=keep, void_value=None if void_value is None else int(void_value), void_as=str(void_as))
+        return cls(
+            mode=str(mode),
+            keep_classes=keep,
+            void_value=None if void_value is None else int(void_value),
+            void_as=str(void_as),
+        )
 
     def to_binary(self, values: np.ndarray, source: str | Path) -> np.ndarray:
         if self.mode == "binary":
@@ -105,7 +112,9 @@ class LayoutScan:
 
     samples: list[Sample]
     splits: dict[str, list[int]] | None = None
-    problems: list[Problem] = field(default_factory=list)  # what dataset.on_error decides about (images without masks...)
+    problems: list[Problem] = field(
+        default_factory=list
+    )  # what dataset.on_error decides about (images without masks...)
 
 
 class Layout:
@@ -113,8 +122,16 @@ class Layout:
 
     default_mask_values = "binary"
 
-    def __init__(self, mask_values: str | None = None, keep_classes: Iterable[int] | None = None, void_value: int | None = None, void_as: str = "background") -> None:
-        self.values = MaskValues.from_options(mask_values or self.default_mask_values, keep_classes, void_value, void_as)
+    def __init__(
+        self,
+        mask_values: str | None = None,
+        keep_classes: Iterable[int] | None = None,
+        void_value: int | None = None,
+        void_as: str = "background",
+    ) -> None:
+        self.values = MaskValues.from_options(
+            mask_values or self.default_mask_values, keep_classes, void_value, void_as
+        )
 
     def scan(self, root: Path) -> LayoutScan:
         raise NotImplementedError
@@ -140,7 +157,9 @@ def _scan_split_folders(root: Path, scan_one: Callable[[Path], list[Sample]]) ->
 class FolderLayout(Layout):
     """``images/x.jpg`` + ``masks/x{mask_suffix}.png`` (same stem), optionally in ``train/ val/ test/``."""
 
-    def __init__(self, image_dir: str = "images", mask_dir: str = "masks", mask_suffix: str = "", **mask_options) -> None:
+    def __init__(
+        self, image_dir: str = "images", mask_dir: str = "masks", mask_suffix: str = "", **mask_options
+    ) -> None:
         super().__init__(**mask_options)
         self.image_dir, self.mask_dir, self.mask_suffix = image_dir, mask_dir, mask_suffix
 
@@ -148,10 +167,18 @@ class FolderLayout(Layout):
         problems: list[Problem] = []
 
         def scan_one(folder: Path) -> list[Sample]:
-            pairs, missing, orphans = readers.pair_segmentation_folder(folder, self.image_dir, self.mask_dir, self.mask_suffix)
+            pairs, missing, orphans = readers.pair_segmentation_folder(
+                folder, self.image_dir, self.mask_dir, self.mask_suffix
+            )
             split = folder.name if folder.name in SPLITS else None
-            problems.extend(Problem("missing_mask", str(image), f"{image}: has no mask in {folder / self.mask_dir}", split) for image in missing)
-            problems.extend(Problem("mask_without_image", str(mask), f"{mask}: has no image in {folder / self.image_dir}", split) for mask in orphans)
+            problems.extend(
+                Problem("missing_mask", str(image), f"{image}: has no mask in {folder / self.mask_dir}", split)
+                for image in missing
+            )
+            problems.extend(
+                Problem("mask_without_image", str(mask), f"{mask}: has no image in {folder / self.image_dir}", split)
+                for mask in orphans
+            )
             return [(image, MaskFile(mask, self.values)) for image, mask in pairs]
 
         scan = _scan_split_folders(Path(root), scan_one)
@@ -183,9 +210,13 @@ class PatternLayout(Layout):
         try:
             mask_pattern.format(stem="x", name="x.jpg", ext=".jpg")
         except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(f"dataset.layout.mask_pattern={mask_pattern!r}: only {{stem}}, {{name}} and {{ext}} can be filled in ({error})") from None
+            raise ValueError(
+                f"dataset.layout.mask_pattern={mask_pattern!r}: only {{stem}}, {{name}} and {{ext}} can be filled in ({error})"
+            ) from None
         if "{" not in mask_pattern:
-            raise ValueError(f"dataset.layout.mask_pattern={mask_pattern!r} names no {{stem}} or {{name}}: every image would share one mask")
+            raise ValueError(
+                f"dataset.layout.mask_pattern={mask_pattern!r} names no {{stem}} or {{name}}: every image would share one mask"
+            )
         self.mask_pattern = mask_pattern
         self.image_dir = image_dir
         self.recursive = bool(recursive)
@@ -206,17 +237,24 @@ class PatternLayout(Layout):
         masks = {mask.resolve() for mask in mask_of.values()}
         images = [path for path in files if path.resolve() not in masks]
         if not images:
-            raise DataError(f"{folder}: holds no images ({', '.join(self.image_extensions)}) besides masks named {self.mask_pattern!r}{'' if self.recursive else ' (recursive=false)'}")
+            raise DataError(
+                f"{folder}: holds no images ({', '.join(self.image_extensions)}) besides masks named {self.mask_pattern!r}{'' if self.recursive else ' (recursive=false)'}"
+            )
         missing = [image for image in images if not mask_of[image].is_file()]
         if missing:
-            raise DataError(f"{len(missing)} image(s) without a mask named {self.mask_pattern!r} beside them: " + readers.shorten([f"{m} (no {mask_of[m].name})" for m in missing]))
+            raise DataError(
+                f"{len(missing)} image(s) without a mask named {self.mask_pattern!r} beside them: "
+                + readers.shorten([f"{m} (no {mask_of[m].name})" for m in missing])
+            )
         return [(image, MaskFile(mask_of[image], self.values)) for image in images]
 
     def _files(self, folder: Path) -> list[Path]:
         candidates = folder.rglob("*") if self.recursive else folder.iterdir()
         return sorted(
-            p for p in candidates
-            if p.is_file() and p.suffix.lower() in self.image_extensions
+            p
+            for p in candidates
+            if p.is_file()
+            and p.suffix.lower() in self.image_extensions
             and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         )
 
@@ -276,14 +314,21 @@ class VocLayout(Layout):
             list_file = lists_dir / f"{list_name}.txt"
             if not list_file.is_file():
                 if split == "test":
-                    log.warning("%s: no test list, so no test split (set dataset.layout.split_files.test to another list)", list_file)
+                    log.warning(
+                        "%s: no test list, so no test split (set dataset.layout.split_files.test to another list)",
+                        list_file,
+                    )
                     continue
-                raise DataError(f"{list_file}: VOC split list does not exist (dataset.layout.split_files.{split}={list_name})")
+                raise DataError(
+                    f"{list_file}: VOC split list does not exist (dataset.layout.split_files.{split}={list_name})"
+                )
             start = len(samples)
             for line_number, image_id in self._read_ids(list_file):
                 where = f"{list_file}, line {line_number}"
                 if image_id in seen and seen[image_id] != list_name:
-                    raise DataError(f"{where}: {image_id!r} is also in {seen[image_id]}.txt; an image cannot be in two splits")
+                    raise DataError(
+                        f"{where}: {image_id!r} is also in {seen[image_id]}.txt; an image cannot be in two splits"
+                    )
                 seen[image_id] = list_name
                 samples.append(self._sample(root, image_id, where))
             if len(samples) == start:
@@ -300,7 +345,9 @@ class VocLayout(Layout):
     def _sample(self, root: Path, image_id: str, where: str) -> Sample:
         image = _find_by_stem(root / self.image_dir, image_id)
         if image is None:
-            raise DataError(f"{where}: no image {image_id!r} in {root / self.image_dir} ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(
+                f"{where}: no image {image_id!r} in {root / self.image_dir} ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         mask = root / self.mask_dir / f"{image_id}.png"
         if not mask.is_file():
             raise DataError(f"{where}: no mask {mask}")
@@ -322,7 +369,9 @@ def parse_rle(text: str, where: str) -> np.ndarray:
     """``"start length start length ..."`` (1-based starts) to an (n, 2) array; syntax checked here, range at decode."""
     tokens = text.split()
     if len(tokens) % 2:
-        raise DataError(f"{where}: EncodedPixels has {len(tokens)} numbers; run-length pairs (start length) need an even count")
+        raise DataError(
+            f"{where}: EncodedPixels has {len(tokens)} numbers; run-length pairs (start length) need an even count"
+        )
     try:
         runs = np.array([int(t) for t in tokens], dtype=np.int64).reshape(-1, 2)
     except ValueError:
@@ -344,7 +393,9 @@ def decode_rle(runs: np.ndarray | str, size: tuple[int, int], where: str = "Enco
     flat = np.zeros(total, dtype=np.uint8)
     for start, length in runs:
         if start + length - 1 > total:
-            raise DataError(f"{where}: run {start} {length} ends at pixel {start + length - 1}, past the {width}x{height} image's {total} pixels (width x height)")
+            raise DataError(
+                f"{where}: run {start} {length} ends at pixel {start + length - 1}, past the {width}x{height} image's {total} pixels (width x height)"
+            )
         flat[start - 1 : start - 1 + length] = 1
     return flat.reshape((width, height)).T.copy()
 
@@ -383,7 +434,9 @@ class SeverstalLayout(Layout):
     photo). ``keep_classes`` keeps only those ClassIds' rows.
     """
 
-    def __init__(self, csv_file: str = "train.csv", image_dir: str = "train_images", keep_classes: Iterable[int] | None = None) -> None:
+    def __init__(
+        self, csv_file: str = "train.csv", image_dir: str = "train_images", keep_classes: Iterable[int] | None = None
+    ) -> None:
         super().__init__()
         self.csv_file, self.image_dir = csv_file, image_dir
         self.keep_classes = None if keep_classes is None else {int(c) for c in keep_classes}
@@ -426,18 +479,21 @@ class SeverstalLayout(Layout):
             elif header[:2] == ["ImageId_ClassId", "EncodedPixels"]:
                 wide = True
             else:
-                raise DataError(f"{csv_path}: header {header} is neither ImageId,ClassId,EncodedPixels nor ImageId_ClassId,EncodedPixels")
+                raise DataError(
+                    f"{csv_path}: header {header} is neither ImageId,ClassId,EncodedPixels nor ImageId_ClassId,EncodedPixels"
+                )
             for line_number, row in enumerate(reader, start=2):
                 if not row or not any(cell.strip() for cell in row):
                     continue
                 where = f"{csv_path}, line {line_number}"
                 if len(row) < (2 if wide else 3):
                     raise DataError(f"{where}: {len(row)} column(s), expected {header}")
-                image_id, class_text = row[0].rsplit("_", 1) if wide and "_" in row[0] else (row[0], "" if wide else row[1])
+                image_id, class_text = (
+                    row[0].rsplit("_", 1) if wide and "_" in row[0] else (row[0], "" if wide else row[1])
+                )
                 encoded = row[1] if wide else row[2]
                 try:
                     class_id = int(class_text)
                 except ValueError:
                     raise DataError(f"{where}: ClassId {class_text!r} is not an integer") from None
                 yield line_number, image_id.strip(), class_id, encoded.strip()
-

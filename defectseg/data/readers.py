@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -43,7 +43,9 @@ class DataError(ValueError):
     @classmethod
     def listing(cls, problems: Sequence[str], where: str | Path, limit: int = 10, kind: str = "layout") -> DataError:
         """One error for many problems found in one pass, so a user can fix them all at once."""
-        shown = "\n  ".join(problems[:limit]) + (f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else "")
+        shown = "\n  ".join(problems[:limit]) + (
+            f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+        )
         return cls(f"{len(problems)} problem(s) in {where}:\n  {shown}", kind=kind)
 
 
@@ -53,7 +55,9 @@ def shorten(items: Sequence[object], limit: int = 5) -> str:
 
 def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
     suffixes = {e.lower() for e in extensions}
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
+    return sorted(
+        p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+    )
 
 
 def _require_dir(folder: Path, what: str) -> Path:
@@ -63,7 +67,9 @@ def _require_dir(folder: Path, what: str) -> Path:
     return folder
 
 
-def scan_classification_folder(root: str | Path, classes: Sequence[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+def scan_classification_folder(
+    root: str | Path, classes: Sequence[str] | None = None
+) -> tuple[list[tuple[Path, int]], list[str]]:
     """One subfolder per class (``Positive/``, ``Negative/`` ...); labels follow ``classes`` or sorted names."""
     root = _require_dir(Path(root), "classification data set")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -72,7 +78,9 @@ def scan_classification_folder(root: str | Path, classes: Sequence[str] | None =
     if unknown:
         raise DataError(f"{root}: class folder(s) {unknown} not found (found: {found or 'no subfolders'})")
     if len(names) < 2:
-        raise DataError(f"{root}: needs at least two class subfolders (e.g. Positive/ and Negative/), found {found or 'none'}")
+        raise DataError(
+            f"{root}: needs at least two class subfolders (e.g. Positive/ and Negative/), found {found or 'none'}"
+        )
     samples: list[tuple[Path, int]] = []
     for label, name in enumerate(names):
         files = list_images(root / name)
@@ -82,15 +90,22 @@ def scan_classification_folder(root: str | Path, classes: Sequence[str] | None =
     return samples, names
 
 
-def scan_segmentation_folder(root: str | Path, image_dir: str = "images", mask_dir: str = "masks", mask_suffix: str = "") -> list[tuple[Path, Path]]:
+def scan_segmentation_folder(
+    root: str | Path, image_dir: str = "images", mask_dir: str = "masks", mask_suffix: str = ""
+) -> list[tuple[Path, Path]]:
     """Pair ``images/x.*`` with ``masks/x{mask_suffix}.*`` by file stem; every image must have a mask."""
     pairs, missing, _ = pair_segmentation_folder(root, image_dir, mask_dir, mask_suffix)
     if missing:
-        raise DataError(f"{len(missing)} image(s) without a mask in {Path(root) / mask_dir}: {shorten(missing)}", kind="missing_mask")
+        raise DataError(
+            f"{len(missing)} image(s) without a mask in {Path(root) / mask_dir}: {shorten(missing)}",
+            kind="missing_mask",
+        )
     return pairs
 
 
-def pair_segmentation_folder(root: str | Path, image_dir: str = "images", mask_dir: str = "masks", mask_suffix: str = "") -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+def pair_segmentation_folder(
+    root: str | Path, image_dir: str = "images", mask_dir: str = "masks", mask_suffix: str = ""
+) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
     """(image, mask) pairs by file stem, plus the images without a mask and the masks without an image."""
     root = _require_dir(Path(root), "segmentation data set")
     images = list_images(_require_dir(root / image_dir, "image"))
@@ -137,14 +152,17 @@ def _open_decoded(path: Path, what: str) -> Image.Image:
         image = Image.open(path)
         try:
             if getattr(image, "n_frames", 1) > 1:
-                raise DataError(f"{path}: {what} file holds {image.n_frames} frames (multi-page or animated); save each as its own file", kind="unsupported")
+                raise DataError(
+                    f"{path}: {what} file holds {image.n_frames} frames (multi-page or animated); save each as its own file",
+                    kind="unsupported",
+                )
             image.load()
         except BaseException:
             image.close()
             raise
     except DataError:
         raise
-    except Exception as error:  # noqa: BLE001 - any decoder failure (truncated, corrupt, not an image) is a data problem
+    except Exception as error:
         reason = str(error) or type(error).__name__
         if path.is_file() and path.stat().st_size == 0:
             reason = "the file is empty (0 bytes)"
@@ -160,13 +178,22 @@ def read_image(path: str | Path) -> np.ndarray:
         if mode in SIXTEEN_BIT_MODES:
             array = np.asarray(image).astype(np.float64)
             if array.size and (array.min() < 0 or array.max() > 65535):
-                raise DataError(f"{path}: 32-bit image with values {array.min():.0f}..{array.max():.0f}, beyond 16 bits; convert it to 8 or 16 bit", kind="unsupported")
+                raise DataError(
+                    f"{path}: 32-bit image with values {array.min():.0f}..{array.max():.0f}, beyond 16 bits; convert it to 8 or 16 bit",
+                    kind="unsupported",
+                )
             array = np.clip(array * (255.0 / 65535.0) + 0.5, 0, 255).astype(np.uint8)
             return np.repeat(array[..., None], 3, axis=2)
         if mode == "F":
-            raise DataError(f"{path}: floating-point image (mode F); save it as 8 or 16-bit integers", kind="unsupported")
+            raise DataError(
+                f"{path}: floating-point image (mode F); save it as 8 or 16-bit integers", kind="unsupported"
+            )
         if mode != "RGB":
-            image = image.convert("RGBA").convert("RGB") if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info) else image.convert("RGB")
+            image = (
+                image.convert("RGBA").convert("RGB")
+                if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
+                else image.convert("RGB")
+            )
         return np.asarray(image, dtype=np.uint8).copy()
 
 
@@ -180,13 +207,21 @@ def read_mask_values(path: str | Path, expected_size: tuple[int, int] | None = N
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             alpha = np.asarray(image.convert("RGBA"))[..., 3]
             if alpha.size and alpha.min() < 255:
-                raise DataError(f"{path}: mask has transparent pixels (mode {image.mode}); save masks without an alpha channel", kind="mask_values")
+                raise DataError(
+                    f"{path}: mask has transparent pixels (mode {image.mode}); save masks without an alpha channel",
+                    kind="mask_values",
+                )
         if image.mode == "F":
-            raise DataError(f"{path}: floating-point mask (mode F); masks must be integer 0/255 or 0/1", kind="unsupported")
+            raise DataError(
+                f"{path}: floating-point mask (mode F); masks must be integer 0/255 or 0/1", kind="unsupported"
+            )
         if image.mode in ("RGB", "RGBA"):
             rgb = np.asarray(image.convert("RGB"))
             if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-                raise DataError(f"{path}: colour mask (mode {image.mode}); masks must be single-channel (0/255, 0/1 or class indices)", kind="mask_values")
+                raise DataError(
+                    f"{path}: colour mask (mode {image.mode}); masks must be single-channel (0/255, 0/1 or class indices)",
+                    kind="mask_values",
+                )
             array = rgb[..., 0]
         else:
             array = np.asarray(image)  # palette ("P") indices are read as class indices
@@ -194,7 +229,8 @@ def read_mask_values(path: str | Path, expected_size: tuple[int, int] | None = N
         raise DataError(f"{path}: mask has shape {array.shape}, expected a single channel", kind="mask_values")
     if expected_size is not None and tuple(array.shape) != tuple(expected_size):
         raise DataError(
-            f"{path}: mask is {array.shape[1]}x{array.shape[0]} but its image is {expected_size[1]}x{expected_size[0]} (width x height)", kind="mask_size"
+            f"{path}: mask is {array.shape[1]}x{array.shape[0]} but its image is {expected_size[1]}x{expected_size[0]} (width x height)",
+            kind="mask_size",
         )
     return array
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -27,14 +26,16 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return train, val, test
 
 
-def split_indices(labels: Sequence[int], fractions: Sequence[float], seed: int, groups: Sequence[Hashable] | None = None) -> dict[str, list[int]]:
+def split_indices(
+    labels: Sequence[int], fractions: Sequence[float], seed: int, groups: Sequence[Hashable] | None = None
+) -> dict[str, list[int]]:
     """Shuffle within each label (stratified), then cut by fractions; rounding gives val/test at least one item when possible.
 
     With ``groups`` (one key per item), every group lands whole in one split (see ``split_groups``).
     """
     if groups is not None:
         return split_groups(labels, groups, fractions, seed)
-    train_frac, val_frac, test_frac = check_fractions(fractions)
+    _train_frac, val_frac, test_frac = check_fractions(fractions)
     rng = np.random.default_rng(seed)
     splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     labels = np.asarray(labels)
@@ -42,8 +43,8 @@ def split_indices(labels: Sequence[int], fractions: Sequence[float], seed: int, 
         members = np.flatnonzero(labels == label)
         members = members[rng.permutation(len(members))]
         n = len(members)
-        n_val = int(round(n * val_frac))
-        n_test = int(round(n * test_frac))
+        n_val = round(n * val_frac)
+        n_test = round(n * test_frac)
         if n >= 3:
             n_val = max(n_val, 1)
             n_test = max(n_test, 1) if test_frac > 0 else 0
@@ -96,7 +97,9 @@ def group_keys(paths: Sequence[str | Path], pattern: str | None, require_match: 
     return keys
 
 
-def split_groups(labels: Sequence[int], groups: Sequence[Hashable], fractions: Sequence[float], seed: int) -> dict[str, list[int]]:
+def split_groups(
+    labels: Sequence[int], groups: Sequence[Hashable], fractions: Sequence[float], seed: int
+) -> dict[str, list[int]]:
     """Whole groups to splits, close to the fractions within each label (greedy, largest groups first).
 
     Groups are visited in a seeded shuffle, stably sorted by size, and each goes to the split
@@ -123,7 +126,9 @@ def split_groups(labels: Sequence[int], groups: Sequence[Hashable], fractions: S
 
         def score(name: str) -> tuple[float, float]:
             need = np.maximum(target[name] - count[name], 0.0)
-            return float(np.minimum(have, need).sum() - np.maximum(have - need, 0.0).sum()), float(need.sum() / max(target[name].sum(), 1e-9))
+            return float(np.minimum(have, need).sum() - np.maximum(have - need, 0.0).sum()), float(
+                need.sum() / max(target[name].sum(), 1e-9)
+            )
 
         name = max((n for n in SPLIT_NAMES if fracs[n] > 0), key=score)
         assigned[name].append(key)
@@ -136,7 +141,9 @@ def split_groups(labels: Sequence[int], groups: Sequence[Hashable], fractions: S
     return {name: sorted(i for key in assigned[name] for i in members[key]) for name in SPLIT_NAMES}
 
 
-def cap_train_split(splits: dict[str, list[int]], train_size: int | None, seed: int, groups: Sequence[Hashable] | None = None) -> dict[str, list[int]]:
+def cap_train_split(
+    splits: dict[str, list[int]], train_size: int | None, seed: int, groups: Sequence[Hashable] | None = None
+) -> dict[str, list[int]]:
     """At most ``train_size`` train items (the same choice as ``subset_for_budget``); the surplus joins test.
 
     The paper's budget of labelled images on a set larger than it needs: the images left over

@@ -53,21 +53,21 @@ from scipy import ndimage
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CRACK_CLASSIFICATION",
-    "STEEL_SEGMENTATION",
-    "CRACK_SEGMENTATION",
-    "VERSION",
-    "MANIFEST_NAME",
-    "crack_alpha",
-    "generate_crack_classification",
-    "generate_steel_segmentation",
-    "generate_crack_segmentation",
-    "ensure_crack_classification",
-    "ensure_steel_segmentation",
-    "ensure_crack_segmentation",
-    "read_manifest",
     "CONDITIONS",
+    "CRACK_CLASSIFICATION",
+    "CRACK_SEGMENTATION",
     "DEFECT_SETS",
+    "MANIFEST_NAME",
+    "STEEL_SEGMENTATION",
+    "VERSION",
+    "crack_alpha",
+    "ensure_crack_classification",
+    "ensure_crack_segmentation",
+    "ensure_steel_segmentation",
+    "generate_crack_classification",
+    "generate_crack_segmentation",
+    "generate_steel_segmentation",
+    "read_manifest",
 ]
 
 CRACK_CLASSIFICATION = "crack_classification"
@@ -92,7 +92,7 @@ CONDITIONS = ("clean", "field")
 #: defect kind, like its set "of various types") or one kind alone, like its "single defect only" set.
 #: A single-kind set keeps every random draw of the mixed one (backgrounds, number and placement
 #: streams of defects, camera): only the painter changes.
-DEFECT_SETS = ("mixed",) + _DEFECT_KINDS
+DEFECT_SETS = ("mixed", *_DEFECT_KINDS)
 _FIELD_SEVERITY = (0.3, 1.0)  # contrast of a defect, from faint (early, dirty, painted over) to full
 
 Array = np.ndarray
@@ -238,7 +238,9 @@ def _render_discs(x: Array, y: Array, r: Array, h: int, w: int, edge: float = 1.
     return alpha
 
 
-def _walk(rng: np.random.Generator, x0: float, y0: float, theta0: float, length: float, scale: float) -> tuple[Array, Array, Array]:
+def _walk(
+    rng: np.random.Generator, x0: float, y0: float, theta0: float, length: float, scale: float
+) -> tuple[Array, Array, Array]:
     """A crack-like random path: a slow wander, a jagged mid-scale zig-zag and fine roughness.
 
     The heading is a sum of correlated noises rather than a simple random walk, so the path keeps
@@ -264,8 +266,16 @@ def _walk(rng: np.random.Generator, x0: float, y0: float, theta0: float, length:
 
 
 def _crack_strokes(
-    rng: np.random.Generator, x0: float, y0: float, theta0: float, length: float, rmax: float, scale: float,
-    depth: int, tapered_start: bool, out: list[tuple[Array, Array, Array]],
+    rng: np.random.Generator,
+    x0: float,
+    y0: float,
+    theta0: float,
+    length: float,
+    rmax: float,
+    scale: float,
+    depth: int,
+    tapered_start: bool,
+    out: list[tuple[Array, Array, Array]],
 ) -> None:
     """One crack branch plus, recursively, thinner side branches that taper to a tip."""
     x, y, theta = _walk(rng, x0, y0, theta0, length, scale)
@@ -286,9 +296,16 @@ def _crack_strokes(
             continue
         side = rng.choice((-1.0, 1.0))
         _crack_strokes(
-            rng, float(x[k]), float(y[k]), float(theta[k] + side * rng.uniform(0.35, 1.1)),
-            length * rng.uniform(0.2, 0.55), float(r[k]) * rng.uniform(0.45, 0.8), scale,
-            depth + 1, False, out,
+            rng,
+            float(x[k]),
+            float(y[k]),
+            float(theta[k] + side * rng.uniform(0.35, 1.1)),
+            length * rng.uniform(0.2, 0.55),
+            float(r[k]) * rng.uniform(0.45, 0.8),
+            scale,
+            depth + 1,
+            False,
+            out,
         )
 
 
@@ -316,7 +333,12 @@ def crack_alpha(
         if rng.random() < 0.5:  # enter from an edge, heading inwards
             edge_pos = rng.uniform(0, 1)
             side_i = int(rng.integers(4))
-            x0, y0 = [(edge_pos * width, 0.0), (edge_pos * width, height - 1.0), (0.0, edge_pos * height), (width - 1.0, edge_pos * height)][side_i]
+            x0, y0 = [
+                (edge_pos * width, 0.0),
+                (edge_pos * width, height - 1.0),
+                (0.0, edge_pos * height),
+                (width - 1.0, edge_pos * height),
+            ][side_i]
             tapered = False
         else:
             x0, y0 = rng.uniform(0.15, 0.85) * width, rng.uniform(0.15, 0.85) * height
@@ -333,7 +355,9 @@ def crack_alpha(
     return _render_discs(x, y, r, height, width, edge=max(0.6, 0.9 * scale))
 
 
-def _line_points(x0: float, y0: float, theta: float, length: float, curvature: float = 0.0) -> tuple[Array, Array, Array]:
+def _line_points(
+    x0: float, y0: float, theta: float, length: float, curvature: float = 0.0
+) -> tuple[Array, Array, Array]:
     """Points every 0.5 px along a straight line or constant-curvature arc, and the arc parameter."""
     s = np.arange(0.0, length, 0.5)
     th = theta + curvature * s
@@ -372,7 +396,11 @@ def _concrete_image(rng: np.random.Generator, size: int, crack: bool) -> tuple[A
     g *= 1.0 + rng.uniform(0.4, 1.0) * speck / (np.abs(speck).max() + 1e-6) * 0.35
     # stains: darker (damp, dirt) or lighter (efflorescence) blotches; sometimes strong -> hard negative
     if rng.random() < 0.55:
-        st = _smoothstep(_fractal(rng, s, s, [c * sc for c in (60, 30, 12)], 0.55), t := rng.uniform(0.4, 1.4), t + rng.uniform(0.3, 1.0))
+        st = _smoothstep(
+            _fractal(rng, s, s, [c * sc for c in (60, 30, 12)], 0.55),
+            t := rng.uniform(0.4, 1.4),
+            t + rng.uniform(0.3, 1.0),
+        )
         strength = rng.uniform(0.25, 0.45) if rng.random() < 0.4 else rng.uniform(0.05, 0.2)
         g *= 1.0 - (strength if rng.random() < 0.8 else -0.5 * strength) * st
     # pores / bug holes: small dark round holes, sometimes many, sometimes big -> hard negative
@@ -380,7 +408,9 @@ def _concrete_image(rng: np.random.Generator, size: int, crack: bool) -> tuple[A
     if n_pores:
         big = rng.random() < 0.25
         rad = (rng.uniform(1.5, 4.0, n_pores) if big else 0.4 + rng.exponential(0.6, n_pores)).clip(0.4, 4.5) * sc
-        pores = _render_discs(rng.uniform(0, s, n_pores), rng.uniform(0, s, n_pores), rad, s, s, edge=1.2 * max(sc, 0.7))
+        pores = _render_discs(
+            rng.uniform(0, s, n_pores), rng.uniform(0, s, n_pores), rad, s, s, edge=1.2 * max(sc, 0.7)
+        )
         depth = rng.uniform(0.25, 0.55) * (1.0 + 0.4 * _noise(rng, s, s, 3.0 * sc)).clip(0.3, 1.6)  # pore to pore
         g *= 1.0 - depth * pores
     # formwork lines and joints: long, straight, even -- dark but not crack-shaped -> hard negative
@@ -457,7 +487,9 @@ def _steel_background(rng: np.random.Generator, s: int, kind: str) -> Array:
             rgb *= (1.0 - rng.uniform(0.08, 0.2) * dirt)[..., None]
         return rgb
     # rusty: weathered steel under uneven surface rust; the corrosion *defects* are heavier and darker
-    cover = _smoothstep(_fractal(rng, s, s, [c * sc for c in (80, 40, 20, 10)], 0.6), rng.uniform(-1.5, -0.3), rng.uniform(1.0, 2.5))
+    cover = _smoothstep(
+        _fractal(rng, s, s, [c * sc for c in (80, 40, 20, 10)], 0.6), rng.uniform(-1.5, -0.3), rng.uniform(1.0, 2.5)
+    )
     tone = _smoothstep(_fractal(rng, s, s, [c * sc for c in (30, 12, 5)], 0.7), -1.5, 1.5)
     steel = np.array([0.50, 0.48, 0.46], np.float32) * rng.uniform(0.8, 1.1)
     rust_a = np.array([0.56, 0.40, 0.28], np.float32) * rng.uniform(0.85, 1.1)  # light brown film
@@ -505,7 +537,9 @@ def _bolts(rng: np.random.Generator, rgb: Array) -> None:
         cx, cy = x0 + k * gap * np.cos(theta), y0 + k * gap * np.sin(theta)
         dx, dy = xx - cx, yy - cy
         d = np.hypot(dx, dy)
-        shadow = np.clip((R + 1.5 * sc - np.hypot(dx + light[0] * 0.35 * R, dy + light[1] * 0.35 * R)) / (2.5 * sc), 0, 1)
+        shadow = np.clip(
+            (R + 1.5 * sc - np.hypot(dx + light[0] * 0.35 * R, dy + light[1] * 0.35 * R)) / (2.5 * sc), 0, 1
+        )
         rgb *= (1.0 - 0.35 * shadow)[..., None]
         nz = np.sqrt(np.clip(1 - (d / R) ** 2, 0, 1))
         lambert = np.clip((dx / R) * light[0] + (dy / R) * light[1] + nz * light[2], 0, 1)
@@ -532,7 +566,16 @@ def _corrosion(rng: np.random.Generator, rgb: Array) -> Array:
     ang = rng.uniform(0, np.pi)
     du, dv = (xx - cx) * np.cos(ang) + (yy - cy) * np.sin(ang), -(xx - cx) * np.sin(ang) + (yy - cy) * np.cos(ang)
     dist = np.hypot(du, dv / ax)
-    field = R * (1.0 + 0.3 * _noise(rng, h, w, R * 0.6) + 0.12 * _noise(rng, h, w, 5 * sc) + 0.06 * _noise(rng, h, w, 1.8 * sc)) - dist
+    field = (
+        R
+        * (
+            1.0
+            + 0.3 * _noise(rng, h, w, R * 0.6)
+            + 0.12 * _noise(rng, h, w, 5 * sc)
+            + 0.06 * _noise(rng, h, w, 1.8 * sc)
+        )
+        - dist
+    )
     # divide by the gradient to get a signed distance in pixels: the soft rim is then ~1 px wide
     # everywhere, where the raw noisy field would leave wide sub-threshold fringes outside the mask
     gy, gx = np.gradient(field)
@@ -628,7 +671,11 @@ def _look_alikes(rng: np.random.Generator, rgb: Array) -> None:
     for _ in range(int(rng.choice([1, 2, 3, 4], p=[0.25, 0.35, 0.25, 0.15]))):
         kind = rng.choice(("stain", "streaks", "marker", "specks", "shadow"), p=[0.25, 0.2, 0.25, 0.15, 0.15])
         if kind == "stain":
-            blot = _smoothstep(_fractal(rng, s, s, [c * sc for c in (60, 30, 12)], 0.6), t := rng.uniform(0.6, 1.6), t + rng.uniform(0.3, 1.0))
+            blot = _smoothstep(
+                _fractal(rng, s, s, [c * sc for c in (60, 30, 12)], 0.6),
+                t := rng.uniform(0.6, 1.6),
+                t + rng.uniform(0.3, 1.0),
+            )
             rgb *= (1.0 - rng.uniform(0.15, 0.45) * blot)[..., None]
         elif kind == "streaks":
             streaks = _smoothstep(_aniso_noise(rng, s, s, rng.uniform(40, 120) * sc, rng.uniform(2, 5) * sc), 1.0, 2.2)
@@ -642,7 +689,14 @@ def _look_alikes(rng: np.random.Generator, rgb: Array) -> None:
             x0, y0 = rng.uniform(0.1, 0.9, 2) * s
             x, y, _ = _line_points(x0, y0, rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.7) * s, rng.normal(0, 2.0 / s))
             pick = int(rng.integers(3))  # white chalk (broad), yellow or black paint marker
-            a = _render_discs(x, y, np.full(len(x), (rng.uniform(1.8, 3.0) if pick == 0 else rng.uniform(1.0, 2.0)) * sc), s, s, edge=1.2)
+            a = _render_discs(
+                x,
+                y,
+                np.full(len(x), (rng.uniform(1.8, 3.0) if pick == 0 else rng.uniform(1.0, 2.0)) * sc),
+                s,
+                s,
+                edge=1.2,
+            )
             colour = np.array([[0.93, 0.93, 0.9], [0.95, 0.85, 0.2], [0.12, 0.12, 0.14]][pick], np.float32)
             a = (rng.uniform(0.5, 0.9) * a)[..., None]
             rgb[:] = rgb * (1 - a) + colour * a
@@ -674,7 +728,9 @@ def _steel_sample(
     _check_conditions(conditions)
     _check_defect_set(defect_set)
     field = conditions == "field"
-    bg_rng, defect_rng, cam_rng, field_rng = (np.random.default_rng(ss) for ss in np.random.SeedSequence([seed, _STAGE_SEG, index]).spawn(4))
+    bg_rng, defect_rng, cam_rng, field_rng = (
+        np.random.default_rng(ss) for ss in np.random.SeedSequence([seed, _STAGE_SEG, index]).spawn(4)
+    )
     s = size
     kind = _STEEL_KINDS[int(bg_rng.choice(3, p=[0.35, 0.4, 0.25]))]
     rgb = _steel_background(bg_rng, s, kind).astype(np.float32)
@@ -686,9 +742,13 @@ def _steel_sample(
         _look_alikes(field_rng, rgb)
     mask = np.zeros((s, s), bool)
     kinds: list[str] = []
-    n_defects = 0 if defect_rng.random() < _EMPTY_FRACTION else int(defect_rng.choice([1, 2, 3, 4], p=[0.3, 0.3, 0.25, 0.15]))
+    n_defects = (
+        0 if defect_rng.random() < _EMPTY_FRACTION else int(defect_rng.choice([1, 2, 3, 4], p=[0.3, 0.3, 0.25, 0.15]))
+    )
     for _ in range(n_defects):
-        name = _DEFECT_KINDS[int(defect_rng.choice(4, p=[0.35, 0.25, 0.2, 0.2]))]  # drawn either way: streams stay aligned
+        name = _DEFECT_KINDS[
+            int(defect_rng.choice(4, p=[0.35, 0.25, 0.2, 0.2]))
+        ]  # drawn either way: streams stay aligned
         if defect_set != "mixed":
             name = defect_set
         sub = np.random.default_rng(defect_rng.integers(2**63))  # one stream per defect, same either way
@@ -703,7 +763,9 @@ def _steel_sample(
             mask |= hit
             kinds.append(name)
     # camera: uneven light, vignetting, sensor noise -- identical with or without defects
-    light = (1.0 + cam_rng.uniform(0.05, 0.4) * _ramp(cam_rng, s, s)) * (1.0 - cam_rng.uniform(0.0, 0.3) * _radial(cam_rng, s, s))
+    light = (1.0 + cam_rng.uniform(0.05, 0.4) * _ramp(cam_rng, s, s)) * (
+        1.0 - cam_rng.uniform(0.0, 0.3) * _radial(cam_rng, s, s)
+    )
     exposure = field_rng.uniform(0.6, 1.1) if field else 1.0  # overcast days, shaded girders
     rgb *= light[..., None] * (cam_rng.uniform(0.85, 1.15) * exposure)
     noise_gain = field_rng.uniform(1.0, 2.5) if field else 1.0  # higher ISO in poor light
@@ -727,7 +789,9 @@ def _to_uint8(x: Array) -> Array:
 
 
 def _save_png(array: Array, path: Path) -> None:
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)  # noisy pictures barely compress; level 1 is 5x faster than 6
+    Image.fromarray(array).save(
+        path, format="PNG", compress_level=1
+    )  # noisy pictures barely compress; level 1 is 5x faster than 6
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -786,7 +850,9 @@ def _star(job: tuple[Callable[..., None], tuple[Any, ...]]) -> None:
     job[0](*job[1])
 
 
-def _run_jobs(fn: Callable[..., None], jobs: list[tuple[Any, ...]], desc: str, progress: bool, workers: int | None) -> None:
+def _run_jobs(
+    fn: Callable[..., None], jobs: list[tuple[Any, ...]], desc: str, progress: bool, workers: int | None
+) -> None:
     """Run the per-image jobs here or in worker processes (every image has its own seed, so the
     files are identical either way). Workers are opt-in: they are started with 'spawn' (the caller
     may hold torch / data-loader threads a forked child must not inherit), and 'spawn' re-imports
@@ -856,7 +922,12 @@ def read_manifest(root: str | Path) -> dict[str, Any] | None:
 
 
 def generate_crack_classification(
-    root: str | Path, n_per_class: int = 300, size: int = 227, seed: int = 0, progress: bool = True, workers: int | None = None,
+    root: str | Path,
+    n_per_class: int = 300,
+    size: int = 227,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Write the stage-1 set: ``root/Positive/*.png`` (crack) and ``root/Negative/*.png``, then the manifest.
 
@@ -878,8 +949,14 @@ def generate_crack_classification(
 
 
 def generate_steel_segmentation(
-    root: str | Path, n_images: int = 175, size: int = 256, seed: int = 0, progress: bool = True, workers: int | None = None,
-    conditions: str = "clean", defect_set: str = "mixed",
+    root: str | Path,
+    n_images: int = 175,
+    size: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+    conditions: str = "clean",
+    defect_set: str = "mixed",
 ) -> Path:
     """Write the stage-2 set: ``root/images/*.png`` (RGB) and ``root/masks/*.png`` (L, 0/255), then the manifest.
 
@@ -891,17 +968,35 @@ def generate_steel_segmentation(
     _check_conditions(conditions)
     _check_defect_set(defect_set)
     root, n, size, seed = Path(root).expanduser(), int(n_images), int(size), int(seed)
-    log.debug("writing %d steel images of %d px (%s conditions, %s defects) into %s", n, size, conditions, defect_set, root)
+    log.debug(
+        "writing %d steel images of %d px (%s conditions, %s defects) into %s", n, size, conditions, defect_set, root
+    )
     _start_writing(root, ("images", "masks"))
-    _run_jobs(_write_steel, [(str(root), seed, i, size, conditions, defect_set) for i in range(n)], "steel set", progress, workers)
+    _run_jobs(
+        _write_steel,
+        [(str(root), seed, i, size, conditions, defect_set) for i in range(n)],
+        "steel set",
+        progress,
+        workers,
+    )
     for name in ("images", "masks"):
         _remove_stale(root / name, n)
-    _write_manifest(root, STEEL_SEGMENTATION, {"n_images": n, "size": size, "seed": seed, "conditions": conditions, "defect_set": defect_set}, n)
+    _write_manifest(
+        root,
+        STEEL_SEGMENTATION,
+        {"n_images": n, "size": size, "seed": seed, "conditions": conditions, "defect_set": defect_set},
+        n,
+    )
     return root
 
 
 def generate_crack_segmentation(
-    root: str | Path, n_per_class: int = 300, size: int = 227, seed: int = 0, progress: bool = True, workers: int | None = None,
+    root: str | Path,
+    n_per_class: int = 300,
+    size: int = 227,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Write the stage-1 photos with crack masks (``pretrain_task=segmentation``): ``root/images/*.png`` + ``root/masks/*.png``.
 
@@ -928,7 +1023,9 @@ def _count_files(root: Path, subdirs: Sequence[str]) -> int:
         return -1
 
 
-def _is_complete(root: Path, generator: str, params: dict[str, Any], count: int, subdirs: Sequence[str], per_dir: int) -> bool:
+def _is_complete(
+    root: Path, generator: str, params: dict[str, Any], count: int, subdirs: Sequence[str], per_dir: int
+) -> bool:
     data = read_manifest(root)
     return (
         data is not None
@@ -986,8 +1083,14 @@ def _replaceable(root: Path, generator: str, subdirs: Sequence[str]) -> bool:
 
 
 def _ensure(
-    root: str | Path, generator: str, params: dict[str, Any], count: int, subdirs: Sequence[str], per_dir: int,
-    make: Callable[[Path], Path], description: str,
+    root: str | Path,
+    generator: str,
+    params: dict[str, Any],
+    count: int,
+    subdirs: Sequence[str],
+    per_dir: int,
+    make: Callable[[Path], Path],
+    description: str,
 ) -> Path:
     root = Path(root).expanduser()
     if _is_complete(root, generator, params, count, subdirs, per_dir):
@@ -1016,7 +1119,12 @@ def _ensure(
 
 
 def ensure_crack_classification(
-    root: str | Path, n_per_class: int = 300, size: int = 227, seed: int = 0, progress: bool = True, workers: int | None = None,
+    root: str | Path,
+    n_per_class: int = 300,
+    size: int = 227,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Make sure ``root`` holds the stage-1 set for these parameters; cheap when it already does.
 
@@ -1026,28 +1134,49 @@ def ensure_crack_classification(
     _check_params(n_per_class, size, seed, "n_per_class")
     params = {"n_per_class": int(n_per_class), "size": int(size), "seed": int(seed)}
     return _ensure(
-        root, CRACK_CLASSIFICATION, params, 2 * int(n_per_class), CLASS_DIRS, int(n_per_class),
+        root,
+        CRACK_CLASSIFICATION,
+        params,
+        2 * int(n_per_class),
+        CLASS_DIRS,
+        int(n_per_class),
         lambda tmp: generate_crack_classification(tmp, progress=progress, workers=workers, **params),
         f"{n_per_class} crack + {n_per_class} no-crack images, {size} px, seed {seed}",
     )
 
 
 def ensure_crack_segmentation(
-    root: str | Path, n_per_class: int = 300, size: int = 227, seed: int = 0, progress: bool = True, workers: int | None = None,
+    root: str | Path,
+    n_per_class: int = 300,
+    size: int = 227,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Make sure ``root`` holds the crack-mask set for these parameters (rules of :func:`ensure_crack_classification`)."""
     _check_params(n_per_class, size, seed, "n_per_class")
     params = {"n_per_class": int(n_per_class), "size": int(size), "seed": int(seed)}
     return _ensure(
-        root, CRACK_SEGMENTATION, params, 2 * int(n_per_class), ("images", "masks"), 2 * int(n_per_class),
+        root,
+        CRACK_SEGMENTATION,
+        params,
+        2 * int(n_per_class),
+        ("images", "masks"),
+        2 * int(n_per_class),
         lambda tmp: generate_crack_segmentation(tmp, progress=progress, workers=workers, **params),
         f"{n_per_class} crack + {n_per_class} no-crack images with masks, {size} px, seed {seed}",
     )
 
 
 def ensure_steel_segmentation(
-    root: str | Path, n_images: int = 175, size: int = 256, seed: int = 0, progress: bool = True, workers: int | None = None,
-    conditions: str = "clean", defect_set: str = "mixed",
+    root: str | Path,
+    n_images: int = 175,
+    size: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+    conditions: str = "clean",
+    defect_set: str = "mixed",
 ) -> Path:
     """Make sure ``root`` holds the stage-2 set for these parameters; cheap when it already does.
 
@@ -1056,9 +1185,20 @@ def ensure_steel_segmentation(
     _check_params(n_images, size, seed, "n_images")
     _check_conditions(conditions)
     _check_defect_set(defect_set)
-    params = {"n_images": int(n_images), "size": int(size), "seed": int(seed), "conditions": conditions, "defect_set": defect_set}
+    params = {
+        "n_images": int(n_images),
+        "size": int(size),
+        "seed": int(seed),
+        "conditions": conditions,
+        "defect_set": defect_set,
+    }
     return _ensure(
-        root, STEEL_SEGMENTATION, params, int(n_images), ("images", "masks"), int(n_images),
+        root,
+        STEEL_SEGMENTATION,
+        params,
+        int(n_images),
+        ("images", "masks"),
+        int(n_images),
         lambda tmp: generate_steel_segmentation(tmp, progress=progress, workers=workers, **params),
         f"{n_images} images with masks, {size} px, seed {seed}, {conditions} conditions, {defect_set} defects",
     )
@@ -1074,14 +1214,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m defectseg.data.synthetic",
         description="Generate the embedded synthetic data sets (idempotent: nothing is redone if ROOT already matches).",
     )
-    parser.add_argument("kind", choices=("cls", "seg"), help="cls: concrete crack classification (stage 1); seg: steel defect segmentation (stage 2)")
+    parser.add_argument(
+        "kind",
+        choices=("cls", "seg"),
+        help="cls: concrete crack classification (stage 1); seg: steel defect segmentation (stage 2)",
+    )
     parser.add_argument("root", type=Path, help="output folder")
-    parser.add_argument("--n", type=int, default=None, help="images per class (cls, default 300) or images (seg, default 175)")
+    parser.add_argument(
+        "--n", type=int, default=None, help="images per class (cls, default 300) or images (seg, default 175)"
+    )
     parser.add_argument("--size", type=int, default=None, help="image side in px (default 227 for cls, 256 for seg)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--conditions", choices=CONDITIONS, default="clean", help="seg only: clean (default) or field (look-alike marks, faint defects, poor light)")
-    parser.add_argument("--defect-set", choices=DEFECT_SETS, default="mixed", help="seg only: mixed (default: every defect kind) or one kind alone, as the paper's 'single defect' set")
-    parser.add_argument("--workers", type=int, default=0, help="worker processes; 0 (default): one per CPU for sets of 256+ images")
+    parser.add_argument(
+        "--conditions",
+        choices=CONDITIONS,
+        default="clean",
+        help="seg only: clean (default) or field (look-alike marks, faint defects, poor light)",
+    )
+    parser.add_argument(
+        "--defect-set",
+        choices=DEFECT_SETS,
+        default="mixed",
+        help="seg only: mixed (default: every defect kind) or one kind alone, as the paper's 'single defect' set",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="worker processes; 0 (default): one per CPU for sets of 256+ images"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -1093,7 +1251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cls:
             root = ensure_crack_classification(args.root, n_per_class=n, **common)
         else:
-            root = ensure_steel_segmentation(args.root, n_images=n, conditions=args.conditions, defect_set=args.defect_set, **common)
+            root = ensure_steel_segmentation(
+                args.root, n_images=n, conditions=args.conditions, defect_set=args.defect_set, **common
+            )
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

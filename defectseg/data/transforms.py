@@ -17,7 +17,9 @@ import torch
 Transform = Callable[..., dict[str, Any]]
 
 
-def build_transform(image_size: int, train: bool, augment: dict[str, Any] | None = None, grayscale: bool = False) -> A.Compose:
+def build_transform(
+    image_size: int, train: bool, augment: dict[str, Any] | None = None, grayscale: bool = False
+) -> A.Compose:
     """Resize (area when shrinking, so thin cracks survive), then light photometric/geometric noise for training.
 
     ``grayscale`` turns every image into grey replicated over 3 channels (all splits), for
@@ -25,16 +27,28 @@ def build_transform(image_size: int, train: bool, augment: dict[str, Any] | None
     """
     augment = dict(augment or {})
     steps: list[A.BasicTransform] = [
-        A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_LINEAR, area_for_downscale="image_mask")
+        A.Resize(
+            image_size,
+            image_size,
+            interpolation=cv2.INTER_LINEAR,
+            mask_interpolation=cv2.INTER_LINEAR,
+            area_for_downscale="image_mask",
+        )
     ]
     if train and augment.get("enabled", True):
         steps += [
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
             A.RandomRotate90(p=0.5),
-            A.RandomBrightnessContrast(brightness_limit=augment.get("brightness", 0.2), contrast_limit=augment.get("contrast", 0.2), p=0.5),
+            A.RandomBrightnessContrast(
+                brightness_limit=augment.get("brightness", 0.2), contrast_limit=augment.get("contrast", 0.2), p=0.5
+            ),
             A.GaussNoise(std_range=(0.01, float(augment.get("noise_std", 0.04))), p=float(augment.get("noise_p", 0.2))),
-            A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.3, float(augment.get("blur_sigma", 1.0))), p=float(augment.get("blur_p", 0.1))),
+            A.GaussianBlur(
+                blur_limit=(3, 3),
+                sigma_limit=(0.3, float(augment.get("blur_sigma", 1.0))),
+                p=float(augment.get("blur_p", 0.1)),
+            ),
         ]
     if grayscale:  # last, so colour noise from the augmentations cannot bring colour back
         steps.append(A.ToGray(num_output_channels=3, p=1.0))

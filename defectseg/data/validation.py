@@ -59,10 +59,19 @@ def inspect_samples(per_split: Mapping[str, Sequence[Any]], inspect: Inspect) ->
             problems += [Problem(error.kind, str(sample_file(sample)), str(error), split) for error in errors]
             if image is None:
                 continue
-            digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes() + str(image.shape).encode(), digest_size=16).hexdigest()
+            digest = hashlib.blake2b(
+                np.ascontiguousarray(image).tobytes() + str(image.shape).encode(), digest_size=16
+            ).hexdigest()
             if digest in seen and seen[digest][0] != split:
                 other_split, other = seen[digest]
-                problems.append(Problem("duplicate", str(sample_file(sample)), f"{sample_file(sample)} ({split}) is the same picture as {other} ({other_split}): the split leaks", split))
+                problems.append(
+                    Problem(
+                        "duplicate",
+                        str(sample_file(sample)),
+                        f"{sample_file(sample)} ({split}) is the same picture as {other} ({other_split}): the split leaks",
+                        split,
+                    )
+                )
             seen.setdefault(digest, (split, sample_file(sample)))
     return problems
 
@@ -75,7 +84,9 @@ def is_error(problem: Problem) -> bool:
     return problem.kind not in WARNING_KINDS
 
 
-def apply_on_error(per_split: Mapping[str, Sequence[Any]], problems: Sequence[Problem], on_error: str, where: Path) -> tuple[dict[str, list[Any]], list[Problem]]:
+def apply_on_error(
+    per_split: Mapping[str, Sequence[Any]], problems: Sequence[Problem], on_error: str, where: Path
+) -> tuple[dict[str, list[Any]], list[Problem]]:
     """``raise``: stop with the list of errors. ``skip``: the samples without errors, and the errors skipped."""
     for warning in (p for p in problems if not is_error(p)):
         log.warning("data: %s", warning)
@@ -89,10 +100,15 @@ def apply_on_error(per_split: Mapping[str, Sequence[Any]], problems: Sequence[Pr
     bad = {p.sample for p in errors}
     kept = {split: [s for s in samples if str(sample_file(s)) not in bad] for split, samples in per_split.items()}
     if errors:
-        log.warning("data: skipping %d sample(s) of %s (dataset.on_error=skip):\n  %s", len(bad), where, _listing(errors))
+        log.warning(
+            "data: skipping %d sample(s) of %s (dataset.on_error=skip):\n  %s", len(bad), where, _listing(errors)
+        )
         empty = [split for split in ("train", "val") if split in kept and not kept[split]]
         if empty:
-            raise DataError(f"{where}: no usable {' or '.join(empty)} samples left after skipping {len(bad)} bad one(s)", kind="layout")
+            raise DataError(
+                f"{where}: no usable {' or '.join(empty)} samples left after skipping {len(bad)} bad one(s)",
+                kind="layout",
+            )
     return kept, errors
 
 
@@ -122,7 +138,9 @@ class _Tally:
         warnings: list[DataError] = []
         try:
             with Image.open(path) as image:
-                modes, size = (self.mask_modes, None) if is_mask else (self.image_modes, f"{image.width}x{image.height}")
+                modes, size = (
+                    (self.mask_modes, None) if is_mask else (self.image_modes, f"{image.width}x{image.height}")
+                )
                 modes[image.mode] += 1
                 if size:
                     self.image_sizes[size] += 1
@@ -130,12 +148,22 @@ class _Tally:
                     self.channels[len(image.getbands())] += 1
                     orientation = image.getexif().get(0x0112, 1)
                     if orientation not in (None, 1):
-                        warnings.append(DataError(f"{path}: EXIF orientation {orientation}: the pixels are read as stored, not rotated; check its mask lines up", kind="exif_orientation"))
+                        warnings.append(
+                            DataError(
+                                f"{path}: EXIF orientation {orientation}: the pixels are read as stored, not rotated; check its mask lines up",
+                                kind="exif_orientation",
+                            )
+                        )
                     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                         alpha = np.asarray(image.convert("RGBA"))[..., 3]
                         if alpha.size and alpha.min() < 255:
-                            warnings.append(DataError(f"{path}: has transparent pixels; the alpha channel is dropped and they keep their stored colour", kind="transparency"))
-        except Exception:  # noqa: BLE001 - an unreadable file is reported by the decoding that follows
+                            warnings.append(
+                                DataError(
+                                    f"{path}: has transparent pixels; the alpha channel is dropped and they keep their stored colour",
+                                    kind="transparency",
+                                )
+                            )
+        except Exception:
             pass
         return warnings
 
@@ -169,7 +197,10 @@ def _inspector(tally: _Tally, segmentation: bool) -> Inspect:
                 found += tally.describe(Path(mask_path), is_mask=True)
             try:
                 expected = image.shape[:2] if image is not None else _header_size(image_path)
-                tally.count_mask(None if mask_path is None else Path(mask_path), mask.load(expected) if hasattr(mask, "load") else read_mask(mask, expected_size=expected))
+                tally.count_mask(
+                    None if mask_path is None else Path(mask_path),
+                    mask.load(expected) if hasattr(mask, "load") else read_mask(mask, expected_size=expected),
+                )
             except DataError as error:
                 found.append(error)
         return image, found
@@ -181,7 +212,7 @@ def _header_size(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as image:
             return image.height, image.width
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -196,7 +227,10 @@ def check_dataset(datamodule: Any) -> dict[str, Any]:
         "dataset": datamodule.name,
         "root": str(datamodule.root),
         "task": datamodule.task,
-        "counts": {**{split: len(samples) for split, samples in per_split.items()}, "total": sum(len(s) for s in per_split.values())},
+        "counts": {
+            **{split: len(samples) for split, samples in per_split.items()},
+            "total": sum(len(s) for s in per_split.values()),
+        },
         "images": {
             "sizes": dict(tally.image_sizes.most_common()),
             "modes": dict(tally.image_modes.most_common()),
@@ -218,7 +252,10 @@ def check_dataset(datamodule: Any) -> dict[str, Any]:
         }
     else:
         names = datamodule.class_names
-        report["classes"] = {names[label]: count for label, count in sorted(Counter(label for samples in per_split.values() for _, label in samples).items())}
+        report["classes"] = {
+            names[label]: count
+            for label, count in sorted(Counter(label for samples in per_split.values() for _, label in samples).items())
+        }
     return report
 
 
@@ -227,7 +264,9 @@ def format_report(report: Mapping[str, Any]) -> str:
     counts = report["counts"]
     lines = [
         f"data set {report['dataset']} ({report['task']}) at {report['root']}",
-        f"  samples: {counts['total']} (" + ", ".join(f"{split} {n}" for split, n in counts.items() if split != "total") + ")",
+        f"  samples: {counts['total']} ("
+        + ", ".join(f"{split} {n}" for split, n in counts.items() if split != "total")
+        + ")",
     ]
     if "classes" in report:
         lines.append("  classes: " + ", ".join(f"{name} {n}" for name, n in report["classes"].items()))
@@ -237,10 +276,19 @@ def format_report(report: Mapping[str, Any]) -> str:
     if "masks" in report:
         masks = report["masks"]
         total = sum(masks["values"].values()) or 1
-        values = ", ".join(f"{v}: {100 * n / total:.2f}%" for v, n in sorted(masks["values"].items(), key=lambda kv: -kv[1])[:6])
-        lines.append(f"  mask modes: {_top(masks['modes'])}; pixel values: {values}{' ...' if len(masks['values']) > 6 else ''}")
-        lines.append(f"  masks without any defect: {masks['empty']}; mean defect area: {100 * (masks['mean_defect_fraction'] or 0):.2f}%")
-    for title, entries in (("errors (training stops on these; dataset.on_error=skip leaves the samples out)", report["errors"]), ("warnings", report["warnings"])):
+        values = ", ".join(
+            f"{v}: {100 * n / total:.2f}%" for v, n in sorted(masks["values"].items(), key=lambda kv: -kv[1])[:6]
+        )
+        lines.append(
+            f"  mask modes: {_top(masks['modes'])}; pixel values: {values}{' ...' if len(masks['values']) > 6 else ''}"
+        )
+        lines.append(
+            f"  masks without any defect: {masks['empty']}; mean defect area: {100 * (masks['mean_defect_fraction'] or 0):.2f}%"
+        )
+    for title, entries in (
+        ("errors (training stops on these; dataset.on_error=skip leaves the samples out)", report["errors"]),
+        ("warnings", report["warnings"]),
+    ):
         if entries:
             lines.append(f"  {title}: {len(entries)}")
             lines += [f"    [{e['kind']}] {e['message']}" for e in entries[:SHOWN]]

@@ -51,7 +51,9 @@ def _shift(array: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """``out[y, x] = array[y + dy, x + dx]``, False outside."""
     out = np.zeros_like(array)
     height, width = array.shape
-    out[max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)] = array[max(0, dy) : height + min(0, dy), max(0, dx) : width + min(0, dx)]
+    out[max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)] = array[
+        max(0, dy) : height + min(0, dy), max(0, dx) : width + min(0, dx)
+    ]
     return out
 
 
@@ -71,15 +73,25 @@ def skeleton_length(skeleton: np.ndarray, component: np.ndarray, distance: np.nd
     south_east = s & _shift(s, 1, 1) & ~_shift(s, 0, 1) & ~_shift(s, 1, 0)
     south_west = s & _shift(s, 1, -1) & ~_shift(s, 0, -1) & ~_shift(s, 1, 0)
     steps = {
-        (0, 1): east, (1, 0): south, (1, 1): south_east, (1, -1): south_west,
-        (0, -1): _shift(east, 0, -1), (-1, 0): _shift(south, -1, 0), (-1, -1): _shift(south_east, -1, -1), (-1, 1): _shift(south_west, -1, 1),
+        (0, 1): east,
+        (1, 0): south,
+        (1, 1): south_east,
+        (1, -1): south_west,
+        (0, -1): _shift(east, 0, -1),
+        (-1, 0): _shift(south, -1, 0),
+        (-1, -1): _shift(south_east, -1, -1),
+        (-1, 1): _shift(south_west, -1, 1),
     }
     degree = np.sum(list(steps.values()), axis=0)
     straight_through = np.zeros_like(s)
     for (dy, dx), step in steps.items():
         straight_through |= step & steps[(-dy, -dx)]
     corners = np.count_nonzero(s & (degree == 2) & ~straight_through)
-    length = 0.980 * (np.count_nonzero(east) + np.count_nonzero(south)) + 1.406 * (np.count_nonzero(south_east) + np.count_nonzero(south_west)) - 0.091 * corners
+    length = (
+        0.980 * (np.count_nonzero(east) + np.count_nonzero(south))
+        + 1.406 * (np.count_nonzero(south_east) + np.count_nonzero(south_west))
+        - 0.091 * corners
+    )
     for (dy, dx), step in steps.items():
         for y, x in zip(*np.nonzero(step & (degree == 1))):  # an end whose only neighbour lies at (dy, dx)
             reach = 1
@@ -99,7 +111,12 @@ def measure_component(component: np.ndarray, thin_min_elongation: float = 3.0) -
     area = int(padded.sum())
     max_width = float(widths[padded].max())
     elongation = area / max(max_width, 1.0) ** 2
-    result: dict[str, Any] = {"max_width_px": round(max_width, 3), "thin": bool(elongation >= thin_min_elongation), "length_px": None, "mean_width_px": None}
+    result: dict[str, Any] = {
+        "max_width_px": round(max_width, 3),
+        "thin": bool(elongation >= thin_min_elongation),
+        "length_px": None,
+        "mean_width_px": None,
+    }
     if result["thin"]:
         skeleton = skeletonize(padded)
         distance = cv2.distanceTransform(padded.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
@@ -115,19 +132,24 @@ def measure_defects(mask: np.ndarray, thin_min_elongation: float = 3.0) -> list[
         return []
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     image_area = mask.size
-    order = sorted(range(1, count), key=lambda i: (-stats[i, cv2.CC_STAT_AREA], stats[i, cv2.CC_STAT_TOP], stats[i, cv2.CC_STAT_LEFT]))
+    order = sorted(
+        range(1, count),
+        key=lambda i: (-stats[i, cv2.CC_STAT_AREA], stats[i, cv2.CC_STAT_TOP], stats[i, cv2.CC_STAT_LEFT]),
+    )
     defects = []
     for number, label in enumerate(order, start=1):
         x, y, w, h, area = (int(v) for v in stats[label, :5])
         component = labels[y : y + h, x : x + w] == label
-        defects.append({
-            "id": number,
-            "area_px": area,
-            "area_percent": round(100.0 * area / image_area, 4),
-            "bbox": [x, y, w, h],
-            "centroid": [round(float(centroids[label, 0]), 2), round(float(centroids[label, 1]), 2)],
-            **measure_component(component, thin_min_elongation),
-        })
+        defects.append(
+            {
+                "id": number,
+                "area_px": area,
+                "area_percent": round(100.0 * area / image_area, 4),
+                "bbox": [x, y, w, h],
+                "centroid": [round(float(centroids[label, 0]), 2), round(float(centroids[label, 1]), 2)],
+                **measure_component(component, thin_min_elongation),
+            }
+        )
     return defects
 
 
@@ -157,5 +179,7 @@ def add_millimetres(measurements: dict[str, Any], mm_per_px: float | None) -> di
             continue
         area = key in AREA_KEYS
         name = key[: -len("_px")] + ("_mm2" if area else "_mm")
-        out[name] = None if value is None or not mm_per_px else round(float(value) * (mm_per_px**2 if area else mm_per_px), 6)
+        out[name] = (
+            None if value is None or not mm_per_px else round(float(value) * (mm_per_px**2 if area else mm_per_px), 6)
+        )
     return out

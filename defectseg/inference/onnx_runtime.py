@@ -34,7 +34,11 @@ class OnnxSegmenter:
             raise UserError(f"{path}: cannot load the ONNX model ({error})") from error
         metadata = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
         stored = json.loads(metadata) if metadata else {}
-        known = {k: stored[k] for k in ("threshold", "threshold_source", "tile_size", "multiple", "architecture") if k in stored}
+        known = {
+            k: stored[k]
+            for k in ("threshold", "threshold_source", "tile_size", "multiple", "architecture")
+            if k in stored
+        }
         self.info = ModelInfo(source=str(path), runtime="onnxruntime", **known)
         self.input_name = self.session.get_inputs()[0].name
 

@@ -41,6 +41,24 @@ def draw_overlay(
         for defect in list(defects)[: max(0, int(max_labels))]:
             x, y = defect["bbox"][:2]
             origin = (int(x), int(max(y - 3, 12 * font_scale + 2)))
-            cv2.putText(out, str(defect["id"]), origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-            cv2.putText(out, str(defect["id"]), origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, tuple(int(c) for c in contour_color), thickness, cv2.LINE_AA)
+            cv2.putText(
+                out,
+                str(defect["id"]),
+                origin,
+                cv2.FONT_HERSHEY_SIMPLEX,
+                font_scale,
+                (0, 0, 0),
+                thickness + 2,
+                cv2.LINE_AA,
+            )
+            cv2.putText(
+                out,
+                str(defect["id"]),
+                origin,
+                cv2.FONT_HERSHEY_SIMPLEX,
+                font_scale,
+                tuple(int(c) for c in contour_color),
+                thickness,
+                cv2.LINE_AA,
+            )
     return out

@@ -78,7 +78,9 @@ def predict_tiled(
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"tiling.overlap must lie in [0, 1), got {overlap}")
     if int(tile_size) < 1 or int(batch_size) < 1 or int(multiple) < 1:
-        raise ValueError(f"tiling.tile_size ({tile_size}), tiling.batch_size ({batch_size}) and the model's size multiple ({multiple}) must be positive")
+        raise ValueError(
+            f"tiling.tile_size ({tile_size}), tiling.batch_size ({batch_size}) and the model's size multiple ({multiple}) must be positive"
+        )
     height, width = image.shape[:2]
     tile = round_up(max(int(tile_size), int(multiple)), int(multiple))
     padded_h, tile_h, rows = axis_layout(height, tile, overlap, multiple)
@@ -94,8 +96,14 @@ def predict_tiled(
         tiles = np.stack([padded[y : y + tile_h, x : x + tile_w] for y, x in batch_origins])
         tiles = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
         probabilities = np.asarray(predict(tiles), dtype=np.float32)
-        if probabilities.ndim != 4 or probabilities.shape[0] != len(batch_origins) or probabilities.shape[2:] != (tile_h, tile_w):
-            raise ValueError(f"the model returned shape {probabilities.shape} for tiles of shape {tiles.shape}; expected N x C x {tile_h} x {tile_w}")
+        if (
+            probabilities.ndim != 4
+            or probabilities.shape[0] != len(batch_origins)
+            or probabilities.shape[2:] != (tile_h, tile_w)
+        ):
+            raise ValueError(
+                f"the model returned shape {probabilities.shape} for tiles of shape {tiles.shape}; expected N x C x {tile_h} x {tile_w}"
+            )
         if total is None:
             total = np.zeros((probabilities.shape[1], padded_h, padded_w), np.float32)
         for (y, x), tile_probabilities in zip(batch_origins, probabilities):
@@ -133,7 +141,9 @@ def probability_map(
         resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     probabilities = predict_tiled(resized, predict, tile_size, overlap, batch_size, multiple, on_progress)
     if probabilities.shape[0] != 1:
-        raise ValueError(f"the model predicts {probabilities.shape[0]} channels; predict handles binary (one-channel) defect models")
+        raise ValueError(
+            f"the model predicts {probabilities.shape[0]} channels; predict handles binary (one-channel) defect models"
+        )
     probability = probabilities[0]
     if probability.shape != (height, width):
         probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)

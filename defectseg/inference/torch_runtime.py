@@ -60,16 +60,22 @@ def run_config(checkpoint: Path) -> DictConfig:
         if candidate.is_file():
             cfg = OmegaConf.load(candidate)
             if OmegaConf.select(cfg, "model._target_") is None:
-                raise UserError(f"{candidate}: has no model config (model._target_), so the network of {checkpoint} cannot be rebuilt")
+                raise UserError(
+                    f"{candidate}: has no model config (model._target_), so the network of {checkpoint} cannot be rebuilt"
+                )
             return cfg
-    raise UserError(f"{checkpoint}: cannot rebuild its network: no config.yaml or .hydra/config.yaml in its run directory {run_dir} (keep checkpoints inside the run directory stage 2 wrote)")
+    raise UserError(
+        f"{checkpoint}: cannot rebuild its network: no config.yaml or .hydra/config.yaml in its run directory {run_dir} (keep checkpoints inside the run directory stage 2 wrote)"
+    )
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, not a checkpoint, pickled objects refused by weights_only
-        raise UserError(f"{path}: cannot read the checkpoint ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
+        raise UserError(
+            f"{path}: cannot read the checkpoint ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{path}: not a Lightning checkpoint (no state_dict)")
     return checkpoint
@@ -79,7 +85,9 @@ def checkpoint_threshold(checkpoint: dict[str, Any]) -> tuple[float, str]:
     """The threshold stage 2 tuned on validation Dice, else the training config's, else 0.5."""
     tuned = checkpoint.get(TUNED_THRESHOLD_KEY) or {}
     if tuned.get("best_threshold") is not None:
-        return float(tuned["best_threshold"]), f"tuned on validation Dice (val Dice {tuned.get('val_dice_at_best_threshold')})"
+        return float(
+            tuned["best_threshold"]
+        ), f"tuned on validation Dice (val Dice {tuned.get('val_dice_at_best_threshold')})"
     trained = (checkpoint.get("hyper_parameters") or {}).get("threshold")
     if trained is not None:
         return float(trained), "training config (task.threshold)"
@@ -97,7 +105,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise UserError(f"{path}: its weights do not fit the model in its run's config ({str(error).splitlines()[0]})") from error
+        raise UserError(
+            f"{path}: its weights do not fit the model in its run's config ({str(error).splitlines()[0]})"
+        ) from error
     model.eval()
     threshold, source = checkpoint_threshold(checkpoint)
     tile_size = OmegaConf.select(cfg, "dataset.image_size")

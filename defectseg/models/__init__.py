@@ -5,4 +5,12 @@ from defectseg.models.freeze import FreezePolicy
 from defectseg.models.segmentation import SegmentationModel, parameter_counts, unet_paper
 from defectseg.models.smp_models import smp_model
 
-__all__ = ["ClassificationHead", "EncoderClassifier", "FreezePolicy", "SegmentationModel", "parameter_counts", "smp_model", "unet_paper"]
+__all__ = [
+    "ClassificationHead",
+    "EncoderClassifier",
+    "FreezePolicy",
+    "SegmentationModel",
+    "parameter_counts",
+    "smp_model",
+    "unet_paper",
+]

@@ -41,7 +41,14 @@ class ClassificationHead(nn.Module):
     One logit for a two-class problem (crack / no crack), else one logit per class.
     """
 
-    def __init__(self, in_features: int, num_classes: int = 2, hidden: Sequence[int] = (256, 64), dropout: float = 0.5, pooling: str = "avgmax") -> None:
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int = 2,
+        hidden: Sequence[int] = (256, 64),
+        dropout: float = 0.5,
+        pooling: str = "avgmax",
+    ) -> None:
         super().__init__()
         pool = GlobalPool(pooling)
         layers: list[nn.Module] = [pool]
@@ -60,7 +67,14 @@ class ClassificationHead(nn.Module):
 class EncoderClassifier(nn.Module):
     """Shares the normalisation and encoder of a SegmentationModel, so stage 1 trains exactly what stage 2 loads."""
 
-    def __init__(self, segmentation_model: nn.Module, num_classes: int = 2, hidden: Sequence[int] = (256, 64), dropout: float = 0.5, pooling: str = "avgmax") -> None:
+    def __init__(
+        self,
+        segmentation_model: nn.Module,
+        num_classes: int = 2,
+        hidden: Sequence[int] = (256, 64),
+        dropout: float = 0.5,
+        pooling: str = "avgmax",
+    ) -> None:
         super().__init__()
         self.normalize = segmentation_model.normalize
         self.encoder = segmentation_model.encoder

@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
 from defectseg.utils.io import atomic_write_text, atomic_writer
 
 WEIGHTS_NAME = "encoder.safetensors"
-DECODER_WEIGHTS_NAME = "decoder.safetensors"  # stage 1 with a decoder (segmentation, self-supervised): stage 2's init_decoder=true
+DECODER_WEIGHTS_NAME = (
+    "decoder.safetensors"  # stage 1 with a decoder (segmentation, self-supervised): stage 2's init_decoder=true
+)
 DECODER_PARTS = ("decoder", "segmentation_head")
 INFO_NAME = "encoder.json"
 FORMAT = "defectseg-encoder"
@@ -38,7 +39,9 @@ class EncoderMismatchError(ValueError):
     """The encoder file was written for another architecture than the one being built."""
 
 
-def save_encoder(encoder: nn.Module, directory: Path, architecture: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+def save_encoder(
+    encoder: nn.Module, directory: Path, architecture: dict[str, Any], extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``encoder.safetensors`` then ``encoder.json`` (the JSON last: its presence marks a complete pair)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -63,8 +66,15 @@ def save_encoder(encoder: nn.Module, directory: Path, architecture: dict[str, An
 def save_decoder(model: nn.Module, directory: Path, architecture: dict[str, Any], include_head: bool = True) -> Path:
     """Write ``decoder.safetensors``: the decoder's tensors (``decoder.*``) and, with ``include_head``, the head's (``segmentation_head.*``)."""
     parts = DECODER_PARTS if include_head else DECODER_PARTS[:1]
-    state = {f"{part}.{name}": tensor.detach().cpu().contiguous() for part in parts for name, tensor in getattr(model, part).state_dict().items()}
-    payload = save(state, metadata={"format": FORMAT, "architecture": json.dumps(architecture, sort_keys=True), "parts": ",".join(parts)})
+    state = {
+        f"{part}.{name}": tensor.detach().cpu().contiguous()
+        for part in parts
+        for name, tensor in getattr(model, part).state_dict().items()
+    }
+    payload = save(
+        state,
+        metadata={"format": FORMAT, "architecture": json.dumps(architecture, sort_keys=True), "parts": ",".join(parts)},
+    )
     path = Path(directory) / DECODER_WEIGHTS_NAME
     with atomic_writer(path, binary=True) as handle:
         handle.write(payload)
@@ -90,7 +100,9 @@ def load_decoder(model: nn.Module, directory: str | Path, architecture: dict[str
     except json.JSONDecodeError:
         found = None
     if found != architecture:
-        raise EncoderMismatchError(f"{path} was trained for architecture {found}, but this run builds {architecture}{_differences(found, architecture)}")
+        raise EncoderMismatchError(
+            f"{path} was trained for architecture {found}, but this run builds {architecture}{_differences(found, architecture)}"
+        )
     by_part: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in state.items():
         part, _, key = name.partition(".")
@@ -119,7 +131,9 @@ def load_encoder(encoder: nn.Module, path: str | Path, architecture: dict[str, A
     weights_path = resolve_encoder_path(path)
     info_path = weights_path.with_name(INFO_NAME)
     if not info_path.is_file():
-        raise EncoderMismatchError(f"{weights_path}: the description {INFO_NAME} beside it is missing; it is not a stage-1 encoder")
+        raise EncoderMismatchError(
+            f"{weights_path}: the description {INFO_NAME} beside it is missing; it is not a stage-1 encoder"
+        )
     try:
         info = json.loads(info_path.read_text())
     except json.JSONDecodeError as error:
@@ -134,7 +148,9 @@ def load_encoder(encoder: nn.Module, path: str | Path, architecture: dict[str, A
         )
     expected = info.get("sha256")
     if expected and _sha256(weights_path) != expected:
-        raise EncoderMismatchError(f"{weights_path}: sha256 does not match {info_path} (file corrupted or replaced); re-run pretraining or copy the two files together")
+        raise EncoderMismatchError(
+            f"{weights_path}: sha256 does not match {info_path} (file corrupted or replaced); re-run pretraining or copy the two files together"
+        )
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
@@ -143,22 +159,32 @@ def load_encoder(encoder: nn.Module, path: str | Path, architecture: dict[str, A
     return info
 
 
-def load_checked(encoder: nn.Module, state: Mapping[str, torch.Tensor], source: Any, allow_unexpected: bool = False) -> list[str]:
+def load_checked(
+    encoder: nn.Module, state: Mapping[str, torch.Tensor], source: Any, allow_unexpected: bool = False
+) -> list[str]:
     """Copy ``state`` into ``encoder`` only if every tensor fits (nothing changes otherwise); returns the keys ignored.
 
     ``allow_unexpected`` tolerates extra tensors, e.g. the ImageNet classifier of a backbone file.
     """
     current = encoder.state_dict()
-    wrong_shape = [f"{name}: {tuple(tensor.shape)} in the file, {tuple(current[name].shape)} here" for name, tensor in state.items() if name in current and tuple(tensor.shape) != tuple(current[name].shape)]
+    wrong_shape = [
+        f"{name}: {tuple(tensor.shape)} in the file, {tuple(current[name].shape)} here"
+        for name, tensor in state.items()
+        if name in current and tuple(tensor.shape) != tuple(current[name].shape)
+    ]
     if wrong_shape:
         raise EncoderMismatchError(f"{source}: tensor shapes do not match the encoder ({'; '.join(wrong_shape[:5])})")
     missing = [name for name in current if name not in state and not name.endswith("num_batches_tracked")]
     unexpected = [name for name in state if name not in current]
     if missing or (unexpected and not allow_unexpected):
-        raise EncoderMismatchError(f"{source}: tensors do not match the encoder ({len(missing)} missing, e.g. {missing[:5]}; {len(unexpected)} unexpected, e.g. {unexpected[:5]})")
+        raise EncoderMismatchError(
+            f"{source}: tensors do not match the encoder ({len(missing)} missing, e.g. {missing[:5]}; {len(unexpected)} unexpected, e.g. {unexpected[:5]})"
+        )
     extra_blocks = [name for name in unexpected if _extends_a_sequence(encoder, name)]
     if extra_blocks:
-        raise EncoderMismatchError(f"{source}: the file has blocks this encoder lacks (e.g. {extra_blocks[:3]}); it holds the weights of a deeper variant")
+        raise EncoderMismatchError(
+            f"{source}: the file has blocks this encoder lacks (e.g. {extra_blocks[:3]}); it holds the weights of a deeper variant"
+        )
     encoder.load_state_dict({**current, **{name: tensor for name, tensor in state.items() if name in current}})
     return unexpected
 
@@ -179,7 +205,9 @@ def load_weights_file(encoder: nn.Module, path: str | Path) -> list[str]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise EncoderMismatchError(f"{path}: not a safetensors file or a state dict torch.load can read safely ({str(error).splitlines()[0]})") from error
+        raise EncoderMismatchError(
+            f"{path}: not a safetensors file or a state dict torch.load can read safely ({str(error).splitlines()[0]})"
+        ) from error
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(tensor, torch.Tensor) for tensor in state.values()):
@@ -187,7 +215,9 @@ def load_weights_file(encoder: nn.Module, path: str | Path) -> list[str]:
     state = _align_keys(dict(state), set(encoder.state_dict()))
     ignored = load_checked(encoder, state, path, allow_unexpected=True)
     if ignored:
-        log.warning("%s: ignored %d tensors the encoder does not have (e.g. %s)", path, len(ignored), ", ".join(ignored[:3]))
+        log.warning(
+            "%s: ignored %d tensors the encoder does not have (e.g. %s)", path, len(ignored), ", ".join(ignored[:3])
+        )
     return ignored
 
 
@@ -205,7 +235,13 @@ def _align_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str,
     def strip(prefix: str) -> dict[str, torch.Tensor]:
         return {name.removeprefix(prefix): tensor for name, tensor in state.items()}
 
-    candidates = [state, strip("module."), strip("encoder."), strip("module.encoder."), {f"model.{name}": tensor for name, tensor in state.items()}]
+    candidates = [
+        state,
+        strip("module."),
+        strip("encoder."),
+        strip("module.encoder."),
+        {f"model.{name}": tensor for name, tensor in state.items()},
+    ]
     return max(candidates, key=lambda candidate: len(expected & candidate.keys()))
 
 

@@ -33,7 +33,9 @@ class FreezePolicy:
         if self.mode not in MODES:
             raise ValueError(f"freeze.mode={self.mode!r} is not one of {', '.join(MODES)}")
         if self.mode == "partial" and (self.depth is None or int(self.depth) < 1):
-            raise ValueError(f"freeze.depth must be a positive number of encoder levels for freeze=partial, got {self.depth!r}")
+            raise ValueError(
+                f"freeze.depth must be a positive number of encoder levels for freeze=partial, got {self.depth!r}"
+            )
 
     @property
     def loads_encoder(self) -> bool:

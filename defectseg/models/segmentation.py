@@ -110,7 +110,11 @@ class SegmentationModel(nn.Module):
         self.encoder = encoder
         self.feature_scale = FeatureStandardizer(encoder.out_channels)
         self.decoder = decoder
-        self.segmentation_head = segmentation_head if segmentation_head is not None else nn.Conv2d(decoder.out_channels, num_classes, kernel_size=1)
+        self.segmentation_head = (
+            segmentation_head
+            if segmentation_head is not None
+            else nn.Conv2d(decoder.out_channels, num_classes, kernel_size=1)
+        )
         self.architecture = dict(architecture or {})
         self.name = name or str(self.architecture.get("name"))
         self.input_multiple = int(input_multiple)
@@ -127,7 +131,9 @@ class SegmentationModel(nn.Module):
         """A clear message instead of a shape error deep inside the decoder."""
         height, width = images.shape[-2:]
         if height % self.input_multiple or width % self.input_multiple:
-            raise ValueError(f"{self.name} needs image sides that are multiples of {self.input_multiple}, got {height}x{width}: set dataset.image_size accordingly")
+            raise ValueError(
+                f"{self.name} needs image sides that are multiples of {self.input_multiple}, got {height}x{width}: set dataset.image_size accordingly"
+            )
 
     @torch.no_grad()
     def calibrate_feature_scale(self, image_batches: Iterable[torch.Tensor]) -> list[float | None]:
@@ -151,7 +157,9 @@ class SegmentationModel(nn.Module):
         return self
 
 
-def unet_paper(in_channels: int = 3, channels: Sequence[int] = (32, 64, 128, 256, 512), num_classes: int = 1) -> SegmentationModel:
+def unet_paper(
+    in_channels: int = 3, channels: Sequence[int] = (32, 64, 128, 256, 512), num_classes: int = 1
+) -> SegmentationModel:
     """The paper's U-Net: 7,846,657 parameters, 4,712,224 of them in the encoder."""
     channels = tuple(int(c) for c in channels)
     encoder = PaperUNetEncoder(in_channels=in_channels, channels=channels)

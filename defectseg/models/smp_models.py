@@ -51,27 +51,46 @@ def smp_model(
     """
     arch = str(arch).lower()
     if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
-        raise ValueError(f"model.arch={arch} is not an smp architecture; choose one of {', '.join(smp.MODEL_ARCHITECTURES_MAPPING)}")
+        raise ValueError(
+            f"model.arch={arch} is not an smp architecture; choose one of {', '.join(smp.MODEL_ARCHITECTURES_MAPPING)}"
+        )
     if not (encoder_name.startswith("tu-") or encoder_name in smp.encoders.get_encoder_names()):
-        raise ValueError(f"model.encoder_name={encoder_name} is not an smp encoder; see segmentation_models_pytorch.encoders.get_encoder_names(), or tu-<timm model name>")
+        raise ValueError(
+            f"model.encoder_name={encoder_name} is not an smp encoder; see segmentation_models_pytorch.encoders.get_encoder_names(), or tu-<timm model name>"
+        )
     if len(mean) != int(in_channels) or len(std) != int(in_channels):
         raise ValueError(f"model.mean and model.std need one value per input channel ({in_channels})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # smp's notice on timm- encoder names
-        network = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=None, encoder_depth=int(encoder_depth), in_channels=int(in_channels), classes=int(num_classes), **arch_kwargs)
+        network = smp.create_model(
+            arch,
+            encoder_name=encoder_name,
+            encoder_weights=None,
+            encoder_depth=int(encoder_depth),
+            in_channels=int(in_channels),
+            classes=int(num_classes),
+            **arch_kwargs,
+        )
     encoder = network.encoder
     model = SegmentationModel(
         encoder,
         network.decoder,
         segmentation_head=network.segmentation_head,
-        architecture={"name": "smp", "encoder_name": encoder_name, "in_channels": int(in_channels), "encoder_depth": int(encoder_depth)},
+        architecture={
+            "name": "smp",
+            "encoder_name": encoder_name,
+            "in_channels": int(in_channels),
+            "encoder_depth": int(encoder_depth),
+        },
         name=f"{arch}-{encoder_name}",
         input_multiple=encoder.output_stride if network.requires_divisible_input_shape else 1,
         mean=mean,
         std=std,
     )
     if encoder_weights:
-        model.encoder_init = load_starting_weights(encoder, encoder_name, str(encoder_weights), int(in_channels), int(encoder_depth))
+        model.encoder_init = load_starting_weights(
+            encoder, encoder_name, str(encoder_weights), int(in_channels), int(encoder_depth)
+        )
     return model
 
 
@@ -89,14 +108,23 @@ def download_encoder_state(encoder_name: str, weights: str, in_channels: int = 3
     """smp's pretrained encoder weights, or a UserError at once when the hub cannot be reached."""
     reason = hub_unreachable_reason()
     if reason:
-        raise UserError(f"model.encoder_weights={weights} downloads the {encoder_name} weights, but the Hugging Face hub cannot be reached ({reason}): {OFFLINE_HINT}")
+        raise UserError(
+            f"model.encoder_weights={weights} downloads the {encoder_name} weights, but the Hugging Face hub cannot be reached ({reason}): {OFFLINE_HINT}"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # smp's notices on timm- names and tu- weight names
-            encoder = smp.encoders.get_encoder(encoder_name, in_channels=in_channels, depth=depth, weights=True if encoder_name.startswith("tu-") else weights)
+            encoder = smp.encoders.get_encoder(
+                encoder_name,
+                in_channels=in_channels,
+                depth=depth,
+                weights=True if encoder_name.startswith("tu-") else weights,
+            )
     except (OSError, KeyError, RuntimeError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(f"model.encoder_weights={weights}: could not get the {encoder_name} weights ({first_line}): {OFFLINE_HINT}") from None
+        raise UserError(
+            f"model.encoder_weights={weights}: could not get the {encoder_name} weights ({first_line}): {OFFLINE_HINT}"
+        ) from None
     return encoder.state_dict()
 
 

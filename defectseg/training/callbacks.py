@@ -43,11 +43,15 @@ class TrainingClock(L.Callback):
         self._epoch_start = None
         self._last_end = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._epoch_start is None:
             self._epoch_start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._last_end = time.perf_counter()
         self.images += int(batch["image"].shape[0]) * trainer.world_size
 
@@ -68,7 +72,9 @@ class TrainingClock(L.Callback):
         self.images = int(state_dict.get("images", 0))
 
 
-def overlay_grid(images: torch.Tensor, masks: torch.Tensor, probabilities: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+def overlay_grid(
+    images: torch.Tensor, masks: torch.Tensor, probabilities: torch.Tensor, threshold: float = 0.5
+) -> torch.Tensor:
     """Rows of (photo | true mask in green | prediction in red) as one 3xHxW float image."""
     from torchvision.utils import make_grid
 
@@ -100,7 +106,10 @@ class SegmentationPreview(L.Callback):
         if hasattr(pl_module, "preview_grid"):  # a task with its own picture (self-supervised reconstruction)
             tag, grid = pl_module.preview_grid()
         else:
-            tag, grid = "val/preview (photo | truth | prediction)", overlay_grid(preview["image"], preview["mask"], preview["probability"], pl_module.hparams.threshold)
+            tag, grid = (
+                "val/preview (photo | truth | prediction)",
+                overlay_grid(preview["image"], preview["mask"], preview["probability"], pl_module.hparams.threshold),
+            )
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(tag, grid, global_step=trainer.global_step)
@@ -152,7 +161,9 @@ class FiniteLossGuard(L.Callback):
         self._flags: list[torch.Tensor] = []
         self._where: list[tuple[int, int, int]] = []
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if not isinstance(loss, torch.Tensor):
             return
@@ -235,7 +246,9 @@ class GracefulStop(L.Callback):
         if path is None:
             return
         try:
-            trainer.save_checkpoint(path, weights_only=False)  # FiniteLossGuard.on_save_checkpoint refuses a broken model
+            trainer.save_checkpoint(
+                path, weights_only=False
+            )  # FiniteLossGuard.on_save_checkpoint refuses a broken model
         except NonFiniteLossError as error:
             log.error("not saving at the stop: %s", error)
             return

@@ -24,8 +24,20 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 # Settings that may change between the interrupted run and its resume (or a reuse) without changing what is trained;
 # the logger's folder follows the run's, so a run directory that was moved or copied is still the same run.
-RESUME_MAY_CHANGE = ("resume", "reuse", "ckpt_path", "paths", "logger", "callbacks", "dataset.num_workers", "trainer.accelerator", "trainer.devices",
-                     "trainer.precision", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+RESUME_MAY_CHANGE = (
+    "resume",
+    "reuse",
+    "ckpt_path",
+    "paths",
+    "logger",
+    "callbacks",
+    "dataset.num_workers",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.precision",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -43,11 +55,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_writer(path, binary=True) as handle:
             torch.save(checkpoint, handle)
 
-    def load_checkpoint(self, path: Any, map_location: Callable | str | None = "cpu", weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Callable | str | None = "cpu", weights_only: bool | None = None
+    ) -> dict[str, Any]:
         return load_checkpoint(path, map_location)
 
 
-def load_checkpoint(path: str | Path, map_location: Callable | str | None = "cpu", mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: Callable | str | None = "cpu", mmap: bool = False
+) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` whatever the caller asks, with errors that name the file."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -62,7 +78,9 @@ def load_checkpoint(path: str | Path, map_location: Callable | str | None = "cpu
             "only checkpoints of tensors and plain values, as defectseg writes them, are read"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path}: not a readable checkpoint, truncated or not a checkpoint at all ({str(error).splitlines()[0]})") from None
+        raise UserError(
+            f"{path}: not a readable checkpoint, truncated or not a checkpoint at all ({str(error).splitlines()[0]})"
+        ) from None
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint")
     return checkpoint
@@ -92,13 +110,18 @@ def resume_path(cfg: DictConfig, output_dir: Path) -> Path | None:
     checkpoint = load_checkpoint(path, mmap=True)  # the full check before any slow work; mmap keeps it cheap
     missing = [key for key in ("state_dict", "loops", "epoch", "global_step") if key not in checkpoint]
     if missing:
-        raise UserError(f"{path}: not a training checkpoint (no {', '.join(missing)}); resume needs a last.ckpt or best.ckpt from a training run")
+        raise UserError(
+            f"{path}: not a training checkpoint (no {', '.join(missing)}); resume needs a last.ckpt or best.ckpt from a training run"
+        )
     log.info("resuming from %s (epoch %s, step %s)", path, checkpoint["epoch"], checkpoint["global_step"])
     return path
 
 
 def check_same_config(
-    previous: Path, cfg: DictConfig, action: str = "resume", whose: str = "the interrupted run's",
+    previous: Path,
+    cfg: DictConfig,
+    action: str = "resume",
+    whose: str = "the interrupted run's",
     advice: str = "resume with the first run's overrides, or start a new run from the checkpoint with ckpt_path=PATH",
 ) -> None:
     """A resume (or a reuse) must stand for what the earlier run trained: same config except how it runs (RESUME_MAY_CHANGE)."""
@@ -106,9 +129,15 @@ def check_same_config(
         return
     before = _flatten(OmegaConf.to_container(OmegaConf.load(previous), resolve=False))
     now = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    changed = sorted(key for key in before.keys() | now.keys() if before.get(key, "<absent>") != now.get(key, "<absent>") and not _may_change(key))
+    changed = sorted(
+        key
+        for key in before.keys() | now.keys()
+        if before.get(key, "<absent>") != now.get(key, "<absent>") and not _may_change(key)
+    )
     if changed:
-        shown = "; ".join(f"{key}: {before.get(key, '<absent>')!r} -> {now.get(key, '<absent>')!r}" for key in changed[:8])
+        shown = "; ".join(
+            f"{key}: {before.get(key, '<absent>')!r} -> {now.get(key, '<absent>')!r}" for key in changed[:8]
+        )
         raise UserError(
             f"{action}: the config differs from {whose} ({previous}): {shown}"
             f"{f' and {len(changed) - 8} more' if len(changed) > 8 else ''}; {advice}"
@@ -125,15 +154,22 @@ def finished_run(cfg: DictConfig, output_dir: Path, weights: str) -> dict[str, A
     if not cfg.get("reuse", False) or not (metrics_path.is_file() and (output_dir / weights).is_file()):
         return None
     if not config_path.is_file():
-        raise UserError(f"reuse: {output_dir} holds a finished run but no config.yaml to check it against; choose another hydra.run.dir")
+        raise UserError(
+            f"reuse: {output_dir} holds a finished run but no config.yaml to check it against; choose another hydra.run.dir"
+        )
     check_same_config(
-        config_path, cfg, action="reuse", whose="the finished run's",
+        config_path,
+        cfg,
+        action="reuse",
+        whose="the finished run's",
         advice=f"give this config its own directory (hydra.run.dir=..., STAGE1_DIR=... with make), or delete {output_dir} to train it again",
     )
     try:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise UserError(f"reuse: {metrics_path} is unreadable ({error.__class__.__name__}); delete {output_dir} to train it again") from None
+        raise UserError(
+            f"reuse: {metrics_path} is unreadable ({error.__class__.__name__}); delete {output_dir} to train it again"
+        ) from None
     if not isinstance(metrics, dict):
         raise UserError(f"reuse: {metrics_path} is not a JSON object; delete {output_dir} to train it again")
     log.info("reuse: %s holds a finished run of this config; nothing trained", output_dir)

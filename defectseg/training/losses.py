@@ -20,7 +20,9 @@ class BCEDiceLoss(nn.Module):
     def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0) -> None:
         super().__init__()
         if bce_weight < 0 or dice_weight < 0 or bce_weight + dice_weight == 0:
-            raise ValueError(f"loss weights must be non-negative and not both zero (bce_weight={bce_weight}, dice_weight={dice_weight})")
+            raise ValueError(
+                f"loss weights must be non-negative and not both zero (bce_weight={bce_weight}, dice_weight={dice_weight})"
+            )
         self.bce_weight = bce_weight
         self.dice_weight = dice_weight
         self.smooth = smooth

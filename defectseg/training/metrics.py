@@ -21,7 +21,14 @@ from torchmetrics.utilities import dim_zero_cat
 
 class DefectDice(DiceScore):
     def __init__(self, empty_score: float = 1.0, **kwargs) -> None:
-        super().__init__(num_classes=1, include_background=True, average="macro", aggregation_level="samplewise", input_format="one-hot", **kwargs)
+        super().__init__(
+            num_classes=1,
+            include_background=True,
+            average="macro",
+            aggregation_level="samplewise",
+            input_format="one-hot",
+            **kwargs,
+        )
         self.empty_score = float(empty_score)
         self.add_state("image_index", [], dist_reduce_fx="cat")
 
@@ -30,7 +37,9 @@ class DefectDice(DiceScore):
         ``index``: the N images' dataset indices (give them always or never)."""
         for name, tensor in (("preds", preds), ("target", target)):
             if tensor.dtype != torch.bool and bool(((tensor != 0) & (tensor != 1)).any()):
-                raise ValueError(f"DefectDice.update: {name} must be binary (bool or 0/1); threshold probabilities first")
+                raise ValueError(
+                    f"DefectDice.update: {name} must be binary (bool or 0/1); threshold probabilities first"
+                )
         super().update(preds.to(torch.uint8), target.to(torch.uint8))
         if index is not None:
             self.image_index.append(torch.as_tensor(index, device=self.device).reshape(-1).long())
@@ -38,7 +47,9 @@ class DefectDice(DiceScore):
     def per_image(self) -> torch.Tensor:
         """Every image's Dice, from all ranks (in dataset order when indices were given)."""
         synced_already = self._is_synced  # inside compute() the states are gathered already
-        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=not synced_already, should_unsync=not synced_already):
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn, should_sync=not synced_already, should_unsync=not synced_already
+        ):
             return self._scores()
 
     def _scores(self) -> torch.Tensor:
@@ -51,7 +62,9 @@ class DefectDice(DiceScore):
         if not index.numel():
             return scores
         if index.numel() != scores.numel():
-            raise ValueError(f"DefectDice: {index.numel()} image indices for {scores.numel()} images; pass `index` with every update or with none")
+            raise ValueError(
+                f"DefectDice: {index.numel()} image indices for {scores.numel()} images; pass `index` with every update or with none"
+            )
         order = torch.argsort(index, stable=True)
         index, scores = index[order], scores[order]
         first = torch.ones_like(index, dtype=torch.bool)
@@ -98,7 +111,9 @@ class ThresholdSweep(Metric):
         intersections, totals = _cat(self.intersections).float(), _cat(self.totals).float()
         if not intersections.numel():
             return torch.full((len(self.thresholds),), float("nan"))
-        scores = torch.where(totals == 0, torch.full_like(totals, self.empty_score), 2.0 * intersections / totals.clamp_min(1))
+        scores = torch.where(
+            totals == 0, torch.full_like(totals, self.empty_score), 2.0 * intersections / totals.clamp_min(1)
+        )
         return scores.mean(dim=0)
 
     def best(self, prefer: float = 0.5) -> dict[str, float] | None:

@@ -45,20 +45,33 @@ def adam(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:
     default per-tensor update of unet_paper's 7.8M parameters is hundreds of small kernels
     (measured on one CPU thread: 12 ms per step fused, 54-62 ms not)."""
     parameters = trainable_parameters(module)
-    fused = bool(parameters) and all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in parameters)
+    fused = bool(parameters) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        for p in parameters
+    )
     return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 class ClassificationTask(L.LightningModule):
     """Stage 1: encoder + FC head learns crack / no-crack (or N classes)."""
 
-    def __init__(self, network: nn.Module, num_classes: int = 2, lr: float = 1e-4, weight_decay: float = 0.0, channels_last: bool = True, compile: bool = False) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        num_classes: int = 2,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
         super().__init__()
         check_learning_rate(lr)
         self.save_hyperparameters(ignore=["network"], logger=False)
         self.network = network
         self.binary = num_classes == 2
-        metric_args: dict[str, Any] = {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": num_classes}
+        metric_args: dict[str, Any] = (
+            {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": num_classes}
+        )
         self.val_accuracy, self.test_accuracy = Accuracy(**metric_args), Accuracy(**metric_args)
         self.val_auroc, self.test_auroc = AUROC(**metric_args), AUROC(**metric_args)
         prepare_network(self.network, channels_last, compile)
@@ -140,10 +153,19 @@ class SegmentationTask(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
         return loss
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str, dice: DefectDice, sweep: ThresholdSweep) -> torch.Tensor:
+    def _evaluate(
+        self, batch: dict[str, torch.Tensor], prefix: str, dice: DefectDice, sweep: ThresholdSweep
+    ) -> torch.Tensor:
         logits = self(batch["image"]).float()
         masks = batch["mask"]
-        self.log(f"{prefix}/loss", self.loss(logits, masks), on_epoch=True, prog_bar=True, batch_size=len(masks), sync_dist=True)
+        self.log(
+            f"{prefix}/loss",
+            self.loss(logits, masks),
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(masks),
+            sync_dist=True,
+        )
         probabilities = torch.sigmoid(logits)
         dice.update(probabilities > self.hparams.threshold, masks > 0, index=batch.get("index"))
         sweep.update(probabilities, masks)
@@ -153,7 +175,11 @@ class SegmentationTask(L.LightningModule):
         probabilities = self._evaluate(batch, "val", self.val_dice, self.val_threshold_sweep)
         if batch_idx == 0 and self.hparams.preview_images:
             k = self.hparams.preview_images
-            self.preview = {"image": batch["image"][:k].detach(), "mask": batch["mask"][:k].detach(), "probability": probabilities[:k].detach()}
+            self.preview = {
+                "image": batch["image"][:k].detach(),
+                "mask": batch["mask"][:k].detach(),
+                "probability": probabilities[:k].detach(),
+            }
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/dice", self.val_dice.compute(), prog_bar=True, sync_dist=False)
@@ -171,7 +197,9 @@ class SegmentationTask(L.LightningModule):
         self.test_dice_per_image = self.test_dice.per_image().tolist()
         self.log("test/dice", self.test_dice.compute())
         self.test_dice.reset()
-        self.test_dice_by_threshold = dict(zip(self.test_threshold_sweep.thresholds, self.test_threshold_sweep.compute().tolist()))
+        self.test_dice_by_threshold = dict(
+            zip(self.test_threshold_sweep.thresholds, self.test_threshold_sweep.compute().tolist())
+        )
         self.test_threshold_sweep.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -26,7 +26,14 @@ from torch import nn
 from defectseg.models import EncoderClassifier
 from defectseg.models.encoder_io import save_decoder
 from defectseg.models.segmentation import SegmentationModel, count_parameters
-from defectseg.training.modules import ClassificationTask, SegmentationTask, adam, check_learning_rate, images_to_float, prepare_network
+from defectseg.training.modules import (
+    ClassificationTask,
+    SegmentationTask,
+    adam,
+    check_learning_rate,
+    images_to_float,
+    prepare_network,
+)
 from defectseg.training.runner import calibrate_features
 from defectseg.utils.errors import UserError
 
@@ -43,7 +50,9 @@ class Objective:
     name: str
     task: L.LightningModule
     encoder: nn.Module
-    trained_besides_encoder: int  # parameters of the head / decoder that stage 1 trains and stage 2 does not take as such
+    trained_besides_encoder: (
+        int  # parameters of the head / decoder that stage 1 trains and stage 2 does not take as such
+    )
     metric_names: tuple[str, ...]  # reported as best_val_<name> and test_<name>, besides the loss
     save_extra: Callable[[Path], dict[str, str]] = field(default=lambda directory: {})
 
@@ -67,10 +76,19 @@ def build_datamodule(cfg: DictConfig) -> Any:
     name = task_name(cfg)
     datamodule = instantiate(cfg.dataset)
     if name == "self_supervised":
-        return datamodule if isinstance(datamodule, UnlabelledImageDataModule) else UnlabelledImageDataModule.of(datamodule)
+        return (
+            datamodule
+            if isinstance(datamodule, UnlabelledImageDataModule)
+            else UnlabelledImageDataModule.of(datamodule)
+        )
     if datamodule.task != name:
-        suggestion = {"classification": "dataset=folder_cls, real_crack_cls", "segmentation": "dataset=folder_seg, real_crack_seg"}[name]
-        raise UserError(f"pretrain_task={name} needs a {name} data set ({suggestion}...), but dataset={datamodule.name} is a {datamodule.task} set")
+        suggestion = {
+            "classification": "dataset=folder_cls, real_crack_cls",
+            "segmentation": "dataset=folder_seg, real_crack_seg",
+        }[name]
+        raise UserError(
+            f"pretrain_task={name} needs a {name} data set ({suggestion}...), but dataset={datamodule.name} is a {datamodule.task} set"
+        )
     return datamodule
 
 
@@ -80,11 +98,22 @@ def build_objective(cfg: DictConfig, model: SegmentationModel, datamodule: Any) 
 
 
 def _common_task_args(cfg: DictConfig) -> dict[str, Any]:
-    return {"lr": float(cfg.optim.lr), "weight_decay": float(cfg.optim.weight_decay), "channels_last": bool(cfg.channels_last), "compile": bool(cfg.get("compile", False))}
+    return {
+        "lr": float(cfg.optim.lr),
+        "weight_decay": float(cfg.optim.weight_decay),
+        "channels_last": bool(cfg.channels_last),
+        "compile": bool(cfg.get("compile", False)),
+    }
 
 
 def _classification(cfg: DictConfig, model: SegmentationModel, datamodule: Any) -> Objective:
-    network = EncoderClassifier(model, num_classes=datamodule.num_classes, hidden=list(cfg.head.hidden), dropout=float(cfg.head.dropout), pooling=str(cfg.head.pooling))
+    network = EncoderClassifier(
+        model,
+        num_classes=datamodule.num_classes,
+        hidden=list(cfg.head.hidden),
+        dropout=float(cfg.head.dropout),
+        pooling=str(cfg.head.pooling),
+    )
     task = ClassificationTask(network, num_classes=datamodule.num_classes, **_common_task_args(cfg))
     return Objective("classification", task, model.encoder, count_parameters(network.head), ("accuracy", "auroc"))
 
@@ -97,23 +126,45 @@ def _segmentation(cfg: DictConfig, model: SegmentationModel, datamodule: Any) ->
     keys = ("bce_weight", "dice_weight", "threshold", "empty_score", "preview_images")
     task = SegmentationTask(model, **_common_task_args(cfg), **{key: options[key] for key in keys if key in options})
     besides = count_parameters(model.decoder) + count_parameters(model.segmentation_head)
-    return Objective("segmentation", task, model.encoder, besides, ("dice",), _decoder_writer(model, bool(options.get("save_decoder", True)), include_head=True))
+    return Objective(
+        "segmentation",
+        task,
+        model.encoder,
+        besides,
+        ("dice",),
+        _decoder_writer(model, bool(options.get("save_decoder", True)), include_head=True),
+    )
 
 
 def _self_supervised(cfg: DictConfig, model: SegmentationModel, datamodule: Any) -> Objective:
     options = cfg.pretrain_task
     task = MaskedReconstructionTask(
-        model, mask_ratio=float(options.mask_ratio), patch_size=int(options.patch_size), normalize_target=bool(options.get("normalize_target", False)),
-        preview_images=int(options.get("preview_images", 4)), **_common_task_args(cfg),
+        model,
+        mask_ratio=float(options.mask_ratio),
+        patch_size=int(options.patch_size),
+        normalize_target=bool(options.get("normalize_target", False)),
+        preview_images=int(options.get("preview_images", 4)),
+        **_common_task_args(cfg),
     )
     besides = count_parameters(model.decoder) + count_parameters(model.segmentation_head) + task.mask_token.numel()
     # the 3-channel reconstruction head is no start for a 1-channel defect head: only the decoder is written
-    return Objective("self_supervised", task, model.encoder, besides, (), _decoder_writer(model, bool(options.get("save_decoder", True)), include_head=False))
+    return Objective(
+        "self_supervised",
+        task,
+        model.encoder,
+        besides,
+        (),
+        _decoder_writer(model, bool(options.get("save_decoder", True)), include_head=False),
+    )
 
 
 def _decoder_writer(model: SegmentationModel, enabled: bool, include_head: bool) -> Callable[[Path], dict[str, str]]:
     def write(directory: Path) -> dict[str, str]:
-        return {"decoder_weights": str(save_decoder(model, directory, model.architecture, include_head=include_head))} if enabled else {}
+        return (
+            {"decoder_weights": str(save_decoder(model, directory, model.architecture, include_head=include_head))}
+            if enabled
+            else {}
+        )
 
     return write
 
@@ -121,12 +172,24 @@ def _decoder_writer(model: SegmentationModel, enabled: bool, include_head: bool)
 # --- masked-image reconstruction -----------------------------------------------------------------
 
 
-def random_patch_mask(batch: int, height: int, width: int, patch_size: int, ratio: float, generator: torch.Generator | None = None, device: Any = None) -> torch.Tensor:
+def random_patch_mask(
+    batch: int,
+    height: int,
+    width: int,
+    patch_size: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: Any = None,
+) -> torch.Tensor:
     """``(batch, 1, height, width)`` bool, True where hidden: exactly round(ratio * patches) squares per image."""
     rows, cols = height // patch_size, width // patch_size
     patches = rows * cols
     hidden = min(patches, max(1, round(ratio * patches))) if ratio > 0 else 0
-    ranks = torch.rand(batch, patches, generator=generator, device=None if generator is not None else device).argsort(dim=1).argsort(dim=1)
+    ranks = (
+        torch.rand(batch, patches, generator=generator, device=None if generator is not None else device)
+        .argsort(dim=1)
+        .argsort(dim=1)
+    )
     mask = (ranks < hidden).view(batch, 1, rows, cols)
     return mask.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3).to(device)
 
@@ -203,11 +266,17 @@ class MaskedReconstructionTask(L.LightningModule):
             raise ValueError(f"pretrain_task.patch_size={p} must divide the image size {h}x{w} (dataset.image_size)")
         return random_patch_mask(b, h, w, p, self.hparams.mask_ratio, generator=generator, device=images.device)
 
-    def _step(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _step(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = images_to_float(batch["image"], self.hparams.channels_last)
         mask = self._mask_for(images, generator)
         prediction = self.model(self.hide(images, mask)).float()
-        return masked_l1(prediction, self.target(images).float(), mask), {"images": images, "mask": mask, "prediction": prediction}
+        return masked_l1(prediction, self.target(images).float(), mask), {
+            "images": images,
+            "mask": mask,
+            "prediction": prediction,
+        }
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch)
@@ -238,7 +307,10 @@ class MaskedReconstructionTask(L.LightningModule):
             p = self.hparams.patch_size
             b, c, h, w = images.shape
             normalized = normalize(images).reshape(b, c, h // p, p, w // p, p)
-            mean, std = normalized.mean(dim=(3, 5), keepdim=True), normalized.std(dim=(3, 5), keepdim=True, unbiased=False)
+            mean, std = (
+                normalized.mean(dim=(3, 5), keepdim=True),
+                normalized.std(dim=(3, 5), keepdim=True, unbiased=False),
+            )
             prediction = (prediction.reshape(b, c, h // p, p, w // p, p) * std + mean).reshape(b, c, h, w)
         return (prediction * normalize.std + normalize.mean).clamp(0, 1)
 
@@ -252,7 +324,9 @@ class MaskedReconstructionTask(L.LightningModule):
         with torch.no_grad():
             repainted = torch.where(mask, self.reconstruction(images, self.preview["prediction"].float()), images)
             tiles = torch.stack([self.hide(images, mask), repainted, images], dim=1).flatten(0, 1)
-        return "val/preview (masked input | reconstruction | original)", make_grid(tiles.float().cpu().clamp(0, 1), nrow=3, padding=2, pad_value=1.0)
+        return "val/preview (masked input | reconstruction | original)", make_grid(
+            tiles.float().cpu().clamp(0, 1), nrow=3, padding=2, pad_value=1.0
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adam(self, self.hparams.lr, self.hparams.weight_decay)

@@ -83,7 +83,11 @@ def refuse_ddp_launch_in_multirun(trainer: L.Trainer) -> None:
     from hydra.types import RunMode
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-    if isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher) and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if (
+        isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher)
+        and HydraConfig.initialized()
+        and HydraConfig.get().mode == RunMode.MULTIRUN
+    ):
         raise UserError(
             "trainer=ddp cannot start its processes inside a Hydra multirun (-m): run each job on its own "
             "(python -m defectseg.finetune trainer=ddp ...), or sweep with hydra/launcher=slurm, where SLURM starts one process per device"
@@ -110,13 +114,22 @@ class Run:
         self.history = EpochHistory()
         self.monitor, self.mode = monitor, mode
         self.checkpoint = ModelCheckpoint(
-            dirpath=str(self.output_dir / CHECKPOINT_DIR), filename="best", monitor=monitor, mode=mode, save_top_k=1, auto_insert_metric_name=False
+            dirpath=str(self.output_dir / CHECKPOINT_DIR),
+            filename="best",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            auto_insert_metric_name=False,
         )
         # Lightning 2.6's save_last=True writes last.ckpt only when best.ckpt is written too, so a resume would go back
         # to the best epoch; a second callback without a monitor writes it after every epoch (after the best one's update).
         self.last_checkpoint = ModelCheckpoint(
-            dirpath=str(self.output_dir / CHECKPOINT_DIR), filename=LAST.removesuffix(".ckpt"), monitor=None, save_top_k=1,
-            save_on_train_epoch_end=True, enable_version_counter=False,
+            dirpath=str(self.output_dir / CHECKPOINT_DIR),
+            filename=LAST.removesuffix(".ckpt"),
+            monitor=None,
+            save_top_k=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
         )
         self.stop = GracefulStop()
         callbacks = [self.checkpoint, self.last_checkpoint, self.clock, self.history, FiniteLossGuard(), self.stop]
@@ -126,7 +139,12 @@ class Run:
         callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         self.logger = instantiate(cfg.logger) if cfg.get("logger") else False
         self.trainer: L.Trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=self.logger, precision=self.precision, default_root_dir=str(self.output_dir), plugins=[AtomicCheckpointIO()]
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=self.logger,
+            precision=self.precision,
+            default_root_dir=str(self.output_dir),
+            plugins=[AtomicCheckpointIO()],
         )
         refuse_ddp_launch_in_multirun(self.trainer)
         if self.trainer.is_global_zero:  # known from here on; under DDP only rank 0 writes run files
@@ -153,9 +171,15 @@ class Run:
         path = self.output_dir / "split.json"
         if self.resume_from is not None and path.is_file():
             before = json.loads(path.read_text())
-            changed = [split for split in ("train", "val", "test") if before.get(split, []) != datamodule.split_files.get(split, [])]
+            changed = [
+                split
+                for split in ("train", "val", "test")
+                if before.get(split, []) != datamodule.split_files.get(split, [])
+            ]
             if changed:
-                raise UserError(f"resume: the {'/'.join(changed)} files differ from the interrupted run's ({path}); the data set changed since, so start a new run")
+                raise UserError(
+                    f"resume: the {'/'.join(changed)} files differ from the interrupted run's ({path}); the data set changed since, so start a new run"
+                )
         if self.trainer.is_global_zero:  # under DDP every rank runs the stage; one writes
             datamodule.write_split(path)
 

@@ -59,7 +59,10 @@ def exit_cleanly_on_user_error(function: F) -> F:
             if type(stop).__name__ != "SIGTERMException":
                 raise
             # Lightning's SIGTERM stop outside fit (Run.fit handles its own): exit as killed, not 0 ("success").
-            print("stopped: SIGTERM after training; its checkpoints are complete: re-run with resume=true and the same hydra.run.dir to finish", file=sys.stderr)
+            print(
+                "stopped: SIGTERM after training; its checkpoints are complete: re-run with resume=true and the same hydra.run.dir to finish",
+                file=sys.stderr,
+            )
             raise SystemExit(128 + signal.SIGTERM) from None
         except Exception as error:
             cause = user_error_in(error)
