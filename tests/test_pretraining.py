@@ -82,7 +82,8 @@ def test_each_objective_writes_an_encoder_that_stage2_loads(
 def test_reuse_keeps_a_finished_stage1_refuses_another_config_and_continues_an_unfinished_one(
     compose_config, classification_set, monkeypatch, caplog
 ):
-    """make compare / label-efficiency share one long stage 1 through reuse=true: never trained twice, never overwritten."""
+    """make compare / label-efficiency share one long stage 1 through reuse=true: never trained twice, never
+    overwritten."""
     overrides = TINY_TRAINER + SMALL + STAGE1_DATA["classification"](classification_set, None) + ["reuse=true"]
     first = run_pretrain(compose_config("pretrain", overrides, run_name="s1"))
     run_dir = Path(first["encoder_weights"]).parent
@@ -123,7 +124,8 @@ def test_reuse_keeps_a_finished_stage1_refuses_another_config_and_continues_an_u
 
 
 def test_a_refused_reuse_from_the_command_line_leaves_the_finished_runs_hydra_record(compose_config, tmp_path):
-    """Hydra writes .hydra/ before the stage runs; for reuse=true into a finished run it must not (KeepFinishedRunFiles)."""
+    """Hydra writes .hydra/ before the stage runs; for reuse=true into a finished run it must not
+    (KeepFinishedRunFiles)."""
     finished_config = compose_config("pretrain", ["optim.lr=0.5"])  # paths under tmp_path, as the command below
     run_dir = tmp_path / "stage1"
     (run_dir / ".hydra").mkdir(parents=True)
@@ -285,7 +287,8 @@ def test_balanced_sources_draw_each_about_half(tmp_path):
 
 
 def test_report_has_one_row_per_pretrain_task_and_freeze(tmp_path):
-    """A sweep over two stage-1 runs x freeze x seed, plus scratch: one row per (pretrain_task, freeze), scratch the reference."""
+    """A sweep over two stage-1 runs x freeze x seed, plus scratch: one row per (pretrain_task, freeze), scratch the
+    reference."""
     job = 0
     for seed in (0, 1):
         for task, freeze, dice in (
@@ -314,15 +317,16 @@ def test_report_has_one_row_per_pretrain_task_and_freeze(tmp_path):
     by_key = {(row["pretrain_task"], row["freeze"]): row for row in rows}
     assert by_key[("self_supervised", "encoder")]["gain_abs"] == pytest.approx(0.2)
     assert by_key[("classification", "none")]["gain_abs"] == pytest.approx(0.15)
-    from defectseg.report import _display_mode
+    from defectseg.report import display_mode
 
-    labels = {_display_mode(row, rows) for row in rows}
+    labels = {display_mode(row, rows) for row in rows}
     assert len(labels) == 5 and "scratch" in labels
 
 
 def test_every_mode_of_a_large_grid_gets_its_own_colour():
-    """3 pretrain tasks x 3 freeze modes x decoder starts + scratch: no two bars share a colour (none repeats scratch's grey)."""
-    from defectseg.report import _display_mode, _mode_colours, mode_label
+    """3 pretrain tasks x 3 freeze modes x decoder starts + scratch: no two bars share a colour (none repeats
+    scratch's grey)."""
+    from defectseg.report import display_mode, mode_colours, mode_label
 
     rows = [
         {"freeze": "scratch", "pretrain_task": None, "init_decoder": False, "freeze_depth": None, "mode": "scratch"}
@@ -348,11 +352,11 @@ def test_every_mode_of_a_large_grid_gets_its_own_colour():
                         "mode": mode_label(freeze, 3 if freeze == "partial" else None, decoder),
                     }
                 )
-    colours = _mode_colours(rows)
-    assert len(colours) == len({_display_mode(r, rows) for r in rows}) == 49
+    colours = mode_colours(rows)
+    assert len(colours) == len({display_mode(r, rows) for r in rows}) == 49
     assert len(set(colours.values())) == 49
-    scratch = colours[_display_mode(rows[0], rows)]
-    frozen_classifier = colours[_display_mode(rows[1], rows)]
+    scratch = colours[display_mode(rows[0], rows)]
+    frozen_classifier = colours[display_mode(rows[1], rows)]
     assert (scratch, frozen_classifier) == ("#8c8c8c", "#1f77b4")  # the paper's two modes keep their usual colours
 
 
@@ -377,7 +381,8 @@ def test_report_keeps_a_stage1_decoder_start_apart(tmp_path):
 
 
 def test_a_stopped_sweep_continued_beside_it_is_not_missing(tmp_path):
-    """A sweep stopped after its first job, its other jobs run by a second sweep: nothing is missing, only the job nobody ran."""
+    """A sweep stopped after its first job, its other jobs run by a second sweep: nothing is missing, only the job
+    nobody ran."""
     write_multirun(tmp_path / "first", ["freeze=scratch,encoder", "seed=0,1"])
     write_job(
         tmp_path / "first", "0_freeze=scratch,seed=0", ["freeze=scratch", "seed=0"], finetune_metrics("scratch", 0, 0.5)
@@ -395,7 +400,8 @@ def test_a_stopped_sweep_continued_beside_it_is_not_missing(tmp_path):
 
 
 def test_side_by_side_sweeps_report_their_own_never_launched_jobs(tmp_path):
-    """make compare-pretrain: finetune/transfer (encoders x freeze) and finetune/scratch, each with its multirun.yaml."""
+    """make compare-pretrain: finetune/transfer (encoders x freeze) and finetune/scratch, each with its
+    multirun.yaml."""
     write_multirun(tmp_path / "transfer", ["freeze=encoder", "pretrained_encoder=A,B", "seed=0"])
     write_multirun(tmp_path / "scratch", ["freeze=scratch", "seed=0,1"])
     write_job(

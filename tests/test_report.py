@@ -298,12 +298,44 @@ def test_expected_count_shortfall_when_combos_unmatchable(tmp_path: Path) -> Non
     assert "1 of 4 expected jobs" in missing[0]["reason"]
 
 
-def test_expected_jobs_unknown_for_unexpandable_sweeps(tmp_path: Path) -> None:
+def test_expected_jobs_expands_hydra_sweep_functions(tmp_path: Path) -> None:
     assert expected_jobs(tmp_path) == (None, [])  # no multirun.yaml
-    write_multirun(tmp_path / "a", ["seed=range(0,3)", "freeze=scratch,encoder"])
-    assert expected_jobs(tmp_path / "a")[0] is None
+    write_multirun(tmp_path / "a", ["seed=range(0,3)", "freeze=choice(scratch,encoder)"])
+    n, combos = expected_jobs(tmp_path / "a")
+    assert n == 6 and {(c["seed"], c["freeze"]) for c in combos} == {
+        (s, f) for s in "012" for f in ("scratch", "encoder")
+    }
     write_multirun(tmp_path / "b", ["model.channels=[32,64],[16,32]", "seed=0,1,2"])
     assert expected_jobs(tmp_path / "b")[0] == 6
+    write_multirun(tmp_path / "c", ["dataset=glob(*)", "seed=0,1"])  # glob() needs the config directory: unknown
+    assert expected_jobs(tmp_path / "c") == (None, [])
+
+
+def test_sweep_launched_with_range_and_choice_is_reported_by_recorded_values(tmp_path: Path) -> None:
+    """Axes written as range()/choice() count and pair like a,b lists; rows come from what each run recorded."""
+    root = tmp_path / "s"
+    write_multirun(
+        root, ["freeze=choice(scratch,encoder)", "seed=range(0,3)", "+dataset.max_train_images=range(10,31,20)"]
+    )
+    job = 0
+    for size in (10, 30):
+        for mode in ("scratch", "encoder"):
+            for seed in range(3):
+                if (mode, seed, size) == ("encoder", 2, 30):
+                    continue  # the launcher died before the last job
+                test = 0.5 + (0.2 if mode == "encoder" else 0.0) + size / 1000 + 0.01 * seed
+                overrides = [f"freeze={mode}", f"seed={seed}", f"+dataset.max_train_images={size}"]
+                write_job(root, str(job), overrides, metrics(mode, seed, test, train_images=size))
+                job += 1
+    result = write_report(root, plots=False)
+    rows = {(r["freeze"], r["train_images"]): r for r in result["rows"]}
+    assert set(rows) == {(m, s) for m in ("scratch", "encoder") for s in (10, 30)}
+    assert rows["encoder", 10]["seeds"] == [0, 1, 2] and rows["encoder", 30]["seeds"] == [0, 1]
+    assert rows["encoder", 10]["gain_abs"] == pytest.approx(0.2)
+    assert rows["encoder", 30]["n_paired"] == 2
+    assert [m["overrides"] for m in result["missing"]] == [["freeze=encoder", "seed=2", "dataset.max_train_images=30"]]
+    assert "11 finished, 1 MISSING" in result["markdown"]
+    assert "label_efficiency.csv" in result["paths"]
 
 
 def test_nested_job_dirs_are_collected(tmp_path: Path) -> None:
@@ -325,11 +357,16 @@ def test_stage1_run_beside_the_sweep_is_neither_a_job_nor_missing(tmp_path: Path
     assert missing == []
 
 
-def test_missing_fields_fall_back_to_overrides(tmp_path: Path) -> None:
+def test_missing_fields_fall_back_to_the_resolved_config(tmp_path: Path) -> None:
+    """An older metrics.json without freeze/seed: the job's .hydra/config.yaml says what the run was, not its
+    overrides."""
     root = tmp_path / "s"
     m = metrics("encoder", 2, 0.8)
     del m["freeze"], m["seed"], m["device"], m["test_dice_per_image"], m["best_val_dice"]
-    write_job(root, "0", ["freeze=encoder", "seed=2"], m)
+    job = write_job(root, "0", ["freeze=scratch", "seed=7"], m)  # overrides that disagree are ignored
+    (job / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"seed": 2, "freeze": {"mode": "encoder", "depth": None}})
+    )
     write_job(root, "1", ["freeze=scratch", "seed=2"], metrics("scratch", 2, 0.7))
     rows = write_report(root)["rows"]
     e = row_of(rows, "encoder")
@@ -339,7 +376,8 @@ def test_missing_fields_fall_back_to_overrides(tmp_path: Path) -> None:
 
 
 def test_two_stage1_runs_of_one_objective_are_two_rows(tmp_path: Path) -> None:
-    """A small and a large stage-1 run (same objective) must not be averaged into one row; both compare with one scratch."""
+    """A small and a large stage-1 run (same objective) must not be averaged into one row; both compare with one
+    scratch."""
     root = tmp_path / "s"
     for seed in (0, 1):
         write_job(
@@ -363,7 +401,8 @@ def test_two_stage1_runs_of_one_objective_are_two_rows(tmp_path: Path) -> None:
 
 
 def test_report_names_the_stage1_runs_with_their_size_and_quality(tmp_path: Path) -> None:
-    """A reused stage 1 lives outside the sweep: the header says which one, from stage 2's record or the run's metrics.json."""
+    """A reused stage 1 lives outside the sweep: the header says which one, from stage 2's record or the run's
+    metrics.json."""
     recorded = {
         "pretrain_task": "classification",
         "dataset": "concrete",

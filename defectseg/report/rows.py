@@ -1,0 +1,91 @@
+"""Row identity: which runs are seeds of one table row, how a row is named and where it sorts.
+
+Everything that decides what a row *is* lives here, so a new axis of comparison (a fine-tuning recipe, a per-class
+column set) is added in one place: append its recorded field to :data:`ROW_IDENTITY`, and name it in
+:func:`mode_label` / :func:`display_mode` when it should show in the "training" column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+#: Display order of freeze modes (scratch first: it is the reference of every gain).
+MODE_ORDER = {"scratch": 0, "encoder": 1, "partial": 2, "none": 3}
+
+#: The fields each run recorded (metrics.json) that name its row: runs equal on all of them are seeds of one row.
+ROW_IDENTITY = (
+    "experiment",
+    "dataset",
+    "model",
+    "pretrain_task",
+    "encoder_from",
+    "freeze",
+    "freeze_depth",
+    "init_decoder",
+    "train_images",
+)
+
+#: Fields a transfer row and its scratch reference must share (a gain compares like with like).
+REFERENCE_IDENTITY = ("dataset", "model", "train_images")
+
+
+def row_identity(run: dict[str, Any]) -> dict[str, Any]:
+    """The identity fields of a run (or row), as the row will carry them."""
+    identity = {key: run.get(key) for key in ROW_IDENTITY}
+    identity["init_decoder"] = bool(identity["init_decoder"])
+    return identity
+
+
+def row_key(run: dict[str, Any]) -> tuple[Any, ...]:
+    """Hashable row identity: the runs with one key are averaged over their seeds."""
+    return tuple(row_identity(run).values())
+
+
+def none_last(value: Any) -> tuple[bool, Any]:
+    """Sort key that tolerates None mixed with comparable values."""
+    return (value is None, value if value is not None else 0)
+
+
+def row_sort_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Table order: by data set and size, then scratch first and the transfer modes after it."""
+    return (
+        none_last(row["experiment"]),
+        none_last(row["dataset"]),
+        none_last(row["model"]),
+        none_last(row["train_images"]),
+        MODE_ORDER.get(row["freeze"], 9),
+        none_last(row["freeze_depth"]),
+        none_last(row["pretrain_task"]),
+        none_last(row.get("encoder_from")),
+        row.get("init_decoder", False),
+    )
+
+
+def mode_label(freeze: str | None, freeze_depth: int | None = None, init_decoder: bool = False) -> str:
+    """Human label of a freeze mode, as used in the table and the plots."""
+    if init_decoder:
+        return f"{mode_label(freeze, freeze_depth)} + stage-1 decoder"
+    if freeze == "scratch":
+        return "scratch"
+    if freeze == "encoder":
+        return "transfer-frozen encoder"
+    if freeze == "none":
+        return "transfer-full fine-tuning"
+    if freeze == "partial":
+        return f"partial-{freeze_depth}" if freeze_depth is not None else "partial"
+    return str(freeze)
+
+
+def display_mode(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    """Mode label, plus the pretraining task and the stage-1 run when the sweep compares several."""
+    if row["freeze"] == "scratch":
+        return row["mode"]
+    transfer = [r for r in rows if r["freeze"] != "scratch"]
+    tags = [str(row[key]) for key in ("pretrain_task", "encoder_from") if len({r.get(key) for r in transfer}) > 1]
+    return f"{row['mode']} [{', '.join(tags)}]" if tags else row["mode"]
+
+
+def varies(rows: Sequence[dict[str, Any]], key: str) -> bool:
+    """Whether the rows differ in ``key`` (then it earns a column or a panel)."""
+    return len({r[key] for r in rows}) > 1
