@@ -13,7 +13,7 @@ LE_DIR ?= outputs/label_efficiency/$(NOW)
 EXPERIMENT ?= quick
 # Stage 1 of make compare and make label-efficiency: trained once into STAGE1_DIR, then reused by every later run of the
 # same stage-1 config (pretrain reuse=true; another config is refused, naming the keys). experiment=quick's stage 1 is the
-# paper's scale, 2x20,000 photos: ~38 min once on a 2-core CPU (smaller ones do not transfer: README, Results).
+# paper's scale, 2x20,000 photos: ~38 min once on a 2-core CPU (smaller ones do not transfer: docs/results/index.md).
 STAGE1_DIR ?= outputs/stage1/$(EXPERIMENT)
 # Overrides for stage 1 only (ARGS go to both stages), e.g. STAGE1_ARGS="dataset=folder_cls dataset.root=DIR" with its own STAGE1_DIR.
 STAGE1_ARGS ?=

@@ -159,7 +159,18 @@ class Bench:
         args = self.args
         run_dir = self.workdir / f"pipeline_{mode}_{time.monotonic_ns()}"
         timing = run_dir / "step_timer.json"
-        overrides = [*self.base_overrides, f"freeze={MODES[mode]}", f"pretrained_encoder={self.encoder_file()}", f"paths.output_dir={run_dir}", "trainer.max_epochs=1", f"dataset.samples_per_epoch={(args.warmup + args.steps) * args.batch_size}", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "calibration_batches=1", f"+callbacks.step_timer={{_target_:benchmarks.throughput.StepTimer,warmup:{args.warmup},steps:{args.steps},path:'{timing}'}}"]
+        overrides = [
+            *self.base_overrides,
+            f"freeze={MODES[mode]}",
+            f"pretrained_encoder={self.encoder_file()}",
+            f"paths.output_dir={run_dir}",
+            "trainer.max_epochs=1",
+            f"dataset.samples_per_epoch={(args.warmup + args.steps) * args.batch_size}",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "calibration_batches=1",
+            f"+callbacks.step_timer={{_target_:benchmarks.throughput.StepTimer,warmup:{args.warmup},steps:{args.steps},path:'{timing}'}}",
+        ]
         run_finetune(compose(overrides))
         record = json.loads(timing.read_text())
         return {"images_per_second": record["images"] / record["seconds"], "peak_memory_mib": record["peak_memory_mib"]}
@@ -448,7 +459,7 @@ def append_result_line(line: str) -> None:
     if not RESULTS_LOG.exists():
         RESULTS_LOG.write_text(
             "# Benchmark results\n\nOne line per run of `benchmarks/throughput.py` (`make bench`) or `benchmarks/precision_dice.py`, "
-            "naming the machine; the JSON named at the end of each line holds everything. See README, *Speed*.\n\n"
+            "naming the machine; the JSON named at the end of each line holds everything. See docs/speed.md.\n\n"
         )
     with RESULTS_LOG.open("a") as handle:
         handle.write(line.rstrip("\n") + "\n")

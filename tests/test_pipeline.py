@@ -22,11 +22,24 @@ GROUP_OPTIONS = {
 
 
 def stage1_overrides(root: Path) -> list[str]:
-    return [*TINY_TRAINER, "dataset=folder_cls", f"dataset.root={root}", "dataset.image_size=32", "dataset.batch_size=4"]
+    return [
+        *TINY_TRAINER,
+        "dataset=folder_cls",
+        f"dataset.root={root}",
+        "dataset.image_size=32",
+        "dataset.batch_size=4",
+    ]
 
 
 def stage2_overrides(root: Path, freeze: str = "encoder") -> list[str]:
-    return [*TINY_TRAINER, f"freeze={freeze}", "dataset=folder_seg", f"dataset.root={root}", "dataset.image_size=32", "dataset.batch_size=4"]
+    return [
+        *TINY_TRAINER,
+        f"freeze={freeze}",
+        "dataset=folder_seg",
+        f"dataset.root={root}",
+        "dataset.image_size=32",
+        "dataset.batch_size=4",
+    ]
 
 
 STAGE_GROUPS = [
@@ -97,7 +110,7 @@ def test_quick_experiment_is_smaller(compose_config):
 
 
 def test_stage1_of_quick_and_paper_has_the_kaggle_sets_size(compose_config):
-    """2x20,000 photos: smaller stage-1 sets do not transfer on the embedded data (README, Results)."""
+    """2x20,000 photos: smaller stage-1 sets do not transfer on the embedded data (docs/results/index.md)."""
     for experiment in ("quick", "paper"):
         cfg = compose_config("pretrain", [f"experiment={experiment}"])
         assert cfg.dataset.synthetic.n_per_class == 20000 and cfg.dataset.root.endswith("_n20000_seed0")

@@ -23,7 +23,7 @@ from defectseg.utils.errors import UserError, exit_cleanly_on_user_error, user_e
 from defectseg.utils.naming import job_name
 from tests.conftest import TINY_TRAINER
 
-# The ready configs' documented sizes (README, conf/model/*.yaml): total, encoder, decoder + head.
+# The ready configs' documented sizes (docs/models.md, conf/model/*.yaml): total, encoder, decoder + head.
 READY = {
     "smp_unet_resnet34": ("unet-resnet34", 24_436_369, 21_284_672, 3_151_697),
     "smp_fpn_efficientnet": ("fpn-efficientnet-b0", 5_759_485, 4_007_548, 1_751_937),

@@ -247,7 +247,7 @@ def binary_mask(array: np.ndarray, source: str | Path) -> np.ndarray:
     values = np.unique(array)
     raise DataError(
         f"{source}: mask values {values[:8].tolist()}{'...' if values.size > 8 else ''} are neither 0/1 nor 0/255 "
-        "(a class-index mask? read it with a layout that has mask_values=classes, see README: Real data and public layouts)",
+        "(a class-index mask? read it with a layout that has mask_values=classes, see docs/data.md)",
         kind="mask_values",
     )
 

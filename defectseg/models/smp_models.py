@@ -27,7 +27,7 @@ from defectseg.utils.errors import UserError
 HUB_CONNECT_TIMEOUT = 3.0
 OFFLINE_HINT = (
     "download the weights where the internet is reachable and pass the file: model.encoder_weights=/path/to/file "
-    "(safetensors, or a state dict saved with torch.save; see README, smp models), "
+    "(safetensors, or a state dict saved with torch.save; see docs/models.md), "
     "or set HF_HUB_OFFLINE=1 to use weights already in the Hugging Face cache"
 )
 
