@@ -33,6 +33,7 @@ from defectseg.inference.torch_runtime import ProbabilityModel, load_model
 from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
 from defectseg.utils.io import atomic_write_bytes, atomic_write_json
 from defectseg.utils.naming import register_resolvers
+from defectseg.utils.run_directory import make_output_dir
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -120,9 +121,9 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     source = resolve_model_path(cfg.checkpoint)
     if source.suffix.lower() == ".onnx":
         raise UserError(f"{source} is already an exported model: give a fine-tune run directory or its .ckpt")
+    output_dir = make_output_dir(cfg.output_dir, "output_dir")  # before the slow work: a file in the way is one line
     model, info = load_model(source)
     network = ProbabilityModel(model).eval()
-    output_dir = Path(cfg.output_dir)
     images = parity_images(info, cfg.check.sample)
     with torch.no_grad():
         references = [network(torch.from_numpy(batch)).numpy() for batch in images]

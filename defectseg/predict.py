@@ -33,6 +33,7 @@ from defectseg.inference.tiling import probability_map
 from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
 from defectseg.utils.io import atomic_write_json, atomic_writer
 from defectseg.utils.naming import register_resolvers
+from defectseg.utils.run_directory import make_output_dir
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -185,8 +186,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     threshold = float(cfg.threshold) if cfg.threshold is not None else info.threshold
     threshold_source = "threshold= (given)" if cfg.threshold is not None else info.threshold_source
     tile_size = int(cfg.tiling.tile_size or info.tile_size or 256)
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = make_output_dir(cfg.output_dir, "output_dir")  # one line, not a traceback, when a file is in the way
     log.info(
         "%d photo(s) -> %s; model %s (%s), threshold %.2f from %s, tiles %d px",
         len(paths),

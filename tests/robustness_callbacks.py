@@ -24,7 +24,7 @@ class Throttle(L.Callback):
 
 
 class InjectNaN(L.Callback):
-    """Poisons one weight with NaN at the start of epoch ``at_epoch``, so the loss of that epoch's first batch is NaN."""
+    """Poisons one weight with NaN when epoch ``at_epoch`` starts, so the loss of that epoch's first batch is NaN."""
 
     def __init__(self, at_epoch: int = 1) -> None:
         self.at_epoch = int(at_epoch)
@@ -50,3 +50,21 @@ class SendSignal(L.Callback):
     ) -> None:
         if trainer.global_step == self.at_step:
             os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class WaitForFile(L.Callback):
+    """Holds training after its first batch until ``path`` exists, so a test can act while the run is surely live."""
+
+    def __init__(self, path: str, waiting: str | None = None, timeout: float = 300.0) -> None:
+        self.path = path
+        self.waiting = waiting  # created when the hold begins
+        self.timeout = float(timeout)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.waiting:
+            open(self.waiting, "w").close()
+        deadline = time.monotonic() + self.timeout
+        while not os.path.exists(self.path) and time.monotonic() < deadline:
+            time.sleep(0.05)

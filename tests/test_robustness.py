@@ -16,7 +16,6 @@ from defectseg.finetune import run_finetune
 from defectseg.training.callbacks import EpochHistory, NonFiniteLossError
 from defectseg.training.checkpoints import AtomicCheckpointIO, load_checkpoint
 from defectseg.utils.errors import RunInterrupted, UserError
-from tests.conftest import write_segmentation_set
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 6
@@ -69,58 +68,6 @@ def wait_for(condition, process: subprocess.Popen, log: Path, timeout: float = 1
 
 def history_of(checkpoint: dict) -> list[dict]:
     return next(state for key, state in checkpoint["callbacks"].items() if EpochHistory.__qualname__ in key)["epochs"]
-
-
-@pytest.mark.slow
-def test_stopped_and_killed_runs_resume_to_the_full_epoch_count(compose_config, tmp_path):
-    """SIGTERM mid-epoch stops after saving last.ckpt; its resume is SIGKILLed; a second resume still trains EPOCHS epochs."""
-    data = write_segmentation_set(tmp_path / "seg", n_images=10)
-    run_dir = tmp_path / "outputs" / "finetune" / "run"  # where compose_config(run_name="run") puts the last resume
-    last = run_dir / "checkpoints" / "last.ckpt"
-    throttled = fast_args(
-        data,
-        tmp_path,
-        [
-            f"hydra.run.dir={run_dir}",
-            "+callbacks.throttle._target_=robustness_callbacks.Throttle",
-            "+callbacks.throttle.seconds=0.25",
-        ],
-    )
-
-    first = start(throttled, tmp_path / "first.log")
-    wait_for(last.is_file, first, tmp_path / "first.log")  # epoch 0 done
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=120) == 128 + signal.SIGTERM
-    message = (tmp_path / "first.log").read_text()
-    assert "stopped: SIGTERM" in message and "resume=true" in message and str(run_dir) in message
-    stopped_at = load_checkpoint(last)["global_step"]
-    assert 3 <= stopped_at < STEPS
-    assert not (run_dir / "metrics.json").exists()
-
-    second = start([*throttled, "resume=true"], tmp_path / "second.log")
-    wait_for(
-        lambda: load_checkpoint(last)["global_step"] > stopped_at, second, tmp_path / "second.log"
-    )  # atomic: never half a file
-    second.send_signal(signal.SIGKILL)
-    assert second.wait(timeout=60) == -signal.SIGKILL
-    killed_at = load_checkpoint(last)["global_step"]
-    assert stopped_at < killed_at < STEPS
-    assert not list(last.parent.glob(".*.tmp")), "a killed save left a temp file behind"
-
-    metrics = run_finetune(compose_config("finetune", fast_args(data, tmp_path, ["resume=true"]), run_name="run"))
-    assert metrics["epochs"] == EPOCHS
-    final = load_checkpoint(last)
-    assert final["global_step"] == STEPS and final["epoch"] == EPOCHS - 1
-    epochs = history_of(final)
-    assert [row["epoch"] for row in epochs] == list(range(EPOCHS)), "every epoch validated once, across three processes"
-    best_row = max(epochs, key=lambda row: row["val/dice"])
-    assert (
-        metrics["best_val_dice"] == pytest.approx(best_row["val/dice"]) and metrics["best_epoch"] == best_row["epoch"]
-    )
-    best = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
-    assert best["epoch"] == metrics["best_epoch"]
-    saved_best = next(state for key, state in final["callbacks"].items() if key.startswith("ModelCheckpoint"))
-    assert float(saved_best["best_model_score"]) == pytest.approx(metrics["best_val_dice"])
 
 
 def test_resume_without_a_checkpoint_says_where_it_looked(compose_config, segmentation_set, tmp_path):

@@ -20,6 +20,7 @@ from torch import nn
 from defectseg.inference.runtime import DEFAULT_THRESHOLD, ModelInfo
 from defectseg.training.metrics import TUNED_THRESHOLD_KEY
 from defectseg.utils.errors import UserError
+from defectseg.utils.safe_load import torch_load_safely
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,7 @@ def run_config(checkpoint: Path) -> DictConfig:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, not a checkpoint, pickled objects refused by weights_only
-        raise UserError(
-            f"{path}: cannot read the checkpoint ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-        ) from error
+    checkpoint = torch_load_safely(path, "checkpoint")  # the one refusal wording for unsafe or unreadable files
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{path}: not a Lightning checkpoint (no state_dict)")
     return checkpoint

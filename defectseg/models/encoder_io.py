@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from defectseg.utils.io import atomic_write_text, atomic_writer
+from defectseg.utils.safe_load import torch_load_safely
 
 WEIGHTS_NAME = "encoder.safetensors"
 DECODER_WEIGHTS_NAME = (
@@ -199,15 +199,13 @@ def load_weights_file(encoder: nn.Module, path: str | Path) -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"model.encoder_weights: no weights file at {path}")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise EncoderMismatchError(
-            f"{path}: not a safetensors file or a state dict torch.load can read safely ({str(error).splitlines()[0]})"
-        ) from error
+        except (SafetensorError, OSError) as error:
+            raise EncoderMismatchError(f"{path}: unreadable safetensors file ({str(error).splitlines()[0]})") from None
+    else:
+        state = torch_load_safely(path, "weights file")  # one-line refusal of a pickle that would run code
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(tensor, torch.Tensor) for tensor in state.values()):

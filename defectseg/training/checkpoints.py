@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
-import re
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from defectseg.utils.errors import UserError
 from defectseg.utils.io import atomic_writer
+from defectseg.utils.safe_load import torch_load_safely
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +62,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def load_checkpoint(
     path: str | Path, map_location: Callable | str | None = "cpu", mmap: bool = False
 ) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` whatever the caller asks, with errors that name the file."""
+    """``torch.load(weights_only=True)`` whatever the caller asks (:func:`torch_load_safely`), with errors that name the file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        named = re.search(r"GLOBAL ([\w.]+)", str(error))
-        detail = f"it would call {named.group(1)}" if named else str(error).splitlines()[0]
-        raise UserError(
-            f"{path}: refused to load: this checkpoint holds Python objects that loading would execute ({detail}); "
-            "only checkpoints of tensors and plain values, as defectseg writes them, are read"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(
-            f"{path}: not a readable checkpoint, truncated or not a checkpoint at all ({str(error).splitlines()[0]})"
-        ) from None
+    checkpoint = torch_load_safely(path, "checkpoint", map_location, mmap=mmap)
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint")
     return checkpoint

@@ -22,6 +22,7 @@ from defectseg.training.callbacks import EpochHistory, FiniteLossGuard, Graceful
 from defectseg.training.checkpoints import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, check_same_config, resume_path
 from defectseg.utils.errors import RunInterrupted, UserError
 from defectseg.utils.io import atomic_write_text
+from defectseg.utils.run_directory import claim_run_directory, is_first_process
 
 log = logging.getLogger(__name__)
 # A frozen encoder is in eval mode on purpose (its norm statistics stay fixed).
@@ -100,10 +101,19 @@ class Run:
     def __init__(self, cfg: DictConfig, monitor: str, mode: str) -> None:
         self.cfg = cfg
         self.output_dir = Path(cfg.paths.output_dir)
+        # One process per run directory (DDP's other ranks share rank 0's): a second run is refused, naming the owner.
+        resuming = bool(cfg.get("resume", False)) or str(cfg.get("ckpt_path")) == "last"
+        self.lock = claim_run_directory(self.output_dir, resume=resuming) if is_first_process() else None
+        try:
+            self._start_run(cfg, monitor, mode)
+        except BaseException:
+            self.release()
+            raise
+
+    def _start_run(self, cfg: DictConfig, monitor: str, mode: str) -> None:
         self.resume_from = resume_path(cfg, self.output_dir)  # before anything is written into the run directory
         if self.resume_from is not None:
             check_same_config(self.output_dir / "config.yaml", cfg)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         self.start_time = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._start = time.perf_counter()
         torch.set_float32_matmul_precision("high")
@@ -156,6 +166,7 @@ class Run:
         try:
             self.trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SystemExit:
+            self.release()
             if self.stop.signal_name is None:
                 raise
             saved = f"saved {self.stop.saved}" if self.stop.saved else "nothing new saved"
@@ -165,6 +176,19 @@ class Run:
                 "and the first run's overrides",
                 self.stop.signal_number,
             ) from None
+        except BaseException:
+            self.release()
+            raise
+        if self.trainer.global_step == 0:
+            self.release()
+            trainer = self.cfg.trainer
+            settings = ", ".join(
+                f"trainer.{key}={trainer.get(key)}" for key in ("limit_train_batches", "max_epochs", "max_steps")
+            )
+            raise UserError(
+                f"training took no step ({settings}): the network is untrained, so it is neither tested nor reported; "
+                "let it train at least one batch"
+            )
 
     def record_split(self, datamodule: Any) -> None:
         """Write ``split.json``; a resumed run must see the files the interrupted run trained on."""
@@ -208,10 +232,17 @@ class Run:
         if self.logger and hasattr(self.logger, "experiment") and self.trainer.is_global_zero:
             self.logger.experiment.add_text(tag, text)
 
+    def release(self) -> None:
+        """Give the run directory back (the kernel does it too when the process ends, however it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def close(self) -> None:
-        """Release what a sweep's next job must not inherit (loggers, cached data, GPU memory)."""
+        """Release what a sweep's next job must not inherit (loggers, cached data, GPU memory, the run directory)."""
         if self.logger and hasattr(self.logger, "finalize"):
             self.logger.finalize("success")
+        self.release()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

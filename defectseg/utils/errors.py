@@ -20,6 +20,10 @@ class UserError(RuntimeError):
     exit_code = 2
 
 
+class UnsafeFileError(UserError):
+    """A file whose pickle would run code when loaded: refused before anything in it runs (defectseg.utils.safe_load)."""
+
+
 class RunInterrupted(UserError):
     """Training stopped on a signal after saving what a resume needs; exits 128 + signal like the shell would."""
 

@@ -3,11 +3,12 @@ so nothing here imports torch or Lightning."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 
 class KeepFinishedRunFiles(Callback):
@@ -24,3 +25,35 @@ class KeepFinishedRunFiles(Callback):
         if (Path(str(config.hydra.run.dir)) / "metrics.json").is_file():
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = None
+
+
+class GuardRunDirectory(Callback):
+    """Before Hydra creates the run directory and writes ``.hydra/`` into it.
+
+    A run or sweep directory that names an existing file gets one line instead of Hydra's traceback. A run directory
+    that a live run holds (defectseg.utils.run_directory) keeps that run's ``.hydra/``: this call writes none there,
+    and the stage then refuses it, naming the owner.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from defectseg.utils.run_directory import holder_of, is_first_process
+
+        run_dir = _usable_directory(config, "hydra.run.dir")
+        if is_first_process() and holder_of(run_dir) is not None:
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.output_subdir = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _usable_directory(config, "hydra.sweep.dir")
+
+
+def _usable_directory(config: DictConfig, key: str) -> Path:
+    from defectseg.utils.errors import UserError
+    from defectseg.utils.run_directory import make_output_dir
+
+    path = Path(str(OmegaConf.select(config, key)))
+    try:
+        return make_output_dir(path, key)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
