@@ -481,15 +481,7 @@ def test_stage1_on_several_roots_reports_each_source(compose_config, tmp_path):
     crops = write_photo_crops(tmp_path / "crops", photos=6)
     cfg = compose_config(
         "pretrain",
-        [
-            *TINY_TRAINER,
-            "dataset=folder_cls",
-            f"dataset.root=[{bricks},{crops}]",
-            "dataset.image_size=32",
-            "dataset.batch_size=4",
-            "dataset.split_fractions=[0.5,0.25,0.25]",
-            "dataset.split_groups='^(.+)_x\\d+_y\\d+$'",
-        ],
+        [*TINY_TRAINER, "dataset=folder_cls", f"dataset.root=[{bricks},{crops}]", "dataset.image_size=32", "dataset.batch_size=4", "dataset.split_fractions=[0.5,0.25,0.25]", "dataset.split_groups='^(.+)_x\\d+_y\\d+$'"],
     )
     metrics = run_pretrain(cfg)
     assert set(metrics["test_by_source"]) == {"bricks", "crops"}

@@ -20,13 +20,7 @@ def test_multirun_scratch_vs_transfer_produces_report(compose_config, classifica
     stage1 = run_pretrain(
         compose_config(
             "pretrain",
-            [
-                *TINY_TRAINER,
-                "dataset=folder_cls",
-                f"dataset.root={classification_set}",
-                "dataset.image_size=32",
-                "dataset.batch_size=4",
-            ],
+            [*TINY_TRAINER, "dataset=folder_cls", f"dataset.root={classification_set}", "dataset.image_size=32", "dataset.batch_size=4"],
         )
     )
     sweep = tmp_path / "sweep"
