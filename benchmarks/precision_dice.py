@@ -1,7 +1,7 @@
 """Does bf16 mixed precision cost Dice? Stage-2 runs in bf16-mixed and in 32-true, everything else
 equal (same seeds, data, split, epochs), compared per seed and per test image.
 
-    python benchmarks/precision_dice.py                               # experiment=quick, freeze=scratch, 4 epochs, seed 0
+    python benchmarks/precision_dice.py                            # experiment=quick, freeze=scratch, 4 epochs, seed 0
     python benchmarks/precision_dice.py --epochs 16 --seeds 0,1,2     # the full check: the quick protocol, 3 seeds
     python benchmarks/precision_dice.py --epochs 1 --set trainer.limit_train_batches=2   # a smoke test
 
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.throughput import append_result_line, shown, write_result  # noqa: E402
+from benchmarks.results_log import append_result_line, cpu_isa, isa_text, shown, write_result  # noqa: E402
 from defectseg.report import paired_bootstrap_ci  # noqa: E402
 
 PRECISIONS = ("bf16-mixed", "32-true")
@@ -84,13 +84,20 @@ def compare(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def record(result: dict[str, Any]) -> Path:
     path = write_result("precision_dice", result)
     c = result["comparison"]
+    overrides = " " + " ".join(result["overrides"]) if result["overrides"] else ""
+    low, high = c["per_image_difference_ci95"]
+    bf16, fp32 = c["bf16-mixed"], c["32-true"]
+    note = f" · {result['note']}" if result["note"] else ""
+    isa = isa_text(result.get("cpu_isa") or cpu_isa())
     line = (
-        f"- {result['date'][:16].replace('T', ' ')} · {result['machine']} · precision Dice, experiment={result['experiment']} freeze={result['freeze']} "
-        f"{result['epochs']} epochs, seeds {result['seeds']}{' ' + ' '.join(result['overrides']) if result['overrides'] else ''} · "
-        f"test Dice bf16-mixed {c['bf16-mixed']['test_dice_mean']:.4f} vs 32-true {c['32-true']['test_dice_mean']:.4f} "
-        f"(difference {c['test_dice_difference_mean']:+.4f}; per-image 95 % CI [{c['per_image_difference_ci95'][0]:+.4f}, {c['per_image_difference_ci95'][1]:+.4f}]: "
-        f"{'within noise' if c['within_noise'] else 'NOT within noise'}) · train img/s bf16 {np.mean(c['bf16-mixed']['train_images_per_second']):.1f} "
-        f"vs fp32 {np.mean(c['32-true']['train_images_per_second']):.1f}{' · ' + result['note'] if result['note'] else ''} · `{shown(path)}`"
+        f"- {result['date'][:16].replace('T', ' ')} · {result['machine']} · {isa} · "
+        f"precision Dice, experiment={result['experiment']} freeze={result['freeze']} "
+        f"{result['epochs']} epochs, seeds {result['seeds']}{overrides} · "
+        f"test Dice bf16-mixed {bf16['test_dice_mean']:.4f} vs 32-true {fp32['test_dice_mean']:.4f} "
+        f"(difference {c['test_dice_difference_mean']:+.4f}; per-image 95 % CI [{low:+.4f}, {high:+.4f}]: "
+        f"{'within noise' if c['within_noise'] else 'NOT within noise'}) · "
+        f"train img/s bf16 {np.mean(bf16['train_images_per_second']):.1f} "
+        f"vs fp32 {np.mean(fp32['train_images_per_second']):.1f}{note} · `{shown(path)}`"
     )
     append_result_line(line)
     return path
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "date": date,
         "machine": device_name("auto"),
+        "cpu_isa": cpu_isa(),
         "experiment": args.experiment,
         "freeze": args.freeze,
         "epochs": args.epochs,

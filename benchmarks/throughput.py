@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import resource
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,8 +47,8 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-RESULTS_DIR = REPO / "benchmarks" / "results"
-RESULTS_LOG = REPO / "benchmarks" / "results.md"
+from benchmarks.results_log import RESULTS_LOG, cpu_isa, median, record, shown  # noqa: E402
+
 MODES = {"scratch": "scratch", "frozen": "encoder"}  # benchmark name -> freeze policy
 
 
@@ -71,7 +70,7 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 class StepTimer(L.Callback):
-    """Clocks the pipeline's steady state: from the end of training step ``warmup`` to the end of step ``warmup + steps``."""
+    """Clocks the pipeline's steady state: from the end of training step ``warmup`` to that of ``warmup + steps``."""
 
     def __init__(self, warmup: int, steps: int, path: str) -> None:
         self.warmup, self.steps, self.path = int(warmup), int(steps), Path(path)
@@ -219,7 +218,7 @@ class Bench:
         return step
 
     def compile_ab(self, mode: str, rounds: int = 6) -> dict[str, float]:
-        """Eager against torch.compile on the bare step, interleaved in short chunks so a drifting load hits both alike."""
+        """Eager against torch.compile on the bare step, interleaved in short chunks: drifting load hits both alike."""
         args = self.args
         steps = {"eager": self.training_step(mode, compile=False), "compiled": self.training_step(mode, compile=True)}
         warmup_seconds, seconds = {}, {name: 0.0 for name in steps}
@@ -340,19 +339,13 @@ class Bench:
         return 2 * n**3 / best / 1e9
 
 
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
-def alternate(
-    repeats: int, first: Callable[[], dict[str, float]], second: Callable[[], dict[str, float]]
-) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-    """first, second, first, second...: slow drifts of a shared machine hit both alike."""
-    a, b = [], []
+def alternate(repeats: int, *contenders: Callable[[], dict[str, float]]) -> tuple[list[dict[str, float]], ...]:
+    """first, second, ..., first, second, ...: slow drifts of a shared machine hit every contender alike."""
+    results: tuple[list[dict[str, float]], ...] = tuple([] for _ in contenders)
     for _ in range(repeats):
-        a.append(first())
-        b.append(second())
-    return a, b
+        for measured, contender in zip(results, contenders):
+            measured.append(contender())
+    return results
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -361,16 +354,62 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True  # as trainer.benchmark=true does
     bench = Bench(args)
     try:
-        return measure(bench)
+        with ExitStack() as stack:
+            return measure(bench, start_peers(bench, stack))
     finally:
         if bench._workdir is not None:
             shutil.rmtree(bench._workdir, ignore_errors=True)  # the pipeline runs' checkpoints
 
 
-def measure(bench: Bench) -> dict[str, Any]:
+def start_peers(bench: Bench, stack: ExitStack) -> dict[str, Any]:
+    """The Keras peers (own processes, warmed up), or why there are none; they mirror unet_paper from scratch."""
+    from benchmarks import keras_peer
+
+    args = bench.args
+    if args.peer == "off" or "scratch" not in args.modes:
+        return {}
+    reason = None
+    if not keras_peer.available():
+        reason = keras_peer.INSTALL_HINT
+    elif bench.cfg.model._target_.rsplit(".", 1)[-1] != "unet_paper":
+        reason = "Keras peer skipped: it mirrors model=unet_paper only"
+    if reason:
+        print(f"[bench] {reason}", flush=True)
+        return {"skipped": reason}
+    peers = {}
+    for name in args.peers:
+        print(f"[bench] starting the Keras peer {name} (TensorFlow, own process)", flush=True)
+        peer = stack.enter_context(
+            keras_peer.KerasPeer(
+                name, list(bench.cfg.model.channels), args.image_size, args.batch_size, torch.get_num_threads()
+            )
+        )
+        peer.run(args.warmup)
+        peers[name] = peer
+    return peers
+
+
+def peer_results(
+    peers: dict[str, Any], measured: list[list[dict[str, float]]], precision: str, pipeline: float, bare: float
+) -> dict[str, Any]:
+    """Each peer's img/s and our pipeline and bare loop relative to the peer of the same precision."""
+    out: dict[str, Any] = {}
+    for (name, peer), runs in zip(peers.items(), measured):
+        speed = median([r["images_per_second"] for r in runs])
+        out[name] = {"images_per_second": [round(r["images_per_second"], 3) for r in runs], **peer.info}
+        out[name]["pipeline_ratio"] = round(pipeline / speed, 4)
+        out[name]["bare_ratio"] = round(bare / speed, 4)
+    same = "keras_fp32" if precision == "32-true" else "keras_bf16"
+    if same in out:
+        out["same_precision_peer"] = same
+    return out
+
+
+def measure(bench: Bench, peers: dict[str, Any] | None = None) -> dict[str, Any]:
     from defectseg.training.runner import device_name
 
     args = bench.args
+    load_start = [round(x, 2) for x in os.getloadavg()]
     half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(bench.precision)
     peaks = {"float32": bench.matmul_peak(torch.float32)}
     if half is not None:
@@ -380,7 +419,14 @@ def measure(bench: Bench) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for mode in args.modes:
         flops = bench.training_flops(mode)
-        bare, pipeline = alternate(args.repeats, lambda: bench.bare(mode), lambda: bench.pipeline(mode))
+        racing = {
+            name: (lambda peer=peer: {"images_per_second": peer.run(args.steps)})
+            for name, peer in (peers or {}).items()
+            if mode == "scratch" and name != "skipped"
+        }
+        bare, pipeline, *peer_runs = alternate(
+            args.repeats, lambda mode=mode: bench.bare(mode), lambda mode=mode: bench.pipeline(mode), *racing.values()
+        )
         bare_speed = median([r["images_per_second"] for r in bare])
         pipeline_speed = median([r["images_per_second"] for r in pipeline])
         gflops = flops / args.batch_size * pipeline_speed / 1e9
@@ -398,9 +444,23 @@ def measure(bench: Bench) -> dict[str, Any]:
             },
         }
         print(
-            f"[bench] {mode}: pipeline {pipeline_speed:.2f} img/s, bare {bare_speed:.2f} img/s, ratio {results[mode]['ratio']:.3f}",
+            f"[bench] {mode}: pipeline {pipeline_speed:.2f} img/s, bare {bare_speed:.2f} img/s, "
+            f"ratio {results[mode]['ratio']:.3f}",
             flush=True,
         )
+        if racing:
+            results[mode]["peers"] = peer_results(
+                {name: peers[name] for name in racing}, peer_runs, bench.precision, pipeline_speed, bare_speed
+            )
+            for name in racing:
+                row = results[mode]["peers"][name]
+                print(
+                    f"[bench] {mode}: {name} {median(row['images_per_second']):.2f} img/s; "
+                    f"pipeline / {name} {row['pipeline_ratio']:.3f}",
+                    flush=True,
+                )
+        elif mode == "scratch" and peers and "skipped" in peers:
+            results[mode]["peers"] = {"skipped": peers["skipped"]}
         if args.compile_ab:
             results[mode]["compile_ab"] = bench.compile_ab(mode)
             print(
@@ -412,6 +472,8 @@ def measure(bench: Bench) -> dict[str, Any]:
     return {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": device_name("auto"),
+        "cpu_isa": cpu_isa(),
+        "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
         "torch": torch.__version__,
         "lightning": L.__version__,
         "model": bench.cfg.model._target_.rsplit(".", 1)[-1],
@@ -439,51 +501,6 @@ def _resolved_workers(cfg: Any) -> int:
     from defectseg.data.datamodules import resolve_num_workers
 
     return resolve_num_workers(cfg.dataset.num_workers)
-
-
-def write_result(kind: str, result: dict[str, Any]) -> Path:
-    """benchmarks/results/<kind>_<date>_<device>.json, named by the machine it ran on."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", result["machine"].split("(")[0]).strip("-").lower()
-    path = RESULTS_DIR / f"{kind}_{result['date'].replace(':', '-')}_{slug}.json"
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
-
-
-def shown(path: Path) -> str:
-    """Paths in results.md relative to the repository, so the file reads the same in every clone."""
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
-def append_result_line(line: str) -> None:
-    if not RESULTS_LOG.exists():
-        RESULTS_LOG.write_text(
-            "# Benchmark results\n\nOne line per run of `benchmarks/throughput.py` (`make bench`) or `benchmarks/precision_dice.py`, "
-            "naming the machine; the JSON named at the end of each line holds everything. See docs/speed.md.\n\n"
-        )
-    with RESULTS_LOG.open("a") as handle:
-        handle.write(line.rstrip("\n") + "\n")
-
-
-def record(result: dict[str, Any]) -> Path:
-    """JSON with everything, and one line in results.md naming the machine."""
-    path = write_result("throughput", result)
-    training = result["training"]
-    modes = "; ".join(
-        f"{mode}: pipeline {median(r['pipeline_images_per_second']):.2f} / bare {median(r['bare_images_per_second']):.2f} img/s = **{r['ratio']:.3f}**, "
-        f"{r['pipeline_gflop_per_second']:.0f} GFLOP/s ({100 * r['fraction_of_matmul_peak']:.0f} % of matmul peak), peak mem {r['peak_memory_mib']['pipeline']:.0f} MiB"
-        + (f", compiled/eager bare step {r['compile_ab']['speedup']:.3f}" if "compile_ab" in r else "")
-        for mode, r in training.items()
-    )
-    peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["matmul_peak_gflop_per_second"].items())
-    line = (
-        f"- {result['date'][:16].replace('T', ' ')} · {result['machine']} · {result['model']} {result['image_size']} px batch {result['batch_size']} "
-        f"{result['precision']}{' channels_last' if result['channels_last'] else ''}{' compiled' if result['compile'] else ''}, "
-        f"{result['timed_steps']} steps x {result['repeats']}{' · ' + ' '.join(result['pipeline_overrides']) if result['pipeline_overrides'] else ''} · {modes} · inference {result['inference']['images_per_second']:.1f} img/s · "
-        f"matmul peak GFLOP/s: {peaks}{' · ' + result['note'] if result['note'] else ''} · `{shown(path)}`"
-    )
-    append_result_line(line)
-    return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -525,7 +542,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra Hydra override of the stage-2 config (repeatable); the bare loop takes model, optim and task from it too",
+        help="extra Hydra override of the stage-2 config (repeatable); the bare loop takes model, optim, task from it",
+    )
+    parser.add_argument(
+        "--peer",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: also time the paper's framework (Keras/TensorFlow, if installed) in the scratch mode, interleaved",
+    )
+    parser.add_argument(
+        "--peers",
+        default="keras_bf16,keras_fp32",
+        type=lambda s: [p for p in s.split(",") if p],
+        help="which Keras peers: keras_bf16 (mixed_bfloat16), keras_fp32",
     )
     parser.add_argument("--note", default="", help="free text for the results line, e.g. 'quiet machine'")
     parser.add_argument(
@@ -535,6 +564,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [m for m in args.modes if m not in MODES]
     if unknown or not args.modes:
         parser.error(f"--modes: {unknown or 'none'} not among {sorted(MODES)}")
+    if any(p not in ("keras_bf16", "keras_fp32") for p in args.peers):
+        parser.error(f"--peers: {args.peers} not among keras_bf16, keras_fp32")
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be at least 1")
     return args

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from benchmarks import precision_dice, throughput
+from benchmarks import keras_peer, precision_dice, results_log, throughput
 
 
 def test_throughput_benchmark_measures_both_contenders_and_records(segmentation_set, tmp_path, monkeypatch):
-    monkeypatch.setattr(throughput, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.setattr(throughput, "RESULTS_LOG", tmp_path / "results.md")
+    monkeypatch.setattr(results_log, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(results_log, "RESULTS_LOG", tmp_path / "results.md")
     args = throughput.parse_args(
         [
             "--image-size",
@@ -63,6 +63,26 @@ def test_throughput_benchmark_measures_both_contenders_and_records(segmentation_
     assert json.loads(path.read_text())["machine"] == result["machine"]
     line = (tmp_path / "results.md").read_text().splitlines()[-1]
     assert result["machine"] in line and "frozen: pipeline" in line and "test" in line
+    isa = result["cpu_isa"]
+    assert (
+        set(isa) == {"cpu", "amx", "avx512_bf16", "avx512", "avx2"} and f"AMX {'yes' if isa['amx'] else 'no'}" in line
+    )
+
+
+def test_without_tensorflow_the_benchmark_says_how_to_add_the_keras_peer(monkeypatch):
+    monkeypatch.setattr(keras_peer, "available", lambda: False)
+    args = throughput.parse_args(["--modes", "scratch", "--precision", "32-true"])
+    with throughput.ExitStack() as stack:
+        peers = throughput.start_peers(throughput.Bench(args), stack)
+    assert peers == {"skipped": keras_peer.INSTALL_HINT} and "[peer]" in keras_peer.INSTALL_HINT
+    assert keras_peer.INSTALL_HINT in results_log.peers_text(peers)
+    assert throughput.start_peers(throughput.Bench(throughput.parse_args(["--peer", "off"])), stack) == {}
+
+
+def test_the_keras_peer_is_the_papers_unet():
+    """Same architecture, same 7,846,657 parameters: otherwise the ratio to the paper's framework means nothing."""
+    pytest.importorskip("tensorflow")
+    assert keras_peer.build_unet([32, 64, 128, 256, 512], image_size=32).count_params() == 7_846_657
 
 
 def test_precision_comparison_pairs_runs_per_image():
