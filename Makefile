@@ -64,7 +64,7 @@ help:
 	@echo "                         self_supervised on real_unlabelled_magnetic_tile; stage 2 on real_magnetic_tile x freeze=$(REAL_PRETRAIN_MODES)"
 	@echo "                         (+ the segmenter's decoder, init_decoder=true) x seeds (skips without $(SHARED_DATASETS))"
 	@echo "make test              the test suite"
-	@echo "make bench             training/inference throughput: pipeline vs bare PyTorch loop, GFLOP/s, memory -> benchmarks/results.md"
+	@echo "make bench             training speed vs a bare loop and Keras/TF, tiled predict MP/s and memory -> benchmarks/results.md"
 	@echo "make tensorboard       TensorBoard over outputs/"
 	@echo "Hydra overrides go in ARGS=\"...\", e.g. make finetune ARGS=\"freeze=scratch\""
 
@@ -159,8 +159,10 @@ test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
 # Pass benchmark options in ARGS, e.g. make bench ARGS="--steps 40 --repeats 3 --note 'quiet machine'"
+# and tiled-predict options in PREDICT_ARGS, e.g. PREDICT_ARGS="--layouts grid,fitted --runtimes torch,torch-bf16,onnx"
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py $(ARGS)
+	$(PY) benchmarks/predict_speed.py $(PREDICT_ARGS)
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir outputs $(ARGS)

@@ -104,3 +104,20 @@ def test_precision_comparison_pairs_runs_per_image():
     assert comparison["32-true"]["test_dice_std_over_seeds"] == pytest.approx(0.0707, abs=1e-4)
     low, high = comparison["per_image_difference_ci95"]
     assert low <= 0.0 <= high and comparison["within_noise"]
+
+
+def test_predict_benchmark_measures_speed_and_memory_in_child_processes(tmp_path, monkeypatch):
+    from benchmarks import predict_speed
+
+    monkeypatch.setattr(results_log, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(results_log, "RESULTS_LOG", tmp_path / "results.md")
+    args = predict_speed.parse_args(
+        ["--megapixels", "0.02", "--memory-megapixels", "0.03", "--runtimes", "torch", "--channels", "4,8,16,32,64"]
+    )
+    result = predict_speed.run(args)
+    (run,) = result["speed"]["torch/fitted"]
+    assert run["megapixels_per_second"] > 0 and run["tiles"] == 1  # 0.02 MP fits in one tile
+    memory = result["memory"]["torch/fitted"]
+    assert memory["peak_memory_mib"] >= memory["added_memory_mib"] >= 0
+    line = results_log.RESULTS_LOG.read_text().splitlines()[-1] if predict_speed.record(result) else ""
+    assert "tiled predict" in line and "AVX-512 BF16" in line and "torch/fitted" in line

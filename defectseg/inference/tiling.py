@@ -25,6 +25,15 @@ ProbabilityFn = Callable[[np.ndarray], np.ndarray]
 #: border is covered by one tile only, and a zero weight there would divide by zero)
 MIN_WEIGHT = 1e-3
 
+#: largest tile side of the fitted layout: a fully convolutional network does the same work per pixel at any
+#: tile size, so fewer, larger tiles only cut the pixels computed twice (a 1024 px bf16 tile of unet_paper
+#: needs ~0.5 GB of activations at most)
+MAX_TILE = 1024
+
+#: px neighbouring tiles of the fitted layout share: unet_paper's receptive field is ~200 px, so the cross-fade
+#: at the middle of 128 shared px uses pixels 64 px inside each tile, past most of the zero padding's influence
+DEFAULT_MARGIN = 128
+
 
 def round_up(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
@@ -45,13 +54,42 @@ def axis_layout(length: int, tile: int, overlap: float, multiple: int) -> tuple[
     return length, tile, origins
 
 
-def blend_window(height: int, width: int) -> np.ndarray:
-    """Separable Hann window (sampled at pixel centres, floored at MIN_WEIGHT) as HxW float32."""
+def fitted_layout(length: int, max_tile: int, margin: int, multiple: int) -> tuple[int, int, list[int]]:
+    """(padded length, tile length, tile origins) along one side: as few tiles as fit under ``max_tile``,
+    neighbours sharing at least ``margin`` px, every tile shrunk to the smallest allowed size that still covers.
+
+    The grid of ``axis_layout`` keeps its tile size and spreads the slack into the overlap (a 3456 px side in
+    1024 px tiles runs 4096 px); fitting the tiles to the side keeps the pixels computed twice near ``margin``.
+    """
+    max_tile = round_up(max(int(max_tile), int(multiple)), int(multiple))
+    if length <= max_tile:
+        padded = round_up(length, multiple)
+        return padded, padded, [0]
+    margin = min(int(margin), max_tile // 2)
+    count = math.ceil((length - margin) / (max_tile - margin))
+    tile = min(max_tile, round_up(math.ceil((length + (count - 1) * margin) / count), multiple))
+    origins = np.linspace(0, length - tile, count).round().astype(int).tolist()
+    return length, tile, origins
+
+
+def blend_window(height: int, width: int, ramp: int | None = None) -> np.ndarray:
+    """Separable blending weights (sampled at pixel centres, floored at MIN_WEIGHT) as HxW float32.
+
+    ``ramp`` None: a Hann window over the whole tile. ``ramp`` px: flat 1 inside, rising as a Hann half-window over
+    the ``ramp`` px at each edge, so two neighbours sharing ``ramp`` px cross-fade there and nowhere else.
+    """
 
     def hann(n: int) -> np.ndarray:
         return np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2
 
-    window = np.outer(hann(height), hann(width))
+    def ramped(n: int, width: int) -> np.ndarray:
+        edge = np.minimum(np.arange(n) + 0.5, n - np.arange(n) - 0.5)  # distance of each pixel centre to the border
+        return np.sin(0.5 * np.pi * np.minimum(edge / max(width, 1), 1.0)) ** 2
+
+    if ramp is None:
+        window = np.outer(hann(height), hann(width))
+    else:
+        window = np.outer(ramped(height, ramp), ramped(width, ramp))
     return np.maximum(window / window.max(), MIN_WEIGHT).astype(np.float32)
 
 
@@ -68,33 +106,48 @@ def predict_tiled(
     batch_size: int = 4,
     multiple: int = 16,
     on_progress: Callable[[int, int], None] | None = None,
+    margin: int | None = None,
 ) -> np.ndarray:
     """Probabilities (C x H x W float32) for an H x W x 3 uint8 photo of any size.
 
+    ``margin`` None: a grid of ``tile_size`` tiles sharing ``overlap`` of a tile, Hann-blended. ``margin`` px: the
+    fitted layout (``fitted_layout``): tiles of at most ``tile_size`` sharing ``margin`` px, cross-faded over them
+    only; ``overlap`` is then unused. A forward pass gets at most ``batch_size`` tiles and ``MAX_TILE``² pixels
+    (one tile when tiles are larger), so memory is bounded by the tiles, not the photo, besides the output itself.
     ``on_progress(tiles_done, tiles_total)`` is called after every batch (a large photo takes minutes on a CPU).
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"predict_tiled expects an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"tiling.overlap must lie in [0, 1), got {overlap}")
-    if int(tile_size) < 1 or int(batch_size) < 1 or int(multiple) < 1:
+    if int(tile_size) < 1 or int(batch_size) < 1 or int(multiple) < 1 or (margin is not None and int(margin) < 0):
         raise ValueError(
-            f"tiling.tile_size ({tile_size}), tiling.batch_size ({batch_size}) and the model's size multiple ({multiple}) must be positive"
+            f"tiling.tile_size ({tile_size}), tiling.batch_size ({batch_size}) and the model's size multiple "
+            f"({multiple}) must be positive, the tiling margin ({margin}) not negative"
         )
     height, width = image.shape[:2]
     tile = round_up(max(int(tile_size), int(multiple)), int(multiple))
-    padded_h, tile_h, rows = axis_layout(height, tile, overlap, multiple)
-    padded_w, tile_w, cols = axis_layout(width, tile, overlap, multiple)
+    if margin is None:
+        padded_h, tile_h, rows = axis_layout(height, tile, overlap, multiple)
+        padded_w, tile_w, cols = axis_layout(width, tile, overlap, multiple)
+    else:
+        padded_h, tile_h, rows = fitted_layout(height, tile, int(margin), multiple)
+        padded_w, tile_w, cols = fitted_layout(width, tile, int(margin), multiple)
     padded = np.pad(image, ((0, padded_h - height), (0, padded_w - width), (0, 0)), mode="reflect")
     origins = [(y, x) for y in rows for x in cols]
-    window = blend_window(tile_h, tile_w) if len(origins) > 1 else np.ones((tile_h, tile_w), np.float32)
+    if len(origins) == 1:
+        window = np.ones((tile_h, tile_w), np.float32)
+    else:
+        window = blend_window(tile_h, tile_w, None if margin is None else max(1, int(margin)))
+    per_pass = max(1, min(int(batch_size), MAX_TILE * MAX_TILE // (tile_h * tile_w)))
 
     total: np.ndarray | None = None
     weight = np.zeros((padded_h, padded_w), np.float32)
     done = 0
-    for batch_origins in _tile_batches(origins, int(batch_size)):
+    for batch_origins in _tile_batches(origins, per_pass):
         tiles = np.stack([padded[y : y + tile_h, x : x + tile_w] for y, x in batch_origins])
-        tiles = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+        tiles = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32)
+        tiles *= np.float32(1.0 / 255.0)
         probabilities = np.asarray(predict(tiles), dtype=np.float32)
         if (
             probabilities.ndim != 4
@@ -102,13 +155,15 @@ def predict_tiled(
             or probabilities.shape[2:] != (tile_h, tile_w)
         ):
             raise ValueError(
-                f"the model returned shape {probabilities.shape} for tiles of shape {tiles.shape}; expected N x C x {tile_h} x {tile_w}"
+                f"the model returned shape {probabilities.shape} for tiles of shape {tiles.shape}; "
+                f"expected N x C x {tile_h} x {tile_w}"
             )
         if total is None:
             total = np.zeros((probabilities.shape[1], padded_h, padded_w), np.float32)
         for (y, x), tile_probabilities in zip(batch_origins, probabilities):
             total[:, y : y + tile_h, x : x + tile_w] += tile_probabilities * window
             weight[y : y + tile_h, x : x + tile_w] += window
+        del tiles, probabilities
         done += len(batch_origins)
         if on_progress is not None:
             on_progress(done, len(origins))
@@ -126,11 +181,12 @@ def probability_map(
     multiple: int = 16,
     scale: float = 1.0,
     on_progress: Callable[[int, int], None] | None = None,
+    margin: int | None = None,
 ) -> np.ndarray:
     """Defect probability (H x W float32) of a binary model, ``scale`` resampling the photo first.
 
     ``scale`` < 1 shows the model a photo shrunk to the pixel size it was trained at; the
-    probabilities are resized back, so the map still has the photo's exact size.
+    probabilities are resized back, so the map still has the photo's exact size. ``margin``: see ``predict_tiled``.
     """
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
@@ -139,7 +195,7 @@ def probability_map(
     if scale != 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    probabilities = predict_tiled(resized, predict, tile_size, overlap, batch_size, multiple, on_progress)
+    probabilities = predict_tiled(resized, predict, tile_size, overlap, batch_size, multiple, on_progress, margin)
     if probabilities.shape[0] != 1:
         raise ValueError(
             f"the model predicts {probabilities.shape[0]} channels; predict handles binary (one-channel) defect models"

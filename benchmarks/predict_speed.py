@@ -1,0 +1,251 @@
+"""Is tiled inference as fast as the network? Megapixels per second of predict's probability map on a large
+photo, and the peak memory of a larger one, per runtime and tile layout.
+
+    python benchmarks/predict_speed.py                        # 8 MP speed + 24 MP memory (make bench runs this)
+    python benchmarks/predict_speed.py --layouts grid,fitted --repeats 2   # old grid vs fitted tiles, interleaved
+    python benchmarks/predict_speed.py --runtimes torch,torch-bf16,onnx      # PyTorch fp32 / bf16, ONNX Runtime
+
+Each measurement runs in its own process (a fresh peak-memory high-water mark), on a synthetic photo with
+unet_paper (random weights: speed and memory do not depend on them), through ``probability_map`` as predict
+calls it: tiling, the network, blending. Layouts: ``fitted`` (default predict: tiles of up to 1024 px
+fitted to the photo, sharing 128 px) and ``grid`` (the former default: the 128 px training size, 25 %
+overlap, 8 tiles a pass). Runtimes: ``torch`` (TorchSegmenter, fp32, inference_mode), ``torch-bf16`` (the same
+under bf16 autocast, channels_last), ``onnx`` (the model exported as ``make export`` does, in ONNX Runtime).
+One warm-up pass on one tile runs before the clock starts. Memory: the process's resident high-water mark
+(VmHWM), in total and above the process after loading the model and reading the photo (``added``).
+Not measured: defect measurement and overlays of predict (they depend on what a trained model finds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.results_log import (  # noqa: E402
+    append_result_line,
+    cpu_isa,
+    isa_text,
+    median,
+    shown,
+    write_result,
+)
+
+LAYOUTS = {  # name -> probability_map keywords (tile_size None: the fitted layout's largest tile)
+    "fitted": {"tile_size": None, "overlap": 0.25, "batch_size": 8, "margin": "default"},
+    "grid": {"tile_size": 128, "overlap": 0.25, "batch_size": 8, "margin": None},
+}
+RUNTIMES = ("torch", "torch-bf16", "onnx")
+
+
+def photo_shape(megapixels: float) -> tuple[int, int]:
+    """A 3:2 photo of about this many megapixels (8 -> 3464 x 2309, like a 3456 x 2304 inspection photo)."""
+    height = round((megapixels * 1e6 / 1.5) ** 0.5)
+    return height, round(height * 1.5)
+
+
+def rss_mib() -> float:
+    """This process's resident high-water mark (VmHWM: ru_maxrss would carry the parent's over exec on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def segmenter(runtime: str, onnx_path: str | None, channels: list[int]) -> Any:
+    """What predict would run: TorchSegmenter (optionally under bf16 autocast) or OnnxSegmenter."""
+    if runtime == "onnx":
+        from defectseg.inference.onnx_runtime import OnnxSegmenter
+
+        return OnnxSegmenter(onnx_path, device="cpu")
+    import torch
+
+    from defectseg.inference.runtime import ModelInfo
+    from defectseg.inference.torch_runtime import TorchSegmenter
+    from defectseg.models.segmentation import unet_paper
+
+    torch.manual_seed(0)
+    model = unet_paper(channels=channels).eval()
+    info = ModelInfo(source="benchmark", runtime="torch", multiple=model.encoder.reduction)
+    plain = TorchSegmenter(model, info, device="cpu")
+    if runtime == "torch":
+        return plain
+    plain.network.to(memory_format=torch.channels_last)
+
+    def bf16(images: Any) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return plain(images)
+
+    bf16.info = info  # type: ignore[attr-defined]
+    return bf16
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement, in this (fresh) process."""
+    import numpy as np
+
+    from defectseg.inference import tiling
+
+    run = segmenter(spec["runtime"], spec.get("onnx_path"), spec["channels"])
+    layout = dict(LAYOUTS[spec["layout"]])
+    layout["tile_size"] = layout["tile_size"] or tiling.MAX_TILE
+    layout["margin"] = tiling.DEFAULT_MARGIN if layout["margin"] == "default" else layout["margin"]
+    height, width = spec["shape"]
+    photo = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    run(np.zeros((1, 3, 128, 128), np.float32))  # warm-up: primitive creation, thread pools
+    baseline = rss_mib()
+    tiles: list[int] = []
+    start = time.perf_counter()
+    tiling.probability_map(photo, run, multiple=16, on_progress=lambda done, total: tiles.append(total), **layout)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": round(seconds, 2),
+        "megapixels_per_second": round(height * width / 1e6 / seconds, 4),
+        "tiles": tiles[-1],
+        "peak_memory_mib": round(rss_mib(), 1),
+        "added_memory_mib": round(rss_mib() - baseline, 1),
+    }
+
+
+def measure_in_child(spec: dict[str, Any]) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def export_model(directory: Path, channels: list[int]) -> str:
+    """unet_paper exported to ONNX as `make export` does (dynamic batch and sides)."""
+    import numpy as np
+    import torch
+
+    from defectseg.export import export_onnx
+    from defectseg.inference.runtime import ModelInfo
+    from defectseg.inference.torch_runtime import ProbabilityModel
+    from defectseg.models.segmentation import unet_paper
+
+    torch.manual_seed(0)
+    model = unet_paper(channels=channels).eval()
+    info = ModelInfo(source="benchmark", runtime="torch", multiple=model.encoder.reduction)
+    path = directory / "model.onnx"
+    export_onnx(ProbabilityModel(model).eval(), info, path, 18, np.zeros((1, 3, 64, 64), np.float32))
+    return str(path)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    speed_shape, memory_shape = photo_shape(args.megapixels), photo_shape(args.memory_megapixels)
+    with tempfile.TemporaryDirectory(prefix="defectseg_predict_bench_") as scratch:
+        onnx_path = export_model(Path(scratch), args.channels) if "onnx" in args.runtimes else None
+        base = {"onnx_path": onnx_path, "channels": args.channels}
+        contenders = [(runtime, layout) for layout in args.layouts for runtime in args.runtimes]
+        speed: dict[str, list[dict[str, Any]]] = {f"{r}/{lay}": [] for r, lay in contenders}
+        for _ in range(args.repeats):  # interleaved: a drifting load hits every contender alike
+            for runtime, layout in contenders:
+                spec = {**base, "runtime": runtime, "layout": layout, "shape": speed_shape}
+                speed[f"{runtime}/{layout}"].append(measure_in_child(spec))
+                print(
+                    f"[predict-bench] {runtime}/{layout} {speed_shape}: {speed[f'{runtime}/{layout}'][-1]}", flush=True
+                )
+        memory = {}
+        if args.memory_megapixels > 0:
+            for runtime in args.runtimes:
+                spec = {**base, "runtime": runtime, "layout": args.layouts[0], "shape": memory_shape}
+                memory[f"{runtime}/{args.layouts[0]}"] = measure_in_child(spec)
+                print(f"[predict-bench] memory {runtime} {memory_shape}: {memory[f'{runtime}/{args.layouts[0]}']}")
+    from defectseg.training.runner import device_name
+
+    return {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": device_name("cpu"),
+        "cpu_isa": cpu_isa(),
+        "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
+        "model": "unet_paper",
+        "channels": args.channels,
+        "speed_photo": list(speed_shape),
+        "memory_photo": list(memory_shape),
+        "repeats": args.repeats,
+        "layouts": {name: LAYOUTS[name] for name in args.layouts},
+        "note": args.note,
+        "speed": speed,
+        "speed_megapixels_per_second": {
+            name: round(median([r["megapixels_per_second"] for r in runs]), 4) for name, runs in speed.items()
+        },
+        "memory": memory,
+    }
+
+
+def record(result: dict[str, Any]) -> Path:
+    path = write_result("predict", result)
+    h, w = result["speed_photo"]
+    speeds = ", ".join(f"{name} **{mps:.2f}**" for name, mps in result["speed_megapixels_per_second"].items())
+    memory = ", ".join(
+        f"{name} {r['peak_memory_mib']:.0f} MiB (+{r['added_memory_mib']:.0f} over the loaded model)"
+        for name, r in result["memory"].items()
+    )
+    mh, mw = result["memory_photo"]
+    load = result["load_average"]
+    line = (
+        f"- {result['date'][:16].replace('T', ' ')} · {result['machine']} · {isa_text(result['cpu_isa'])} · "
+        f"load {load['start'][0]:.1f}->{load['end'][0]:.1f} · tiled predict (probability map), unet_paper, "
+        f"{w}x{h} photo, MP/s: {speeds} (x {result['repeats']})"
+        + (f" · peak memory, {mw}x{mh} photo: {memory}" if memory else "")
+        + (f" · {result['note']}" if result["note"] else "")
+        + f" · `{shown(path)}`"
+    )
+    append_result_line(line)
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--megapixels", type=float, default=8.0, help="photo size for the speed")
+    parser.add_argument("--memory-megapixels", type=float, default=24.0, help="photo size for peak memory (0: skip)")
+    listed = lambda s: [x for x in s.split(",") if x]
+    parser.add_argument("--runtimes", type=listed, default=["torch", "onnx"], help=f"of {', '.join(RUNTIMES)}")
+    parser.add_argument("--layouts", type=listed, default=["fitted"], help=f"of {', '.join(LAYOUTS)}")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")], default=[32, 64, 128, 256, 512])
+    parser.add_argument("--note", default="", help="free text for the results line")
+    parser.add_argument("--no-record", dest="record", action="store_false", help="print only")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is None:
+        if [r for r in args.runtimes if r not in RUNTIMES] or [lay for lay in args.layouts if lay not in LAYOUTS]:
+            parser.error(f"--runtimes of {RUNTIMES}, --layouts of {tuple(LAYOUTS)}")
+        if args.repeats < 1 or args.megapixels <= 0:
+            parser.error("--repeats and --megapixels must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    result = run(args)
+    print(json.dumps(result, indent=2))
+    if args.record:
+        print(f"[predict-bench] written {shown(record(result))}")
+
+
+if __name__ == "__main__":
+    main()
