@@ -6,9 +6,10 @@ PyTorch itself is slow here; this peer does. It is the paper's architecture rebu
 concatenation, 1x1 sigmoid head: the same 7,846,657 parameters), trained with Adam on BCE + soft
 Dice by ``train_on_batch`` on one resident batch, in ``mixed_bfloat16`` or ``float32``.
 
-TensorFlow is an optional extra (``pip install -e '.[peer]'``), never a core dependency. The peer
-runs in its own process (``KerasPeer``), so its thread pools and PyTorch's never compete for the
-cores, and the benchmark can interleave its timed chunks with PyTorch's.
+TensorFlow is an optional extra (``pip install -e '.[peer]'``), never a core dependency. It may also
+live in a venv of its own (``PEER_PYTHON_ENV``=its python): installed next to defectseg, TensorBoard
+imports it in every training run. The peer runs in its own process (``KerasPeer``), so its thread
+pools and PyTorch's never compete for the cores, and the benchmark interleaves its timed chunks with PyTorch's.
 """
 
 from __future__ import annotations
@@ -24,16 +25,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: environment variable naming a python that has TensorFlow (a separate venv), used instead of this one
+PEER_PYTHON_ENV = "DEFECTSEG_PEER_PYTHON"
 INSTALL_HINT = (
-    "Keras/TensorFlow peer skipped: TensorFlow is not installed here; add it with "
-    "`pip install -e '.[peer]'` (or `.venv/bin/pip install 'tensorflow-cpu>=2.16'`) to measure the paper's framework"
+    "Keras/TensorFlow peer skipped: TensorFlow is not installed here; add it with `pip install -e '.[peer]'`, "
+    f"or point {PEER_PYTHON_ENV} at the python of a venv with `pip install 'tensorflow-cpu>=2.16'`"
 )
 #: Keras policy per peer name
 POLICIES = {"keras_bf16": "mixed_bfloat16", "keras_fp32": "float32"}
 
 
+def peer_python() -> str | None:
+    """The interpreter that runs the peer: $DEFECTSEG_PEER_PYTHON, else this one if it has TensorFlow."""
+    other = os.environ.get(PEER_PYTHON_ENV)
+    if other:
+        return other if Path(other).is_file() else None
+    return sys.executable if importlib.util.find_spec("tensorflow") is not None else None
+
+
 def available() -> bool:
-    return importlib.util.find_spec("tensorflow") is not None
+    return peer_python() is not None
 
 
 def build_unet(channels: Sequence[int], image_size: int, in_channels: int = 3, num_classes: int = 1):
@@ -110,7 +121,8 @@ class KerasPeer:
         if peer not in POLICIES:
             raise ValueError(f"unknown peer {peer!r}; one of {sorted(POLICIES)}")
         self.peer, self.batch_size = peer, int(batch_size)
-        command = [sys.executable, "-m", "benchmarks.keras_peer", "--peer", peer, "--image-size", str(image_size)]
+        python = peer_python() or sys.executable
+        command = [python, "-m", "benchmarks.keras_peer", "--peer", peer, "--image-size", str(image_size)]
         command += ["--batch-size", str(batch_size), "--channels", ",".join(str(int(c)) for c in channels)]
         command += ["--threads", str(threads or 0)]
         self.process = subprocess.Popen(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -85,6 +86,14 @@ def test_the_keras_peer_is_the_papers_unet():
     assert keras_peer.build_unet([32, 64, 128, 256, 512], image_size=32).count_params() == 7_846_657
 
 
+def test_the_peer_may_run_in_a_venv_of_its_own(monkeypatch, tmp_path):
+    monkeypatch.setenv(keras_peer.PEER_PYTHON_ENV, str(tmp_path / "missing" / "python"))
+    assert not keras_peer.available()
+    (tmp_path / "python").write_text("")
+    monkeypatch.setenv(keras_peer.PEER_PYTHON_ENV, str(tmp_path / "python"))
+    assert keras_peer.peer_python() == str(tmp_path / "python")
+
+
 def test_precision_comparison_pairs_runs_per_image():
     def run(test_dice, per_image, seed):
         return {
@@ -121,3 +130,19 @@ def test_predict_benchmark_measures_speed_and_memory_in_child_processes(tmp_path
     assert memory["peak_memory_mib"] >= memory["added_memory_mib"] >= 0
     line = results_log.RESULTS_LOG.read_text().splitlines()[-1] if predict_speed.record(result) else ""
     assert "tiled predict" in line and "AVX-512 BF16" in line and "torch/fitted" in line
+
+
+def test_gpu_check_runs_its_whole_path_on_a_cpu_in_tiny_mode(tmp_path, monkeypatch):
+    """benchmarks/gpu_check.py waits for a GPU machine; this keeps it from rotting meanwhile."""
+    from benchmarks import gpu_check
+
+    monkeypatch.setattr(results_log, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(results_log, "RESULTS_LOG", tmp_path / "results.md")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = gpu_check.run(argparse.Namespace(tiny=True, set=[]))
+    assert set(result["throughput"]) == {"scratch", "frozen"}
+    protocol = result["protocol"]
+    assert protocol["epochs"] == 2 and protocol["loader"]["steps"] == 4  # 2 epochs x 2 batches, each step timed
+    assert 0.0 <= protocol["loader"]["loader_wait_fraction"] <= 1.0 and protocol["wall_seconds"] > 0
+    gpu_check.record(result)
+    assert "gpu_check (tiny dry run)" in results_log.RESULTS_LOG.read_text()

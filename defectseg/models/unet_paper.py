@@ -9,6 +9,7 @@ The paper's two "trainable parameters" figures pin the architecture down exactly
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,6 +77,45 @@ class PaperUNetEncoder(nn.Module):
         return features
 
 
+class _UpsampleConcat(torch.autograd.Function):
+    """Nearest 2x upsampling of ``low`` concatenated with ``skip`` along channels, written once into one NHWC buffer.
+
+    ``F.interpolate`` + ``torch.cat`` write the upsampled tensor, then read it back for the concatenation; on the
+    CPU the nearest-upsampling backward also copies its gradient to another layout (``copy_`` was ~18 % of a
+    bf16 training step, most of it there). Here the forward is one write per output element and the backward one
+    strided 2x2 sum-pool for ``low`` plus a view for ``skip``: the same values and gradients, less memory traffic.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        n, low_channels, height, width = low.shape
+        channels = low_channels + skip.shape[1]
+        out = low.new_empty((n, 2 * height, 2 * width, channels), dtype=torch.result_type(low, skip))
+        blocks = out.view(n, height, 2, width, 2, channels)
+        blocks[..., :low_channels].copy_(low.permute(0, 2, 3, 1)[:, :, None, :, None, :])
+        out[..., low_channels:].copy_(skip.permute(0, 2, 3, 1))
+        ctx.low_channels, ctx.dtypes = low_channels, (low.dtype, skip.dtype)
+        return out.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low_channels = ctx.low_channels
+        nhwc = grad.permute(0, 2, 3, 1)
+        n, height, width, _ = nhwc.shape
+        blocks = nhwc[..., :low_channels].reshape(n, height // 2, 2, width // 2, 2, low_channels)
+        grad_low = blocks.sum(dim=(2, 4)).permute(0, 3, 1, 2).to(ctx.dtypes[0])
+        return grad_low, nhwc[..., low_channels:].permute(0, 3, 1, 2).to(ctx.dtypes[1])
+
+
+def upsample_concat(low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([F.interpolate(low, size=skip's, mode="nearest"), skip], 1)``; fused for channels_last 2x."""
+    exact_2x = skip.shape[-2:] == (2 * low.shape[-2], 2 * low.shape[-1])
+    traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    if exact_2x and not traced and low.is_contiguous(memory_format=torch.channels_last):
+        return _UpsampleConcat.apply(low, skip)
+    return torch.cat([F.interpolate(low, size=skip.shape[-2:], mode="nearest"), skip], dim=1)
+
+
 class PaperUNetDecoder(nn.Module):
     """Upsample, concatenate the skip, two 3x3 convs; one block per encoder level but the last."""
 
@@ -93,6 +133,5 @@ class PaperUNetDecoder(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
         for block, skip in zip(self.blocks, reversed(features[:-1])):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
-            x = block(torch.cat([x, skip], dim=1))
+            x = block(upsample_concat(x, skip))
         return x
