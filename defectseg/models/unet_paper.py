@@ -83,7 +83,7 @@ class _UpsampleConcat(torch.autograd.Function):
     ``F.interpolate`` + ``torch.cat`` write the upsampled tensor, then read it back for the concatenation; on the
     CPU the nearest-upsampling backward also copies its gradient to another layout (``copy_`` was ~18 % of a
     bf16 training step, most of it there). Here the forward is one write per output element and the backward one
-    strided 2x2 sum-pool for ``low`` plus a view for ``skip``: the same values and gradients, less memory traffic.
+    2x2 sum-pool for ``low`` plus a view for ``skip``: the same values and gradients, less memory traffic.
     """
 
     @staticmethod
@@ -100,11 +100,9 @@ class _UpsampleConcat(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low_channels = ctx.low_channels
-        nhwc = grad.permute(0, 2, 3, 1)
-        n, height, width, _ = nhwc.shape
-        blocks = nhwc[..., :low_channels].reshape(n, height // 2, 2, width // 2, 2, low_channels)
-        grad_low = blocks.sum(dim=(2, 4)).permute(0, 3, 1, 2).to(ctx.dtypes[0])
-        return grad_low, nhwc[..., low_channels:].permute(0, 3, 1, 2).to(ctx.dtypes[1])
+        # 2x2 sum-pool: oneDNN-speed on channels_last (a reshape + sum over the 2x2 axes ran 7x slower)
+        grad_low = F.avg_pool2d(grad[:, :low_channels], kernel_size=2, divisor_override=1)
+        return grad_low.to(ctx.dtypes[0]), grad[:, low_channels:].to(ctx.dtypes[1])
 
 
 def upsample_concat(low: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
