@@ -62,7 +62,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def load_checkpoint(
     path: str | Path, map_location: Callable | str | None = "cpu", mmap: bool = False
 ) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` whatever the caller asks (:func:`torch_load_safely`), with errors that name the file."""
+    """``torch.load(weights_only=True)`` whatever the caller asks (``torch_load_safely``); errors name the file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")

@@ -21,7 +21,7 @@ class UserError(RuntimeError):
 
 
 class UnsafeFileError(UserError):
-    """A file whose pickle would run code when loaded: refused before anything in it runs (defectseg.utils.safe_load)."""
+    """A file whose pickle would run code when loaded: refused before any of it runs (defectseg.utils.safe_load)."""
 
 
 class RunInterrupted(UserError):
