@@ -112,7 +112,8 @@ def claim_run_directory(directory: str | Path, resume: bool = False, key: str = 
         _used_by_sweep_jobs.add(resolved)
     lock = _held.get(resolved)
     if lock is None:  # held already: by an earlier run of this very process that ended without releasing it
-        lock = FileLock(str(directory / LOCK_NAME), timeout=0)
+        # A second of patience: another command's GuardRunDirectory may be probing the lock at this very moment.
+        lock = FileLock(str(directory / LOCK_NAME), timeout=1.0)
         try:
             lock.acquire()
         except Timeout:
