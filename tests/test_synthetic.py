@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from defectseg.data import synthetic as S
+from defectseg.data.synthetic import concrete, publish, steel
 
 N, SIZE = 6, 64
 
@@ -106,7 +106,7 @@ def test_steel_files_match_the_sample_function_and_are_deterministic(tmp_path: P
     a = S.generate_steel_segmentation(tmp_path / "a", n_images=3, size=SIZE, seed=5, progress=False)
     b = S.generate_steel_segmentation(tmp_path / "b", n_images=3, size=SIZE, seed=6, progress=False)
     for i in range(3):
-        image, mask, _ = S._steel_sample(5, i, SIZE)
+        image, mask, _ = steel.steel_sample(5, i, SIZE)
         assert np.array_equal(np.asarray(Image.open(a / "images" / f"{i:05d}.png")), image)
         assert np.array_equal(np.asarray(Image.open(a / "masks" / f"{i:05d}.png")), mask.astype(np.uint8) * 255)
         assert not np.array_equal(np.asarray(Image.open(b / "images" / f"{i:05d}.png")), image)
@@ -130,8 +130,8 @@ def test_masks_cover_exactly_what_the_defects_changed(size: int, conditions: str
     """
     checked = 0
     for i in range(12):
-        image, mask, kinds = S._steel_sample(0, i, size, conditions=conditions, defect_set=defect_set)
-        clean, clean_mask, clean_kinds = S._steel_sample(
+        image, mask, kinds = steel.steel_sample(0, i, size, conditions=conditions, defect_set=defect_set)
+        clean, clean_mask, clean_kinds = steel.steel_sample(
             0, i, size, defects=False, conditions=conditions, defect_set=defect_set
         )
         assert not clean_mask.any() and clean_kinds == []
@@ -152,7 +152,7 @@ def test_masks_cover_exactly_what_the_defects_changed(size: int, conditions: str
 def test_defect_kinds_mixed_and_some_images_empty() -> None:
     kinds, empty, fractions = set(), 0, []
     for i in range(120):
-        _, mask, k = S._steel_sample(0, i, 48)
+        _, mask, k = steel.steel_sample(0, i, 48)
         kinds.update(k)
         empty += not mask.any()
         fractions.append(mask.mean())
@@ -169,11 +169,12 @@ def test_stage2_cracks_use_the_shared_crack_generator(monkeypatch: pytest.Monkey
         calls.append(kwargs.get("scale"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(S, "crack_alpha", spy)
-    has_crack = [i for i in range(10) if "crack" in S._steel_sample(0, i, SIZE)[2]]
+    monkeypatch.setattr(steel, "crack_alpha", spy)  # where each stage looks it up
+    monkeypatch.setattr(concrete, "crack_alpha", spy)
+    has_crack = [i for i in range(10) if "crack" in steel.steel_sample(0, i, SIZE)[2]]
     assert has_crack and len(calls) >= len(has_crack)
     calls.clear()
-    S._concrete_sample(0, 1, 0, SIZE)
+    concrete.concrete_sample(0, 1, 0, SIZE)
     assert calls, "stage-1 cracks must come from the same function"
 
 
@@ -183,9 +184,9 @@ def test_the_two_domains_differ() -> None:
     def colourfulness(rgb: np.ndarray) -> float:
         return float((rgb.max(-1).astype(int) - rgb.min(-1).astype(int)).mean())
 
-    concrete = np.mean([colourfulness(S._concrete_sample(0, i % 2, i, SIZE)[0]) for i in range(12)])
-    steel = np.mean([colourfulness(S._steel_sample(0, i, SIZE)[0]) for i in range(12)])
-    assert steel > 3 * concrete
+    grey = np.mean([colourfulness(concrete.concrete_sample(0, i % 2, i, SIZE)[0]) for i in range(12)])
+    coloured = np.mean([colourfulness(steel.steel_sample(0, i, SIZE)[0]) for i in range(12)])
+    assert coloured > 3 * grey
 
 
 # ---------------------------------------------------------------- ensure_*: idempotent, atomic
@@ -199,7 +200,7 @@ def test_ensure_skips_a_matching_set(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def boom(*args, **kwargs):
         raise AssertionError("regenerated a set that was already complete")
 
-    monkeypatch.setattr(S, "generate_steel_segmentation", boom)
+    monkeypatch.setattr(publish, "generate_steel_segmentation", boom)
     assert S.ensure_steel_segmentation(root, n_images=3, size=SIZE, progress=False) == root
     assert (root / "GENERATED.json").stat().st_mtime_ns == stamp
 
@@ -213,21 +214,21 @@ def test_ensure_regenerates_when_params_change(tmp_path: Path) -> None:
     second = _arrays(root / "Positive")
     assert list(second) == ["00000.png", "00001.png"]  # no stale files from the larger set
     assert not np.array_equal(first["00000.png"], second["00000.png"])
-    assert [p.name for p in tmp_path.iterdir()] == ["cls"]  # no scratch folders left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cls.lock", "cls"]  # no scratch folders left behind
 
 
 def test_ensure_regenerates_when_version_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = S.ensure_crack_classification(tmp_path / "cls", n_per_class=1, size=SIZE, progress=False)
-    monkeypatch.setattr(S, "VERSION", S.VERSION + 1)
+    monkeypatch.setattr(publish, "VERSION", publish.VERSION + 1)
     calls = []
     real = S.generate_crack_classification
-    monkeypatch.setattr(S, "generate_crack_classification", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(publish, "generate_crack_classification", lambda *a, **k: calls.append(1) or real(*a, **k))
     S.ensure_crack_classification(root, n_per_class=1, size=SIZE, progress=False)
-    assert calls and S.read_manifest(root)["version"] == S.VERSION
+    assert calls and S.read_manifest(root)["version"] == publish.VERSION
 
 
 def _fail_after(monkeypatch: pytest.MonkeyPatch, n_writes: int) -> None:
-    real, count = S._save_png, [0]
+    real, count = publish._save_png, [0]
 
     def flaky(array, path):
         count[0] += 1
@@ -235,7 +236,7 @@ def _fail_after(monkeypatch: pytest.MonkeyPatch, n_writes: int) -> None:
             raise KeyboardInterrupt("simulated crash")
         real(array, path)
 
-    monkeypatch.setattr(S, "_save_png", flaky)
+    monkeypatch.setattr(publish, "_save_png", flaky)
 
 
 def test_interrupted_generation_leaves_nothing_that_looks_complete(
@@ -246,7 +247,7 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(
     with pytest.raises(KeyboardInterrupt):
         S.ensure_steel_segmentation(root, n_images=4, size=SIZE, progress=False)
     assert not root.exists()
-    assert list(tmp_path.iterdir()) == []  # the partial folder was cleaned up
+    assert [p.name for p in tmp_path.iterdir()] == [".seg.lock"]  # the partial folder was cleaned up
     monkeypatch.undo()
     S.ensure_steel_segmentation(root, n_images=4, size=SIZE, progress=False)
     assert len(list((root / "masks").iterdir())) == 4
@@ -273,7 +274,7 @@ def test_in_place_generation_interrupted_is_not_complete(tmp_path: Path, monkeyp
     assert S.read_manifest(root) is None  # the manifest goes first, so a half-rewritten set is not "complete"
     calls = []
     real = S.generate_steel_segmentation
-    monkeypatch.setattr(S, "generate_steel_segmentation", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(publish, "generate_steel_segmentation", lambda *a, **k: calls.append(1) or real(*a, **k))
     S.ensure_steel_segmentation(root, n_images=2, size=SIZE, progress=False)
     assert calls and S.read_manifest(root)["count"] == 2
 
@@ -291,16 +292,39 @@ def test_ensure_refuses_to_replace_foreign_data(tmp_path: Path) -> None:
         S.ensure_steel_segmentation(cls, n_images=1, size=SIZE, progress=False)
 
 
-def test_ensure_cleans_scratch_folders_of_dead_processes(tmp_path: Path) -> None:
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
-    )
-    orphan = tmp_path / f".seg.partial-{int(dead.stdout)}-0123abcd"
-    (orphan / "images").mkdir(parents=True)
-    live = tmp_path / f".seg.partial-{os.getpid()}-0123abcd"
-    live.mkdir()
+def test_ensure_cleans_scratch_folders_of_killed_processes(tmp_path: Path) -> None:
+    """Under the set's lock nobody else is writing: scratch folders found there were left by a killed process."""
+    orphans = [tmp_path / ".seg.partial", tmp_path / ".seg.old", tmp_path / ".seg.partial-12345-0123abcd"]
+    for orphan in orphans:
+        (orphan / "images").mkdir(parents=True)
+    other = tmp_path / ".segments.partial"  # another set's scratch folder is not ours to touch
+    other.mkdir()
     S.ensure_steel_segmentation(tmp_path / "seg", n_images=1, size=SIZE, progress=False)
-    assert not orphan.exists() and live.exists()
+    assert not any(orphan.exists() for orphan in orphans) and other.exists()
+
+
+def test_ensure_waits_for_the_process_holding_the_lock(tmp_path: Path) -> None:
+    """A set another process is generating (its lock held) is found complete once the lock is free, not made twice."""
+    from filelock import FileLock
+
+    root = tmp_path / "seg"
+    code = f"""
+import sys
+from defectseg.data.synthetic import publish
+real = publish._is_complete
+def announce(*args, **kwargs):
+    print("complete" if real(*args, **kwargs) else "incomplete", flush=True)
+    return real(*args, **kwargs)
+publish._is_complete = announce
+publish.generate_steel_segmentation = lambda *args, **kwargs: sys.exit("generated a second time")
+publish.ensure_steel_segmentation({str(root)!r}, n_images=1, size={SIZE}, progress=False)
+"""
+    with FileLock(tmp_path / ".seg.lock"):
+        waiter = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert waiter.stdout is not None and waiter.stdout.readline().strip() == "incomplete"  # it saw no set yet
+        S.generate_steel_segmentation(root, n_images=1, size=SIZE, progress=False)  # "the other process" at work
+    out, _ = waiter.communicate(timeout=120)
+    assert waiter.returncode == 0 and out.split() == ["complete"]  # re-checked under the lock, nothing regenerated
 
 
 def test_ensure_logs_what_and_where(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -408,8 +432,8 @@ def test_field_conditions_add_to_the_clean_photos() -> None:
     """
     clean_means, field_means = [], []
     for i in range(12):
-        clean, clean_mask, clean_kinds = S._steel_sample(0, i, SIZE, conditions="clean")
-        field, field_mask, field_kinds = S._steel_sample(0, i, SIZE, conditions="field")
+        clean, clean_mask, clean_kinds = steel.steel_sample(0, i, SIZE, conditions="clean")
+        field, field_mask, field_kinds = steel.steel_sample(0, i, SIZE, conditions="field")
         assert np.array_equal(clean_mask, field_mask) and clean_kinds == field_kinds
         assert not np.array_equal(clean, field)
         clean_means.append(clean.mean())
@@ -418,13 +442,14 @@ def test_field_conditions_add_to_the_clean_photos() -> None:
 
 
 def test_a_single_defect_set_repaints_the_mixed_photos_with_one_kind() -> None:
-    """As the paper's "single defect" set: the same surfaces and the same number of defects as the mixed set, all of one kind."""
+    """As the paper's "single defect" set: the same surfaces and the same number of defects as the mixed set, all of
+    one kind."""
     counts, seen_other_kinds = [], set()
     for i in range(12):
-        _, _, mixed_kinds = S._steel_sample(0, i, SIZE)
-        bare_mixed = S._steel_sample(0, i, SIZE, defects=False)[0]
-        _image, mask, kinds = S._steel_sample(0, i, SIZE, defect_set="crack")
-        assert np.array_equal(S._steel_sample(0, i, SIZE, defects=False, defect_set="crack")[0], bare_mixed)
+        _, _, mixed_kinds = steel.steel_sample(0, i, SIZE)
+        bare_mixed = steel.steel_sample(0, i, SIZE, defects=False)[0]
+        _image, mask, kinds = steel.steel_sample(0, i, SIZE, defect_set="crack")
+        assert np.array_equal(steel.steel_sample(0, i, SIZE, defects=False, defect_set="crack")[0], bare_mixed)
         assert set(kinds) <= {"crack"} and bool(kinds) == bool(mask.any())
         counts.append((len(mixed_kinds), len(kinds)))
         seen_other_kinds.update(set(mixed_kinds) - {"crack"})
@@ -437,7 +462,7 @@ def test_look_alike_marks_are_painted_on_the_surface() -> None:
     covered = []
     for seed in range(10):
         surface = np.full((SIZE, SIZE, 3), 0.5, np.float32)
-        S._look_alikes(np.random.default_rng(seed), surface)
+        steel.look_alikes(np.random.default_rng(seed), surface)
         changed = np.abs(surface - 0.5).max(-1) > 0.02
         assert changed.any(), f"seed {seed}: no mark painted"
         covered.append(changed.mean())

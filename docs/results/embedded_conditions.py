@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from defectseg.data.synthetic import _steel_sample
+from defectseg.data.synthetic.steel import steel_sample
 
 TILE, INDICES = 192, (1, 3, 9, 10, 13)
 
@@ -16,8 +16,8 @@ TILE, INDICES = 192, (1, 3, 9, 10, 13)
 def main() -> None:
     rows = []
     for conditions in ("clean", "field"):
-        rows.append([Image.fromarray(_steel_sample(0, i, 256, conditions=conditions)[0]).resize((TILE, TILE), Image.Resampling.LANCZOS) for i in INDICES])
-    rows.append([Image.fromarray(_steel_sample(0, i, 256)[1].astype(np.uint8) * 255).resize((TILE, TILE)).convert("RGB") for i in INDICES])
+        rows.append([Image.fromarray(steel_sample(0, i, 256, conditions=conditions)[0]).resize((TILE, TILE), Image.Resampling.LANCZOS) for i in INDICES])
+    rows.append([Image.fromarray(steel_sample(0, i, 256)[1].astype(np.uint8) * 255).resize((TILE, TILE)).convert("RGB") for i in INDICES])
     label_w = 70
     sheet = Image.new("RGB", (label_w + TILE * len(INDICES), TILE * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
