@@ -10,7 +10,7 @@ from defectseg.config_validation import validate_config
 from defectseg.finetune import run_finetune
 from defectseg.pretrain import run_pretrain
 from defectseg.utils.errors import UserError
-from tests.conftest import CONF_DIR
+from tests.helpers import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 

@@ -1,4 +1,5 @@
-"""Data validation: check_data's report, training's up-front check (raise or skip), the image/mask mode policy, corrupted files."""
+"""Data validation: check_data's report, training's up-front check (raise or skip), the image/mask mode policy,
+corrupted files."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from defectseg.check_data import run_check_data
 from defectseg.data.datamodules import ClassificationDataModule, SegmentationDataModule
 from defectseg.data.readers import DataError, read_image, read_mask
 from defectseg.utils.errors import exit_cleanly_on_user_error
-from tests.conftest import write_classification_set, write_segmentation_set
+from tests.helpers import write_classification_set, write_segmentation_set
 
 
 def messy_split_set(root: Path) -> dict[str, Path]:
@@ -113,7 +114,7 @@ def test_on_error_skip_leaves_bad_samples_out_and_says_which(tmp_path):
 
 
 def test_on_error_must_be_raise_or_skip(tmp_path):
-    with pytest.raises(ValueError, match="dataset.on_error"):
+    with pytest.raises(ValueError, match=r"dataset\.on_error"):
         SegmentationDataModule(root=str(tmp_path), on_error="ignore")
 
 
@@ -236,7 +237,8 @@ def test_corrupted_files_are_refused_naming_the_file_or_read_whole(tmp_path):
                 assert str(error).startswith(f"{path}: "), error
                 outcomes["refused"] += 1
                 continue
-            # Decoded: a whole image of the right shape (a flipped JPEG byte can decode to other pixels; nothing can tell).
+            # Decoded: a whole image of the right shape (a flipped JPEG byte can decode to other pixels; nothing can
+            # tell).
             assert array.dtype == np.uint8 and array.shape[:2] == (32, 32), path
             outcomes["read"] += 1
         if path.name.startswith(("empty", "text", "cut4.", "cut16.")):

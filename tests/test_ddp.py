@@ -22,7 +22,7 @@ from defectseg.data.datamodules import SegmentationDataModule
 from defectseg.models import unet_paper
 from defectseg.training.metrics import DefectDice
 from defectseg.training.modules import SegmentationTask
-from tests.conftest import write_classification_set, write_segmentation_set
+from tests.helpers import write_classification_set, write_segmentation_set
 
 REPO = Path(__file__).resolve().parents[1]
 

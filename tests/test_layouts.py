@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR, TINY_TRAINER, write_classification_set
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -28,6 +27,7 @@ from defectseg.data.layouts import (
 )
 from defectseg.data.readers import DataError
 from defectseg.data.splits import cap_train_split, group_keys, split_indices, subset_for_budget
+from tests.helpers import CONF_DIR, TINY_TRAINER, write_classification_set
 
 RNG = np.random.default_rng(0)
 
@@ -350,7 +350,7 @@ def test_severstal_run_outside_the_image_fails_setup_naming_the_line(tmp_path):
 
 
 def test_layout_and_folder_options_together_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="dataset.layout"):
+    with pytest.raises(ValueError, match=r"dataset\.layout"):
         SegmentationDataModule(root=str(tmp_path), layout=FolderLayout(), mask_suffix="_mask")
 
 
@@ -481,7 +481,15 @@ def test_stage1_on_several_roots_reports_each_source(compose_config, tmp_path):
     crops = write_photo_crops(tmp_path / "crops", photos=6)
     cfg = compose_config(
         "pretrain",
-        [*TINY_TRAINER, "dataset=folder_cls", f"dataset.root=[{bricks},{crops}]", "dataset.image_size=32", "dataset.batch_size=4", "dataset.split_fractions=[0.5,0.25,0.25]", "dataset.split_groups='^(.+)_x\\d+_y\\d+$'"],
+        [
+            *TINY_TRAINER,
+            "dataset=folder_cls",
+            f"dataset.root=[{bricks},{crops}]",
+            "dataset.image_size=32",
+            "dataset.batch_size=4",
+            "dataset.split_fractions=[0.5,0.25,0.25]",
+            "dataset.split_groups='^(.+)_x\\d+_y\\d+$'",
+        ],
     )
     metrics = run_pretrain(cfg)
     assert set(metrics["test_by_source"]) == {"bricks", "crops"}

@@ -21,7 +21,7 @@ from defectseg.predict import main as predict_main
 from defectseg.predict import run_predict
 from defectseg.training.metrics import THRESHOLD_GRID, TUNED_THRESHOLD_KEY, DefectDice, ThresholdSweep
 from defectseg.utils.errors import UserError
-from tests.test_pipeline import stage2_overrides
+from tests.helpers import stage2_overrides
 
 
 def tiny_segmenter(seed: int = 0) -> TorchSegmenter:
@@ -73,7 +73,7 @@ def test_blending_is_a_weighted_average_that_reproduces_a_pixelwise_model():
             overlap=overlap,
             batch_size=4,
             multiple=16,
-            on_progress=lambda *p: progress.append(p),
+            on_progress=lambda *p, sink=progress: sink.append(p),
         )
         np.testing.assert_allclose(tiled, whole, atol=1e-5)
         rows, columns = (len(axis_layout(side, tile, overlap, 16)[2]) for side in (300, 41))

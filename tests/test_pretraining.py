@@ -26,9 +26,14 @@ from defectseg.pretrain import run_pretrain
 from defectseg.report import aggregate, collect_runs
 from defectseg.training.pretraining import MaskedReconstructionTask, masked_l1, random_patch_mask
 from defectseg.utils.errors import UserError
-from tests.conftest import TINY_TRAINER, write_classification_set, write_segmentation_set
-from tests.test_report import metrics as finetune_metrics
-from tests.test_report import write_job, write_multirun
+from tests.helpers import (
+    TINY_TRAINER,
+    finetune_metrics,
+    write_classification_set,
+    write_job,
+    write_multirun,
+    write_segmentation_set,
+)
 
 SMALL = ["dataset.image_size=32", "dataset.batch_size=4"]
 STAGE1_DATA = {

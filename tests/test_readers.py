@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_classification_set
 from PIL import Image
 
 from defectseg.data.datamodules import ClassificationDataModule, SegmentationDataModule
@@ -22,6 +21,7 @@ from defectseg.data.readers import (
     scan_segmentation_folder,
 )
 from defectseg.data.splits import split_indices, subset_for_budget
+from tests.helpers import write_classification_set
 
 
 def save(array: np.ndarray, path: Path, mode: str | None = None) -> Path:

@@ -24,68 +24,9 @@ from defectseg.report import (
     paired_bootstrap_ci,
     write_report,
 )
+from tests.helpers import finetune_metrics, write_job, write_multirun
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def write_multirun(root: Path, task: list[str]) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "hydra": {
-            "mode": "MULTIRUN",
-            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None},
-            "overrides": {"task": task},
-        }
-    }
-    (root / "multirun.yaml").write_text(yaml.safe_dump(cfg))
-
-
-def write_job(root: Path, job: str, overrides: list[str], metrics: dict[str, Any] | None) -> Path:
-    """One Hydra job dir; metrics=None means the job crashed before writing metrics.json."""
-    d = root / job
-    (d / ".hydra").mkdir(parents=True, exist_ok=True)
-    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (d / ".hydra" / "config.yaml").write_text("seed: 0\n")
-    if metrics is not None:
-        (d / "metrics.json").write_text(json.dumps(metrics))
-    return d
-
-
-def metrics(
-    freeze: str,
-    seed: int,
-    test: float,
-    val: float | None = None,
-    *,
-    per_image: list[float] | None = None,
-    train_images: int = 175,
-    dataset: str = "steel_single",
-    freeze_depth: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "stage": "finetune",
-        "model": "unet_paper",
-        "freeze": freeze,
-        "freeze_depth": freeze_depth,
-        "pretrain_task": None if freeze == "scratch" else "classification",
-        "dataset": dataset,
-        "experiment": "table1",
-        "seed": seed,
-        "train_images": train_images,
-        "trainable_params": 3134433 if freeze == "encoder" else 7846657,
-        "total_params": 7846657,
-        "best_val_dice": test + 0.02 if val is None else val,
-        "test_dice": test,
-        "test_dice_per_image": per_image if per_image is not None else [test] * 4,
-        "epochs": 100,
-        "best_epoch": 50 + seed,
-        "train_seconds": 100.0 + seed,
-        "train_images_per_second": 40.0,
-        "device": "cuda: NVIDIA H100",
-        "precision": "bf16-mixed",
-        "checkpoint_path": "/somewhere/best.ckpt",
-        "extra_key_from_the_future": 1,
-    }
 
 
 def make_sweep(
@@ -107,7 +48,7 @@ def make_sweep(
             m = (
                 None
                 if f"{mode}:{seed}" in crash
-                else metrics(mode, seed, test, per_image=pi, train_images=train_images)
+                else finetune_metrics(mode, seed, test, per_image=pi, train_images=train_images)
             )
             write_job(root, str(job), [f"freeze={mode}", f"seed={seed}"], m)
             job += 1
@@ -275,7 +216,10 @@ def test_expected_count_from_multirun_yaml(tmp_path: Path) -> None:
     for mode in ("scratch", "encoder"):
         for seed in range(3):
             write_job(
-                root, str(job), [f"freeze={mode}", f"seed={seed}", "trainer.max_epochs=100"], metrics(mode, seed, 0.7)
+                root,
+                str(job),
+                [f"freeze={mode}", f"seed={seed}", "trainer.max_epochs=100"],
+                finetune_metrics(mode, seed, 0.7),
             )
             job += 1
     runs, missing = collect_runs(root)
@@ -292,7 +236,7 @@ def test_expected_count_shortfall_when_combos_unmatchable(tmp_path: Path) -> Non
     write_multirun(root, ["freeze=scratch,encoder", "seed=0,1"])
     # Job overrides written in a form that does not match the sweep axes: count only.
     for job in range(3):
-        write_job(root, str(job), [f"run={job}"], metrics("scratch", job, 0.7))
+        write_job(root, str(job), [f"run={job}"], finetune_metrics("scratch", job, 0.7))
     _, missing = collect_runs(root)
     assert len(missing) == 1 and missing[0]["count"] == 1
     assert "1 of 4 expected jobs" in missing[0]["reason"]
@@ -325,7 +269,7 @@ def test_sweep_launched_with_range_and_choice_is_reported_by_recorded_values(tmp
                     continue  # the launcher died before the last job
                 test = 0.5 + (0.2 if mode == "encoder" else 0.0) + size / 1000 + 0.01 * seed
                 overrides = [f"freeze={mode}", f"seed={seed}", f"+dataset.max_train_images={size}"]
-                write_job(root, str(job), overrides, metrics(mode, seed, test, train_images=size))
+                write_job(root, str(job), overrides, finetune_metrics(mode, seed, test, train_images=size))
                 job += 1
     result = write_report(root, plots=False)
     rows = {(r["freeze"], r["train_images"]): r for r in result["rows"]}
@@ -340,8 +284,8 @@ def test_sweep_launched_with_range_and_choice_is_reported_by_recorded_values(tmp
 
 def test_nested_job_dirs_are_collected(tmp_path: Path) -> None:
     root = tmp_path / "s"
-    write_job(root, "main/0", ["freeze=scratch", "seed=0"], metrics("scratch", 0, 0.7))
-    write_job(root, "label_efficiency/3", ["freeze=encoder", "seed=0"], metrics("encoder", 0, 0.8))
+    write_job(root, "main/0", ["freeze=scratch", "seed=0"], finetune_metrics("scratch", 0, 0.7))
+    write_job(root, "label_efficiency/3", ["freeze=encoder", "seed=0"], finetune_metrics("encoder", 0, 0.8))
     write_job(root, "label_efficiency/4", ["freeze=encoder", "seed=1"], None)
     runs, missing = collect_runs(root)
     assert sorted(r["job"] for r in runs) == ["label_efficiency/3", "main/0"]
@@ -350,7 +294,7 @@ def test_nested_job_dirs_are_collected(tmp_path: Path) -> None:
 
 def test_stage1_run_beside_the_sweep_is_neither_a_job_nor_missing(tmp_path: Path) -> None:
     root = tmp_path / "compare"
-    write_job(root, "finetune/0", ["freeze=scratch", "seed=0"], metrics("scratch", 0, 0.7))
+    write_job(root, "finetune/0", ["freeze=scratch", "seed=0"], finetune_metrics("scratch", 0, 0.7))
     write_job(root, "pretrain", ["experiment=quick"], {"stage": "pretrain", "test_accuracy": 0.97})
     runs, missing = collect_runs(root)
     assert [r["job"] for r in runs] == ["finetune/0"]
@@ -361,13 +305,13 @@ def test_missing_fields_fall_back_to_the_resolved_config(tmp_path: Path) -> None
     """An older metrics.json without freeze/seed: the job's .hydra/config.yaml says what the run was, not its
     overrides."""
     root = tmp_path / "s"
-    m = metrics("encoder", 2, 0.8)
+    m = finetune_metrics("encoder", 2, 0.8)
     del m["freeze"], m["seed"], m["device"], m["test_dice_per_image"], m["best_val_dice"]
     job = write_job(root, "0", ["freeze=scratch", "seed=7"], m)  # overrides that disagree are ignored
     (job / ".hydra" / "config.yaml").write_text(
         yaml.safe_dump({"seed": 2, "freeze": {"mode": "encoder", "depth": None}})
     )
-    write_job(root, "1", ["freeze=scratch", "seed=2"], metrics("scratch", 2, 0.7))
+    write_job(root, "1", ["freeze=scratch", "seed=2"], finetune_metrics("scratch", 2, 0.7))
     rows = write_report(root)["rows"]
     e = row_of(rows, "encoder")
     assert e["seeds"] == [2] and e["val_dice_mean"] is None
@@ -381,10 +325,13 @@ def test_two_stage1_runs_of_one_objective_are_two_rows(tmp_path: Path) -> None:
     root = tmp_path / "s"
     for seed in (0, 1):
         write_job(
-            root, f"scratch{seed}", ["freeze=scratch", f"seed={seed}"], metrics("scratch", seed, 0.70 + 0.01 * seed)
+            root,
+            f"scratch{seed}",
+            ["freeze=scratch", f"seed={seed}"],
+            finetune_metrics("scratch", seed, 0.70 + 0.01 * seed),
         )
         for name, test in (("pretrain_small", 0.66), ("pretrain_large", 0.74)):
-            m = metrics("encoder", seed, test + 0.01 * seed) | {
+            m = finetune_metrics("encoder", seed, test + 0.01 * seed) | {
                 "pretrained_encoder": {"path": f"/runs/{name}/encoder.safetensors", "sha256": name}
             }
             write_job(root, f"{name}{seed}", ["freeze=encoder", f"seed={seed}"], m)
@@ -416,25 +363,26 @@ def test_report_names_the_stage1_runs_with_their_size_and_quality(tmp_path: Path
         json.dumps({"stage": "pretrain", "train_images": 640, "epochs": 8, "test_auroc": 0.991})
     )
     root = tmp_path / "s"
-    write_job(root, "0", ["freeze=scratch"], metrics("scratch", 0, 0.70))
+    write_job(root, "0", ["freeze=scratch"], finetune_metrics("scratch", 0, 0.70))
     write_job(
         root,
         "1",
         ["freeze=encoder"],
-        metrics("encoder", 0, 0.69)
+        finetune_metrics("encoder", 0, 0.69)
         | {"pretrained_encoder": {"path": "/gone/stage1_big/encoder.safetensors", **recorded}},
     )
     write_job(
         root,
         "2",
         ["freeze=none"],
-        metrics("none", 0, 0.71) | {"pretrained_encoder": {"path": "/gone/stage1_big/encoder.safetensors", **recorded}},
+        finetune_metrics("none", 0, 0.71)
+        | {"pretrained_encoder": {"path": "/gone/stage1_big/encoder.safetensors", **recorded}},
     )
     write_job(
         root,
         "3",
         ["freeze=none"],
-        metrics("none", 1, 0.68)
+        finetune_metrics("none", 1, 0.68)
         | {
             "pretrained_encoder": {
                 "path": str(old / "encoder.safetensors"),
@@ -455,10 +403,10 @@ def test_report_names_the_stage1_runs_with_their_size_and_quality(tmp_path: Path
 
 def test_partial_mode_label_and_order(tmp_path: Path) -> None:
     root = tmp_path / "s"
-    write_job(root, "0", ["freeze=none"], metrics("none", 0, 0.81))
-    write_job(root, "1", ["freeze=partial"], metrics("partial", 0, 0.80, freeze_depth=2))
-    write_job(root, "2", ["freeze=scratch"], metrics("scratch", 0, 0.70))
-    write_job(root, "3", ["freeze=encoder"], metrics("encoder", 0, 0.79))
+    write_job(root, "0", ["freeze=none"], finetune_metrics("none", 0, 0.81))
+    write_job(root, "1", ["freeze=partial"], finetune_metrics("partial", 0, 0.80, freeze_depth=2))
+    write_job(root, "2", ["freeze=scratch"], finetune_metrics("scratch", 0, 0.70))
+    write_job(root, "3", ["freeze=encoder"], finetune_metrics("encoder", 0, 0.79))
     rows = aggregate(collect_runs(root)[0])
     assert [r["mode"] for r in rows] == ["scratch", "transfer-frozen encoder", "partial-2", "transfer-full fine-tuning"]
 
@@ -482,7 +430,7 @@ def test_label_efficiency_csv_when_several_train_sizes(tmp_path: Path) -> None:
                 root,
                 str(job),
                 [f"freeze={mode}", f"seed={seed}", f"dataset.max_train_images={size}"],
-                metrics(mode, seed, v, train_images=size),
+                finetune_metrics(mode, seed, v, train_images=size),
             )
             job += 1
     result = write_report(root)
@@ -520,7 +468,7 @@ def test_label_efficiency_only_for_sets_trained_at_several_budgets(tmp_path: Pat
                 root,
                 str(job),
                 [f"dataset={dataset}", f"freeze={mode}", "seed=0"],
-                metrics(mode, 0, 0.5, train_images=size, dataset=dataset),
+                finetune_metrics(mode, 0, 0.5, train_images=size, dataset=dataset),
             )
             job += 1
     result = write_report(root, plots=False)
@@ -534,7 +482,7 @@ def test_label_efficiency_only_for_sets_trained_at_several_budgets(tmp_path: Pat
             only_sizes,
             str(job),
             [f"dataset={dataset}", "freeze=scratch", "seed=0"],
-            metrics("scratch", 0, 0.5, train_images=size, dataset=dataset),
+            finetune_metrics("scratch", 0, 0.5, train_images=size, dataset=dataset),
         )
     assert "label_efficiency.csv" not in write_report(only_sizes, plots=False)["paths"]
 

@@ -21,7 +21,7 @@ from defectseg.models.freeze import encoder_levels
 from defectseg.pretrain import run_pretrain
 from defectseg.utils.errors import UserError, exit_cleanly_on_user_error, user_error_in
 from defectseg.utils.naming import job_name
-from tests.conftest import TINY_TRAINER
+from tests.helpers import TINY_TRAINER
 
 # The ready configs' documented sizes (docs/models.md, conf/model/*.yaml): total, encoder, decoder + head.
 READY = {
@@ -312,7 +312,7 @@ def test_local_weights_of_another_encoder_are_refused_clearly(tmp_path: Path):
     )  # resnet18's tensors and more blocks
     with pytest.raises(EncoderMismatchError, match=r"blocks this encoder lacks \(e.g. \['layer1.2"):
         small_unet(encoder_weights=str(path))
-    with pytest.raises(FileNotFoundError, match="model.encoder_weights: no weights file"):
+    with pytest.raises(FileNotFoundError, match=r"model\.encoder_weights: no weights file"):
         small_unet(encoder_weights=str(tmp_path / "nowhere.safetensors"))
 
 
@@ -328,7 +328,8 @@ def test_imagenet_without_network_fails_at_once_saying_how_to_pass_a_file(monkey
 def test_hub_client_errors_become_one_clear_line(monkeypatch):
     def offline(*args, **kwargs):
         raise LocalEntryNotFoundError(
-            "An error happened while trying to locate the file on the Hub and we cannot find the requested files in the local cache."
+            "An error happened while trying to locate the file on the Hub and we cannot find the requested files in "
+            "the local cache."
         )
 
     monkeypatch.setattr(smp_models, "hub_unreachable_reason", lambda: None)
@@ -433,7 +434,7 @@ def test_job_names_carry_the_model_axes():
 
 def test_report_compares_modes_within_each_model(tmp_path: Path):
     from defectseg.report import aggregate, collect_runs, markdown_table
-    from tests.test_report import metrics, write_job, write_multirun
+    from tests.helpers import finetune_metrics, write_job, write_multirun
 
     sweep = tmp_path / "sweep"
     write_multirun(sweep, ["model=unet_paper,smp_unet_resnet34", "freeze=scratch,encoder", "seed=0,1"])
@@ -447,7 +448,7 @@ def test_report_compares_modes_within_each_model(tmp_path: Path):
     for option, model in (("unet_paper", "unet_paper"), ("smp_unet_resnet34", "unet-resnet34")):
         for freeze in ("scratch", "encoder"):
             for seed in (0, 1):
-                run = metrics(freeze, seed, dice[model, freeze] + 0.01 * seed) | {"model": model}
+                run = finetune_metrics(freeze, seed, dice[model, freeze] + 0.01 * seed) | {"model": model}
                 write_job(sweep, str(job), [f"model={option}", f"freeze={freeze}", f"seed={seed}"], run)
                 job += 1
     runs, missing = collect_runs(sweep)

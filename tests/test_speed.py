@@ -15,7 +15,7 @@ from defectseg.models import FreezePolicy, unet_paper
 from defectseg.training.modules import SegmentationTask, adam
 from defectseg.training.runner import Run, refuse_ddp_launch_in_multirun
 from defectseg.utils.errors import UserError
-from tests.conftest import TINY_TRAINER
+from tests.helpers import TINY_TRAINER
 
 
 @pytest.mark.parametrize(

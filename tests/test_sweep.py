@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from defectseg.pretrain import run_pretrain
-from tests.conftest import CONF_DIR, TINY_TRAINER
+from tests.helpers import CONF_DIR, TINY_TRAINER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,13 @@ def test_multirun_scratch_vs_transfer_produces_report(compose_config, classifica
     stage1 = run_pretrain(
         compose_config(
             "pretrain",
-            [*TINY_TRAINER, "dataset=folder_cls", f"dataset.root={classification_set}", "dataset.image_size=32", "dataset.batch_size=4"],
+            [
+                *TINY_TRAINER,
+                "dataset=folder_cls",
+                f"dataset.root={classification_set}",
+                "dataset.image_size=32",
+                "dataset.batch_size=4",
+            ],
         )
     )
     sweep = tmp_path / "sweep"
