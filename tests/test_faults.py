@@ -31,8 +31,8 @@ from defectseg.utils import run_directory
 from defectseg.utils.errors import UnsafeFileError, UserError, user_error_in
 from defectseg.utils.hydra_callbacks import GuardRunDirectory
 from defectseg.utils.run_directory import OWNER_NAME, claim_run_directory, make_output_dir
-from tests.helpers import write_segmentation_set
 from tests.faults import BROKEN, CRAFTED, snapshot
+from tests.helpers import write_segmentation_set
 from tests.test_robustness import EPOCHS, STEPS, fast_args, history_of, start, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
