@@ -157,6 +157,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "threshold": Key((float,), between(0, 1, strict=True)),
             "empty_score": Key((float,), between(0, 1)),
             "preview_images": Key((int,), at_least(0)),
+            "class_weights": Key(
+                (list, str, NONE),
+                lambda v: None
+                if v is None or v == "frequency" or (isinstance(v, list) and all(isinstance(w, (int, float)) for w in v))
+                else f"must be null, frequency or a list of numbers (one per class), got {v!r}",
+            ),
         },
     },
     "check_data": {"stage": Key((str,)), "paths": Free, "hydra": Free, "dataset": Target},

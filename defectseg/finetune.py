@@ -17,8 +17,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from defectseg.config_validation import validate_config
+from defectseg.data.classes import ClassSpec
 from defectseg.models import FreezePolicy, parameter_counts
 from defectseg.models.encoder_io import load_decoder, load_encoder, resolve_encoder_path
+from defectseg.training.losses import frequency_weights
 from defectseg.training.modules import SegmentationTask
 from defectseg.training.runner import Run, calibrate_features, seed_run
 from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
@@ -80,11 +82,54 @@ def load_pretrained_decoder(model: Any, pretrained: dict[str, Any] | None) -> li
     return parts
 
 
+def class_spec(cfg: DictConfig) -> ClassSpec | None:
+    """``dataset.classes`` (+ ``dataset.multilabel``) as a ClassSpec; None for a binary run."""
+    try:
+        return ClassSpec.from_config(cfg.dataset.get("classes"), bool(cfg.dataset.get("multilabel", False)))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def build_model(cfg: DictConfig, spec: ClassSpec | None) -> Any:
+    """The model with one output channel per logit map the classes need (1 for binary)."""
+    channels = 1 if spec is None else spec.output_channels
+    configured = cfg.model.get("num_classes", 1)
+    if spec is None and configured not in (None, 1):
+        raise UserError(
+            f"model.num_classes={configured} without dataset.classes: name the defect classes instead, "
+            "e.g. dataset.classes=[crack,corrosion,pit,scratch] (the model gets its channels from them)"
+        )
+    if spec is not None and configured not in (None, 1, channels):
+        raise UserError(
+            f"model.num_classes={configured}, but dataset.classes={list(spec.names)} "
+            f"{'(multilabel) ' if spec.multilabel else ''}need {channels} output channels; leave model.num_classes out"
+        )
+    return instantiate(cfg.model, num_classes=channels)
+
+
+def resolve_class_weights(cfg: DictConfig, spec: ClassSpec | None, datamodule: Any) -> list[float] | None:
+    """``task.class_weights``: null, one weight per class, or ``frequency`` (from the train split's pixels)."""
+    weights = cfg.task.get("class_weights")
+    if weights is None:
+        return None
+    if spec is None:
+        raise UserError("task.class_weights needs dataset.classes (one weight per declared class)")
+    if weights == "frequency":
+        pixels = list(datamodule.class_statistics("train")["pixels"].values())
+        return frequency_weights(pixels)
+    if isinstance(weights, str) or len(weights) != spec.num_classes:
+        raise UserError(
+            f"task.class_weights={weights}: give 'frequency' or {spec.num_classes} weights, one per class of {list(spec.names)}"
+        )
+    return [float(w) for w in weights]
+
+
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg, "finetune")
     seed_run(int(cfg.seed))
     policy = FreezePolicy(str(cfg.freeze.mode), cfg.freeze.get("depth"))
-    model = instantiate(cfg.model)
+    spec = class_spec(cfg)
+    model = build_model(cfg, spec)
     pretrained = load_pretrained(model, policy, cfg.get("pretrained_encoder"))  # before any slow work
     decoder_init = load_pretrained_decoder(model, pretrained) if cfg.get("init_decoder", False) else None
     run = Run(cfg, monitor="val/dice", mode="max")
@@ -103,13 +148,17 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
                 ", ".join("-" if f is None else f"{f:.0%}" for f in silent_channels),
             )
     counts = parameter_counts(model)
+    task_options = {key: value for key, value in cfg.task.items() if key != "class_weights"}
+    class_weights = resolve_class_weights(cfg, spec, datamodule)
+    if spec is not None:
+        task_options.update(classes=list(spec.names), multilabel=spec.multilabel, class_weights=class_weights)
     task = SegmentationTask(
         model,
         lr=float(cfg.optim.lr),
         weight_decay=float(cfg.optim.weight_decay),
         channels_last=bool(cfg.channels_last),
         compile=bool(cfg.get("compile", False)),
-        **cfg.task,
+        **task_options,
     )
     log.info(
         "stage 2, freeze=%s: %s of %s parameters train; data %s %s; %s, %s",
@@ -152,6 +201,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         "val_dice_at_best_threshold": tuned.get("val_dice_at_best_threshold"),
         "test_dice_at_best_threshold": task.test_dice_by_threshold.get(tuned.get("best_threshold")),
         "pretrained_encoder": pretrained,
+        **(class_metrics(spec, task, best, datamodule, class_weights) if spec is not None else {}),
         **run.summary(),
     }
     if run.trainer.is_global_zero:
@@ -180,6 +230,23 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     )
     run.close()
     return metrics
+
+
+def class_metrics(
+    spec: ClassSpec, task: SegmentationTask, best: dict[str, float], datamodule: Any, weights: list[float] | None
+) -> dict[str, Any]:
+    """The metrics.json fields of a multi-class run: Dice per class (val at the best epoch, test), per image."""
+    tuned = task.tuned_threshold or {}
+    return {
+        "classes": list(spec.names),
+        "multilabel": spec.multilabel,
+        "class_weights": weights,
+        "train_class_pixels": datamodule.class_statistics("train")["pixels"],
+        "best_val_dice_per_class": {name: best.get(f"val/dice/{name}") for name in spec.names},
+        "test_dice_per_class": task.test_dice_per_class,
+        "test_dice_per_image_per_class": task.test_dice_per_image_per_class,
+        "best_threshold_per_class": tuned.get("best_threshold_per_class"),
+    }
 
 
 def _or_nan(value: float | None) -> float:

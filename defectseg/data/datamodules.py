@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, WeightedRandomSampler
 
 from defectseg.data import readers, validation
+from defectseg.data.classes import ClassSpec, class_pixel_counts
 from defectseg.data.layouts import FolderLayout, Layout, Mask, Sample
 from defectseg.data.splits import cap_train_split, group_keys, split_indices, subset_for_budget
 from defectseg.data.transforms import build_transform, to_tensors
@@ -77,6 +78,7 @@ class ImageCache:
     def __init__(self, image_size: int, enabled: bool = True) -> None:
         self.image_size = image_size
         self.enabled = enabled
+        self.label_maps = False  # masks are label maps (classes, ignored pixels): resized by nearest neighbour
         self._store: dict[Path, Any] = {}
 
     def image(self, path: Path) -> np.ndarray:
@@ -88,23 +90,29 @@ class ImageCache:
         return image
 
     def pair(self, image_path: Path, mask: Mask) -> tuple[np.ndarray, np.ndarray]:
-        """Image and its 0/255 mask; the mask must match the image's original size."""
+        """Image and its 0/255 mask (or label map); the mask must match the image's original size."""
         if image_path in self._store:
             return self._store[image_path]
         image = readers.read_image(image_path)
-        mask = mask.load(image.shape[:2]) * np.uint8(255)
-        pair = (_shrink(image, self.image_size), _shrink(mask, self.image_size))
+        if self.label_maps:
+            mask = _shrink(mask.load(image.shape[:2]), self.image_size, nearest=True)
+        else:
+            mask = _shrink(mask.load(image.shape[:2]) * np.uint8(255), self.image_size)
+        pair = (_shrink(image, self.image_size), mask)
         if self.enabled:
             self._store[image_path] = pair
         return pair
 
 
-def _shrink(array: np.ndarray, size: int) -> np.ndarray:
-    """Pre-resize for the cache with the same resize the eval transform uses (idempotent afterwards)."""
+def _shrink(array: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """Pre-resize for the cache with the same resize the eval transform uses (idempotent afterwards);
+    ``nearest`` for label maps, whose values are classes, not intensities."""
     import cv2
 
     if array.shape[0] == size and array.shape[1] == size:
         return array
+    if nearest:
+        return cv2.resize(array, (size, size), interpolation=cv2.INTER_NEAREST)
     interpolation = cv2.INTER_AREA if min(array.shape[:2]) > size else cv2.INTER_LINEAR
     return cv2.resize(array, (size, size), interpolation=interpolation)
 
@@ -138,7 +146,7 @@ class SegmentationDataset(Dataset):
         image_path, mask_ref = self.pairs[index]
         image, mask = self.cache.pair(image_path, mask_ref)
         out = self.transform(image=image, mask=mask)
-        image, mask = to_tensors(out["image"], out["mask"])
+        image, mask = to_tensors(out["image"], out["mask"], label_map=self.cache.label_maps)
         return {"image": image, "mask": mask, "index": index}
 
 
@@ -365,7 +373,11 @@ class _FolderDataModule(L.LightningDataModule):
 
     def transform(self, train: bool) -> Any:
         return build_transform(
-            self.image_size, train=train, augment=self.augment if train else None, grayscale=self.grayscale
+            self.image_size,
+            train=train,
+            augment=self.augment if train else None,
+            grayscale=self.grayscale,
+            label_maps=self.cache.label_maps,
         )
 
     def write_split(self, path: str | Path) -> None:
@@ -456,15 +468,48 @@ class SegmentationDataModule(_FolderDataModule):
         mask_dir: str = "masks",
         mask_suffix: str = "",
         max_train_images: int | None = None,
+        classes: Sequence[str] | None = None,
+        multilabel: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         if layout is not None and (image_dir, mask_dir, mask_suffix) != ("images", "masks", ""):
             raise ValueError(
-                "dataset.image_dir / mask_dir / mask_suffix describe the images/ + masks/ layout; with dataset.layout set, use its own options (dataset.layout.*)"
+                "dataset.image_dir / mask_dir / mask_suffix describe the images/ + masks/ layout; "
+                "with dataset.layout set, use its own options (dataset.layout.*)"
             )
+        self.labels = ClassSpec.from_config(classes, multilabel)
+        if layout is None and self.synthetic and self.labels is not None:
+            layout = self._synthetic_class_layout(image_dir, mask_suffix)
         self.layout = layout or FolderLayout(image_dir, mask_dir, mask_suffix)
+        self.layout.bind(self.labels)
+        self.cache.label_maps = self.layout.values.label_maps
         self.max_train_images = None if max_train_images is None else int(max_train_images)
+
+    def _synthetic_class_layout(self, image_dir: str, mask_suffix: str) -> Layout:
+        """The embedded steel set labels each defect by kind in labels/ (class indices) beside its binary masks/."""
+        from defectseg.data.synthetic import SYNTHETIC_CLASSES
+
+        if list(self.labels.names) != list(SYNTHETIC_CLASSES):
+            raise ValueError(
+                f"dataset.classes={list(self.labels.names)}: the embedded steel set paints the classes "
+                f"{list(SYNTHETIC_CLASSES)} (in this order); declare those, or dataset.classes=null for binary"
+            )
+        return FolderLayout(image_dir, "labels", mask_suffix, mask_values="classes")
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return None if self.labels is None else list(self.labels.names)
+
+    def class_statistics(self, split: str = "train") -> dict[str, Any]:
+        """Pixels and images per class in one split (after setup), from the cached label maps."""
+        if self.labels is None:
+            raise ValueError("class statistics need dataset.classes")
+        dataset = self.datasets[split]
+        maps = (self.cache.pair(*sample)[1] for sample in dataset.pairs)
+        pixels, images, background = class_pixel_counts(maps, self.labels)
+        return {"pixels": dict(zip(self.labels.names, pixels)), "images": dict(zip(self.labels.names, images)),
+                "background_pixels": background}
 
     def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
         """Several roots (same layout): each split on its own, then joined, as for classification."""

@@ -17,20 +17,30 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from defectseg.data import readers
+from defectseg.data.classes import (
+    IGNORE,
+    ClassSpec,
+    ImageClasses,
+    decode_colors,
+    decode_image_class,
+    decode_indices,
+    parse_color,
+)
 from defectseg.data.readers import IMAGE_EXTENSIONS, SPLITS, DataError
 from defectseg.data.validation import Problem
 
 log = logging.getLogger(__name__)
 
-MASK_VALUE_MODES = ("binary", "classes")
+MASK_VALUE_MODES = ("binary", "classes", "colors")
+VOID_AS = ("ignore", "background", "defect")
 VOC_SPLIT_FILES = MappingProxyType({"train": "train", "val": "val", "test": "test"})
 
 
@@ -39,39 +49,111 @@ VOC_SPLIT_FILES = MappingProxyType({"train": "train", "val": "val", "test": "tes
 
 @dataclass(frozen=True)
 class MaskValues:
-    """How a mask's values become defect (1) or background (0).
+    """How a mask's values become labels: defect (1) / background (0) for a binary run, or the declared classes.
 
     ``binary``: 0/1 or 0/255 (soft 8-bit edges thresholded at 128); class indices are refused.
-    ``classes``: class-index masks (palette PNGs read as indices, not colours): every class
-    other than 0 is a defect, or only ``keep_classes``. ``void_value`` (VOC: 255, the
-    'don't care' border around objects) is neither a class nor ignored by the loss here:
-    it becomes ``void_as`` (``background`` by default, or ``defect``).
+    With ``dataset.classes``, the class is the image's (``class_from`` on the layout).
+    ``classes``: class-index masks (palette PNGs read as indices, not colours). Binary run: every
+    class other than 0 is a defect, or only ``keep_classes``. With ``dataset.classes``: value k is the
+    k-th class, or ``class_values`` lists each class's value.
+    ``colors``: colour masks (RGB or palette colours) with ``colors`` (class name -> colour), needs
+    ``dataset.classes``. ``void_value`` (VOC: 255, the 'don't care' border around objects) /
+    ``void_color`` become ``void_as``: ``ignore`` (default: left out of loss and metrics),
+    ``background`` or ``defect`` (binary runs only).
     """
 
     mode: str = "binary"
     keep_classes: tuple[int, ...] | None = None
     void_value: int | None = None
-    void_as: str = "background"
+    void_as: str = "ignore"
+    class_values: tuple[int, ...] | None = None
+    colors: tuple[tuple[str, tuple[int, int, int]], ...] | None = None
+    background_color: tuple[int, int, int] = (0, 0, 0)
+    void_color: tuple[int, int, int] | None = None
+    spec: ClassSpec | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MASK_VALUE_MODES:
             raise ValueError(f"dataset.layout.mask_values={self.mode!r} is not one of {list(MASK_VALUE_MODES)}")
-        if self.void_as not in ("background", "defect"):
-            raise ValueError(f"dataset.layout.void_as={self.void_as!r} must be 'background' or 'defect'")
-        if self.mode == "binary" and (self.keep_classes is not None or self.void_value is not None):
-            raise ValueError("dataset.layout.keep_classes / void_value need mask_values=classes (class-index masks)")
+        if self.void_as not in VOID_AS:
+            raise ValueError(f"dataset.layout.void_as={self.void_as!r} must be one of {list(VOID_AS)}")
+        if self.mode == "binary" and (
+            self.keep_classes is not None or self.void_value is not None or self.class_values is not None
+        ):
+            raise ValueError(
+                "dataset.layout.keep_classes / void_value / class_values need mask_values=classes (class-index masks)"
+            )
+        if self.mode != "colors" and self.colors is not None:
+            raise ValueError("dataset.layout.colors needs mask_values=colors (colour masks)")
+        if self.mode == "colors" and not self.colors:
+            raise ValueError("dataset.layout.mask_values=colors needs dataset.layout.colors: {class name: [r, g, b]}")
 
     @classmethod
     def from_options(
-        cls, mode: str, keep_classes: Iterable[int] | None, void_value: int | None, void_as: str
+        cls,
+        mode: str,
+        keep_classes: Iterable[int] | None,
+        void_value: int | None,
+        void_as: str,
+        class_values: Iterable[int] | None = None,
+        colors: Mapping[str, Any] | None = None,
+        background_color: Any = (0, 0, 0),
+        void_color: Any = None,
     ) -> MaskValues:
         keep = None if keep_classes is None else tuple(sorted(int(c) for c in keep_classes))
+        table = None
+        if colors is not None:
+            table = tuple(
+                (str(name), parse_color(color, f"dataset.layout.colors.{name}")) for name, color in dict(colors).items()
+            )
         return cls(
             mode=str(mode),
             keep_classes=keep,
             void_value=None if void_value is None else int(void_value),
             void_as=str(void_as),
+            class_values=None if class_values is None else tuple(int(v) for v in class_values),
+            colors=table,
+            background_color=parse_color(background_color, "dataset.layout.background_color"),
+            void_color=None if void_color is None else parse_color(void_color, "dataset.layout.void_color"),
         )
+
+    def bind(self, spec: ClassSpec | None) -> MaskValues:
+        """These options for a run with ``spec`` (None: binary), checked against the declared classes."""
+        if spec is None:
+            if self.mode == "colors":
+                raise ValueError(
+                    "dataset.layout.mask_values=colors needs dataset.classes (the names the colours stand for)"
+                )
+            if self.class_values is not None:
+                raise ValueError("dataset.layout.class_values needs dataset.classes (the classes the values stand for)")
+            return replace(self, spec=None)
+        if self.keep_classes is not None:
+            raise ValueError(
+                "dataset.layout.keep_classes merges classes into one defect (binary runs); with dataset.classes, "
+                "list each class's mask value in dataset.layout.class_values instead"
+            )
+        if self.void_as == "defect":
+            raise ValueError("dataset.layout.void_as=defect is for binary runs; with dataset.classes use ignore")
+        if self.class_values is not None and len(self.class_values) != spec.num_classes:
+            raise ValueError(
+                f"dataset.layout.class_values={list(self.class_values)} gives {len(self.class_values)} values "
+                f"for {spec.num_classes} classes {list(spec.names)}"
+            )
+        if self.colors is not None:
+            names = [name for name, _ in self.colors]
+            missing, unknown = sorted(set(spec.names) - set(names)), sorted(set(names) - set(spec.names))
+            if missing or unknown:
+                raise ValueError(
+                    f"dataset.layout.colors names {names}, dataset.classes {list(spec.names)}"
+                    + (f": no colour for {missing}" if missing else "")
+                    + (f": {unknown} are not classes" if unknown else "")
+                )
+        return replace(self, spec=spec)
+
+    @property
+    def label_maps(self) -> bool:
+        """Masks come as label maps (nearest-neighbour resizing, values kept), not 0/255 defect masks."""
+        return self.spec is not None or (self.void_as == "ignore" and self.void_value is not None)
 
     def to_binary(self, values: np.ndarray, source: str | Path) -> np.ndarray:
         if self.mode == "binary":
@@ -79,10 +161,29 @@ class MaskValues:
         if not np.issubdtype(values.dtype, np.integer) and values.dtype != bool:
             raise DataError(f"{source}: class-index mask of type {values.dtype}, expected integers")
         defect = np.isin(values, self.keep_classes) if self.keep_classes is not None else values > 0
-        if self.void_value is not None:
-            void = values == self.void_value
-            defect = (defect & ~void) | void if self.void_as == "defect" else defect & ~void
+        if self.void_value is None:
+            return defect.astype(np.uint8)
+        void = values == self.void_value
+        if self.void_as == "ignore":
+            return np.where(void, IGNORE, defect & ~void).astype(np.uint8)
+        defect = (defect & ~void) | void if self.void_as == "defect" else defect & ~void
         return defect.astype(np.uint8)
+
+    def decode(
+        self, raw: np.ndarray, source: str | Path, image_class: tuple[str | None, str] = (None, "")
+    ) -> np.ndarray:
+        """Raw mask values (RGB for colour masks) -> a binary mask, or the spec's label map."""
+        if self.spec is None:
+            return self.to_binary(raw, source)
+        if self.mode == "classes":
+            indices = decode_indices(raw, self.spec, self.class_values, self.void_value, self.void_as, source)
+        elif self.mode == "colors":
+            indices = decode_colors(
+                raw, self.spec, dict(self.colors or ()), self.background_color, self.void_color, source
+            )
+        else:
+            indices = decode_image_class(readers.binary_mask(raw, source), self.spec, *image_class, source)
+        return self.spec.from_indices(indices)
 
 
 class Mask(Protocol):
@@ -91,13 +192,18 @@ class Mask(Protocol):
 
 @dataclass(frozen=True)
 class MaskFile:
-    """A mask image; its size must be the image's."""
+    """A mask image; its size must be the image's. ``image_class``: (the image's class, where it came from)."""
 
     path: Path
     values: MaskValues = field(default_factory=MaskValues)
+    image_class: tuple[str | None, str] = (None, "")
 
     def load(self, image_size: tuple[int, int]) -> np.ndarray:
-        return self.values.to_binary(readers.read_mask_values(self.path, expected_size=image_size), self.path)
+        if self.values.mode == "colors":
+            raw = readers.read_mask_colors(self.path, expected_size=image_size)
+        else:
+            raw = readers.read_mask_values(self.path, expected_size=image_size)
+        return self.values.decode(raw, self.path, self.image_class)
 
     def __str__(self) -> str:
         return str(self.path)
@@ -118,7 +224,8 @@ class LayoutScan:
 
 
 class Layout:
-    """Mask-value options every layout shares (see MaskValues)."""
+    """Mask-value options every layout shares (see MaskValues), and where an image's class comes from
+    (``class_from``: folder | prefix | csv, for binary masks with ``dataset.classes``; see ImageClasses)."""
 
     default_mask_values = "binary"
 
@@ -127,11 +234,48 @@ class Layout:
         mask_values: str | None = None,
         keep_classes: Iterable[int] | None = None,
         void_value: int | None = None,
-        void_as: str = "background",
+        void_as: str = "ignore",
+        class_values: Iterable[int] | None = None,
+        colors: Mapping[str, Any] | None = None,
+        background_color: Any = (0, 0, 0),
+        void_color: Any = None,
+        class_from: str | None = None,
+        class_separator: str = "__",
+        class_csv: str | None = None,
+        class_aliases: Mapping[str, str] | None = None,
     ) -> None:
         self.values = MaskValues.from_options(
-            mask_values or self.default_mask_values, keep_classes, void_value, void_as
+            mask_values or self.default_mask_values,
+            keep_classes,
+            void_value,
+            void_as,
+            class_values,
+            colors,
+            background_color,
+            void_color,
         )
+        self.image_classes = (
+            None if class_from is None else ImageClasses(class_from, class_separator, class_csv, class_aliases)
+        )
+
+    def bind(self, spec: ClassSpec | None) -> None:
+        """Read masks for a run with these classes (None: binary); a layout that cannot label them says why."""
+        self.values = self.values.bind(spec)
+        if spec is None and self.image_classes is not None:
+            raise ValueError("dataset.layout.class_from labels images by class: it needs dataset.classes")
+        if spec is not None and self.values.mode == "binary" and self.image_classes is None:
+            raise ValueError(
+                f"dataset.classes={list(spec.names)} with binary masks: say where each image's class is "
+                "(dataset.layout.class_from=folder|prefix|csv), or read class-index masks (mask_values=classes) "
+                "or colour masks (mask_values=colors); see docs/defect_types.md"
+            )
+
+    def mask(self, path: Path, image: Path, image_root: Path, data_root: Path) -> MaskFile:
+        """The mask file of ``image``, with the image's class when the layout labels images."""
+        image_class = (None, "")
+        if self.image_classes is not None:
+            image_class = self.image_classes.of(image, image_root, data_root)
+        return MaskFile(path, self.values, image_class)
 
     def scan(self, root: Path) -> LayoutScan:
         raise NotImplementedError
@@ -179,7 +323,7 @@ class FolderLayout(Layout):
                 Problem("mask_without_image", str(mask), f"{mask}: has no image in {folder / self.image_dir}", split)
                 for mask in orphans
             )
-            return [(image, MaskFile(mask, self.values)) for image, mask in pairs]
+            return [(image, self.mask(mask, image, folder / self.image_dir, folder)) for image, mask in pairs]
 
         scan = _scan_split_folders(Path(root), scan_one)
         scan.problems = problems
@@ -246,7 +390,7 @@ class PatternLayout(Layout):
                 f"{len(missing)} image(s) without a mask named {self.mask_pattern!r} beside them: "
                 + readers.shorten([f"{m} (no {mask_of[m].name})" for m in missing])
             )
-        return [(image, MaskFile(mask_of[image], self.values)) for image in images]
+        return [(image, self.mask(mask_of[image], image, folder, Path(root))) for image in images]
 
     def _files(self, folder: Path) -> list[Path]:
         candidates = folder.rglob("*") if self.recursive else folder.iterdir()
@@ -351,7 +495,7 @@ class VocLayout(Layout):
         mask = root / self.mask_dir / f"{image_id}.png"
         if not mask.is_file():
             raise DataError(f"{where}: no mask {mask}")
-        return image, MaskFile(mask, self.values)
+        return image, self.mask(mask, image, root / self.image_dir, root)
 
 
 def _find_by_stem(folder: Path, stem: str) -> Path | None:
@@ -410,15 +554,42 @@ def encode_rle(mask: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class RleMask:
-    """The CSV rows of one image (one per class), merged into one defect mask; no rows: an empty mask."""
+    """The CSV rows of one image (one per class): merged into one defect mask for a binary run, or each row's
+    ClassId as its class (``class_values``: the ClassId of each declared class, default 1..C); no rows: empty."""
 
     source: Path
-    rows: tuple[tuple[int, np.ndarray], ...] = ()  # (CSV line number, runs)
+    rows: tuple[tuple[int, int, np.ndarray], ...] = ()  # (CSV line number, ClassId, runs)
+    spec: ClassSpec | None = None
+    class_values: tuple[int, ...] | None = None
 
     def load(self, image_size: tuple[int, int]) -> np.ndarray:
         mask = np.zeros(image_size, dtype=np.uint8)
-        for line_number, runs in self.rows:
-            mask |= decode_rle(runs, image_size, where=f"{self.source}, line {line_number}")
+        if self.spec is None:
+            for line_number, _, runs in self.rows:
+                mask |= decode_rle(runs, image_size, where=f"{self.source}, line {line_number}")
+            return mask
+        ids = list(self.class_values or range(1, self.spec.num_classes + 1))
+        for line_number, class_id, runs in self.rows:
+            where = f"{self.source}, line {line_number}"
+            if class_id not in ids:
+                raise DataError(
+                    f"{where}: ClassId {class_id} matches no declared class (dataset.classes={list(self.spec.names)} "
+                    f"are the ClassIds {ids}); declare it or leave it out with dataset.layout.class_values",
+                    kind="mask_values",
+                )
+            label = ids.index(class_id) + 1
+            hit = decode_rle(runs, image_size, where=where).astype(bool)
+            if self.spec.multilabel:
+                mask[hit] |= np.uint8(1 << (label - 1))
+                continue
+            overlap = hit & (mask > 0) & (mask != label)
+            if overlap.any():
+                raise DataError(
+                    f"{where}: ClassId {class_id} overlaps another class on {int(overlap.sum())} pixels; "
+                    "exclusive classes cannot share a pixel (dataset.multilabel=true lets them)",
+                    kind="mask_values",
+                )
+            mask[hit] = label
         return mask
 
     def __str__(self) -> str:
@@ -427,19 +598,43 @@ class RleMask:
 
 class SeverstalLayout(Layout):
     """Severstal steel defects: ``train_images/<ImageId>`` + ``train.csv`` with
-    ``ImageId,ClassId,EncodedPixels`` (several rows per image for several classes, merged),
+    ``ImageId,ClassId,EncodedPixels`` (several rows per image for several classes),
     or the older wide format ``ImageId_ClassId,EncodedPixels`` (``x.jpg_3``, empty = none).
 
     Every image of ``image_dir`` is used; one without rows has an empty mask (a defect-free
-    photo). ``keep_classes`` keeps only those ClassIds' rows.
+    photo). Binary runs merge the rows (``keep_classes``: only those ClassIds'); with
+    ``dataset.classes`` each row's ClassId is its class (``class_values``: the ClassId of each
+    declared class, default 1..C; a row of another ClassId is an error naming its line).
     """
 
     def __init__(
-        self, csv_file: str = "train.csv", image_dir: str = "train_images", keep_classes: Iterable[int] | None = None
+        self,
+        csv_file: str = "train.csv",
+        image_dir: str = "train_images",
+        keep_classes: Iterable[int] | None = None,
+        class_values: Iterable[int] | None = None,
     ) -> None:
         super().__init__()
         self.csv_file, self.image_dir = csv_file, image_dir
         self.keep_classes = None if keep_classes is None else {int(c) for c in keep_classes}
+        self.class_values = None if class_values is None else tuple(int(v) for v in class_values)
+        self.spec: ClassSpec | None = None
+
+    def bind(self, spec: ClassSpec | None) -> None:
+        if spec is None and self.class_values is not None:
+            raise ValueError("dataset.layout.class_values needs dataset.classes (the classes the ClassIds stand for)")
+        if spec is not None and self.keep_classes is not None:
+            raise ValueError(
+                "dataset.layout.keep_classes merges ClassIds into one defect (binary runs); with dataset.classes, "
+                "list each class's ClassId in dataset.layout.class_values instead"
+            )
+        if spec is not None and self.class_values is not None and len(self.class_values) != spec.num_classes:
+            raise ValueError(
+                f"dataset.layout.class_values={list(self.class_values)} gives {len(self.class_values)} ClassIds "
+                f"for {spec.num_classes} classes {list(spec.names)}"
+            )
+        self.spec = spec
+        self.values = replace(self.values, spec=spec)
 
     def scan(self, root: Path) -> LayoutScan:
         root = Path(root)
@@ -452,7 +647,7 @@ class SeverstalLayout(Layout):
         if not images:
             raise DataError(f"{image_dir}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         by_name = {image.name: image for image in images}
-        rows: dict[str, list[tuple[int, np.ndarray]]] = {}
+        rows: dict[str, list[tuple[int, int, np.ndarray]]] = {}
         problems: list[str] = []
         for line_number, image_id, class_id, encoded in self._rows(csv_path):
             where = f"{csv_path}, line {line_number}"
@@ -464,10 +659,15 @@ class SeverstalLayout(Layout):
                 problems.append(str(error))
                 continue
             if runs.size and (self.keep_classes is None or class_id in self.keep_classes):
-                rows.setdefault(image_id, []).append((line_number, runs))
+                rows.setdefault(image_id, []).append((line_number, class_id, runs))
         if problems:
             raise DataError.listing(problems, csv_path)
-        return LayoutScan([(image, RleMask(csv_path, tuple(rows.get(image.name, ())))) for image in images])
+        return LayoutScan(
+            [
+                (image, RleMask(csv_path, tuple(rows.get(image.name, ())), self.spec, self.class_values))
+                for image in images
+            ]
+        )
 
     @staticmethod
     def _rows(csv_path: Path) -> Iterable[tuple[int, str, int, str]]:

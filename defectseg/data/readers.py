@@ -11,8 +11,10 @@ What is read, and how (never guessed silently):
   images of a set share one intensity scale; 32-bit integer images only when their values
   fit in 16 bits. Refused: float images (``F``), multi-page / animated files.
 - masks: one channel (or grey RGB) with values 0/1, 0/255 or 0/65535, or 8-bit with soft
-  (anti-aliased, JPEG) edges, thresholded at half range. Refused: colour masks,
-  class-index masks (0..k; a layout with ``mask_values: classes`` reads them), masks with transparency, float masks, multi-page files.
+  (anti-aliased, JPEG) edges, thresholded at half range. Refused: colour masks (``mask_values: colors``
+  reads them), class-index masks (0..k; ``mask_values: classes`` reads them, VOC's {0, 1, 255} included),
+  gradients (mid-range values away from edges), 12-bit data in 16-bit files, masks with transparency,
+  float masks, multi-page files.
 - files are identified by content, not extension; a file PIL cannot decode fully
   (zero bytes, truncated, not an image) is refused with the decoder's reason.
 """
@@ -236,20 +238,96 @@ def read_mask_values(path: str | Path, expected_size: tuple[int, int] | None = N
 
 
 def binary_mask(array: np.ndarray, source: str | Path) -> np.ndarray:
-    """0/1, 0/255 or 0/65535 values (soft edges thresholded at half range) to {0, 1}; anything else is refused, not guessed."""
+    """0/1, 0/255 or 0/65535 values (soft edges thresholded at half range) to {0, 1}; anything else is refused, not guessed.
+
+    Refused with the reason: class indices (0..k), VOC's class indices with the void border 255 ({0, 1, 255}),
+    a gradient or probability map (mid-range values away from any edge), 12-bit data in a 16-bit file.
+    """
     if array.dtype == bool:
         return array.astype(np.uint8)
     peak = int(array.max()) if array.size else 0
     if peak <= 1:
         return array.astype(np.uint8)
     if peak == 255 or (array.dtype != np.uint8 and peak == 65535):
+        check_soft_edges(array, peak, source)
         return (array >= (peak + 1) // 2).astype(np.uint8)
     values = np.unique(array)
+    shown = f"{values[:8].tolist()}{'...' if values.size > 8 else ''}"
+    if array.dtype != np.uint8 and peak <= 4095:
+        raise DataError(
+            f"{source}: 16-bit mask with values {shown} up to {peak}: 12-bit data (a scan or a probability map?), "
+            "not a binary mask; save masks as 8-bit 0/255",
+            kind="mask_values",
+        )
     raise DataError(
-        f"{source}: mask values {values[:8].tolist()}{'...' if values.size > 8 else ''} are neither 0/1 nor 0/255 "
-        "(a class-index mask? read it with a layout that has mask_values=classes, see docs/data.md)",
+        f"{source}: mask values {shown} are neither 0/1 nor 0/255 "
+        "(a class-index mask? read it with a layout that has mask_values=classes, see docs/data.md; "
+        "or declare dataset.classes, see docs/defect_types.md)",
         kind="mask_values",
     )
+
+
+#: mid-range values a soft (anti-aliased, JPEG) edge may hold; beyond ``EDGE_REACH`` px from an edge they are a gradient
+MID_RANGE = (32 / 255, 223 / 255)
+EDGE_REACH = 2
+#: a mask is refused as a gradient when more mid-range pixels than this share of its defect pixels lie away from edges
+GRADIENT_SHARE = 0.05
+
+
+def check_soft_edges(array: np.ndarray, peak: int, source: str | Path) -> float:
+    """Refuse what thresholding at half range would misread; return the share of defect pixels on soft edges.
+
+    VOC's class indices with the void border ({0, 1, 2, 255}: a few small values, none in the upper range)
+    and gradients (mid-range values far from any 0/255 boundary) are not binary masks.
+    """
+    between = (array > 0) & (array < peak)
+    if not between.any():
+        return 0.0
+    from scipy import ndimage
+
+    high = array >= (peak + 1) // 2
+    window = 2 * EDGE_REACH + 1
+    near_edge = ndimage.maximum_filter(high, size=window) & ~ndimage.minimum_filter(high, size=window)
+    inner = between & ~near_edge
+    values = np.unique(array[between])
+    small = int(peak * 32 / 255)
+    if values.max() < small and values.size <= 20:  # soft edges span the range; JPEG rings near 0 and near the peak
+        raise DataError(
+            f"{source}: mask values {np.unique(array)[:8].tolist()} look like class indices with a void border {peak} "
+            "(Pascal VOC), not a binary mask: read them with mask_values=classes void_value=255 (dataset=voc_seg), "
+            "where the void border is ignored",
+            kind="mask_values",
+        )
+    low, high_bound = (int(peak * bound) for bound in MID_RANGE)
+    gradient = inner & (array > low) & (array < high_bound)
+    defect = max(1, int(high.sum()))
+    if gradient.sum() > max(16, GRADIENT_SHARE * defect):
+        raise DataError(
+            f"{source}: {int(gradient.sum())} pixels hold mid-range values away from any edge "
+            f"({100 * gradient.sum() / array.size:.1f}% of the mask): a gradient or probability map, not a binary mask "
+            "with soft edges; threshold it yourself (0/255) so the defect area is your decision, not a guess",
+            kind="mask_values",
+        )
+    return float(between.sum()) / float(max(1, int((array > 0).sum())))
+
+
+def read_mask_colors(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a colour mask (RGB, or a palette PNG by its colours) to HxWx3 uint8; transparency is refused."""
+    path = Path(path)
+    with _open_decoded(path, "mask") as image:
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            alpha = np.asarray(image.convert("RGBA"))[..., 3]
+            if alpha.size and alpha.min() < 255:
+                raise DataError(f"{path}: colour mask has transparent pixels (mode {image.mode})", kind="mask_values")
+        if image.mode in ("F", *SIXTEEN_BIT_MODES):
+            raise DataError(f"{path}: colour mask of mode {image.mode}; save it as 8-bit RGB", kind="unsupported")
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if expected_size is not None and tuple(rgb.shape[:2]) != tuple(expected_size):
+        raise DataError(
+            f"{path}: mask is {rgb.shape[1]}x{rgb.shape[0]} but its image is {expected_size[1]}x{expected_size[0]} (width x height)",
+            kind="mask_size",
+        )
+    return rgb
 
 
 def read_mask(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:

@@ -18,12 +18,17 @@ Transform = Callable[..., dict[str, Any]]
 
 
 def build_transform(
-    image_size: int, train: bool, augment: dict[str, Any] | None = None, grayscale: bool = False
+    image_size: int,
+    train: bool,
+    augment: dict[str, Any] | None = None,
+    grayscale: bool = False,
+    label_maps: bool = False,
 ) -> A.Compose:
     """Resize (area when shrinking, so thin cracks survive), then light photometric/geometric noise for training.
 
     ``grayscale`` turns every image into grey replicated over 3 channels (all splits), for
     mixing grey and colour sources or measuring how much a model relies on colour.
+    ``label_maps``: masks hold class labels (``defectseg.data.classes``): resized by nearest neighbour only.
     """
     augment = dict(augment or {})
     steps: list[A.BasicTransform] = [
@@ -31,8 +36,8 @@ def build_transform(
             image_size,
             image_size,
             interpolation=cv2.INTER_LINEAR,
-            mask_interpolation=cv2.INTER_LINEAR,
-            area_for_downscale="image_mask",
+            mask_interpolation=cv2.INTER_NEAREST if label_maps else cv2.INTER_LINEAR,
+            area_for_downscale="image" if label_maps else "image_mask",
         )
     ]
     if train and augment.get("enabled", True):
@@ -55,10 +60,14 @@ def build_transform(
     return A.Compose(steps)
 
 
-def to_tensors(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """HxWx3 uint8 -> 3xHxW uint8; 0/255 (or soft after resize) mask -> 1xHxW uint8 in {0, 1}."""
+def to_tensors(
+    image: np.ndarray, mask: np.ndarray | None = None, label_map: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HxWx3 uint8 -> 3xHxW uint8; 0/255 (or soft after resize) mask -> 1xHxW uint8 in {0, 1}; a label map as it is."""
     image_tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
     if mask is None:
         return image_tensor, None
+    if label_map:
+        return image_tensor, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))[None]
     mask_tensor = torch.from_numpy(np.ascontiguousarray((mask >= 128).astype(np.uint8)))[None]
     return image_tensor, mask_tensor

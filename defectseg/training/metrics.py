@@ -98,11 +98,14 @@ class ThresholdSweep(Metric):
         self.add_state("intersections", default=[], dist_reduce_fx="cat")
         self.add_state("totals", default=[], dist_reduce_fx="cat")
 
-    def update(self, probabilities: torch.Tensor, target: torch.Tensor) -> None:
-        """``probabilities``: Nx1xHxW in [0, 1]; ``target``: Nx1xHxW binary."""
+    def update(self, probabilities: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """``probabilities``: Nx1xHxW in [0, 1]; ``target``: Nx1xHxW binary; ``valid``: the pixels scored (default all)."""
         grid = torch.tensor(self.thresholds, device=probabilities.device, dtype=torch.float32)
         truth = target.flatten(1) > 0
         predicted = probabilities.flatten(1).float()[:, None, :] > grid[None, :, None]  # N x T x pixels
+        if valid is not None:
+            keep = valid.flatten(1)
+            truth, predicted = truth & keep, predicted & keep[:, None, :]
         self.intersections.append((predicted & truth[:, None, :]).sum(dim=-1))
         self.totals.append(predicted.sum(dim=-1) + truth.sum(dim=-1, keepdim=True))
 
@@ -125,6 +128,90 @@ class ThresholdSweep(Metric):
         candidates = [i for i, value in enumerate(curve.tolist()) if value >= top - 1e-9]
         index = min(candidates, key=lambda i: abs(self.thresholds[i] - prefer))
         return {"best_threshold": self.thresholds[index], "val_dice_at_best_threshold": round(top, 6)}
+
+
+class ClassDice(DiceScore):
+    """Dice per declared class (TorchMetrics' DiceScore, one-hot input, no averaging), and their mean.
+
+    Per image and class; a class's Dice is the mean over the images where it is in the truth or in the
+    prediction (an image with neither says nothing about it, where the binary Dice's ``empty_score``
+    would flood rare classes with 1.0). ``mean over classes present``: over the classes found in the
+    truth of the images seen, so a class this split lacks neither counts 0 nor 1.
+    """
+
+    def __init__(self, num_classes: int, empty_score: float = 1.0, **kwargs) -> None:
+        super().__init__(
+            num_classes=int(num_classes),
+            include_background=True,  # the one-hot input holds only the defect classes
+            average="none",
+            aggregation_level="samplewise",
+            input_format="one-hot",
+            **kwargs,
+        )
+        self.empty_score = float(empty_score)
+        self.add_state("image_index", [], dist_reduce_fx="cat")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """``preds``, ``target``: NxCxHxW binary, one channel per class (ignored pixels 0 in both)."""
+        super().update(preds.to(torch.uint8), target.to(torch.uint8))
+        if index is not None:
+            self.image_index.append(torch.as_tensor(index, device=self.device).reshape(-1).long())
+
+    def per_image(self) -> torch.Tensor:
+        """N x C Dice (NaN where the class is in neither truth nor prediction), in dataset order given indices."""
+        synced_already = self._is_synced
+        with self.sync_context(
+            dist_sync_fn=self.dist_sync_fn, should_sync=not synced_already, should_unsync=not synced_already
+        ):
+            return self._scores()[0]
+
+    def _scores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        numerator, denominator, support, index = (
+            _cat(state) for state in (self.numerator, self.denominator, self.support, self.image_index)
+        )
+        if not numerator.numel():
+            return torch.zeros(0, self.num_classes), torch.zeros(0, self.num_classes)
+        numerator, denominator, support = numerator.float(), denominator.float(), support.float()
+        scores = torch.where(
+            denominator > 0, numerator / denominator.clamp_min(1), torch.full_like(numerator, float("nan"))
+        )
+        if index.numel():
+            if index.numel() != scores.shape[0]:
+                raise ValueError(f"ClassDice: {index.numel()} image indices for {scores.shape[0]} images")
+            order = torch.argsort(index, stable=True)
+            index, scores, support = index[order], scores[order], support[order]
+            first = torch.ones_like(index, dtype=torch.bool)
+            first[1:] = index[1:] != index[:-1]
+            scores, support = scores[first], support[first]
+        return scores, support
+
+    def per_class(self) -> torch.Tensor:
+        """C Dice values (NaN for a class never in truth or prediction)."""
+        scores, _ = self._scores()
+        return _nanmean(scores, dim=0) if scores.numel() else torch.full((self.num_classes,), float("nan"))
+
+    def compute(self) -> torch.Tensor:
+        """The mean of the per-class Dice over the classes present in the truth (NaN when none is)."""
+        scores, support = self._scores()
+        if not scores.numel():
+            return torch.tensor(float("nan"))
+        present = support.sum(dim=0) > 0
+        per_class = _nanmean(scores, dim=0)
+        return per_class[present].mean() if bool(present.any()) else torch.tensor(float("nan"))
+
+    def image_means(self) -> torch.Tensor:
+        """Per image: the mean Dice over the classes it has in truth or prediction (``empty_score`` when none)."""
+        scores, _ = self._scores()
+        if not scores.numel():
+            return torch.zeros(0)
+        means = _nanmean(scores, dim=1)
+        return torch.where(torch.isnan(means), torch.full_like(means, self.empty_score), means)
+
+
+def _nanmean(values: torch.Tensor, dim: int) -> torch.Tensor:
+    counts = (~torch.isnan(values)).sum(dim=dim)
+    sums = torch.nan_to_num(values, nan=0.0).sum(dim=dim)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
 
 
 def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ these hold the loss, the metrics and the optimiser, nothing architectural."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -11,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import AUROC, Accuracy
 
-from defectseg.training.losses import BCEDiceLoss
-from defectseg.training.metrics import TUNED_THRESHOLD_KEY, DefectDice, ThresholdSweep
+from defectseg.training.losses import IGNORE, BCEDiceLoss, ClassesLoss, class_targets
+from defectseg.training.metrics import TUNED_THRESHOLD_KEY, ClassDice, DefectDice, ThresholdSweep
 
 
 def images_to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -112,7 +113,12 @@ class ClassificationTask(L.LightningModule):
 
 
 class SegmentationTask(L.LightningModule):
-    """Stage 2: the U-Net (encoder frozen or not by the freeze policy) learns defect masks."""
+    """Stage 2: the U-Net (encoder frozen or not by the freeze policy) learns defect masks.
+
+    ``classes`` (names, background implicit) makes it multi-class: softmax over background + C
+    (or one sigmoid per class with ``multilabel``), cross-entropy + Dice over classes, Dice per class.
+    Without it the binary task is exactly what it always was.
+    """
 
     def __init__(
         self,
@@ -126,24 +132,48 @@ class SegmentationTask(L.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         preview_images: int = 4,
+        classes: list[str] | None = None,
+        multilabel: bool = False,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         check_learning_rate(lr)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+        if classes is None and (multilabel or class_weights is not None):
+            raise ValueError("task.class_weights and dataset.multilabel need dataset.classes")
         self.save_hyperparameters(ignore=["model"], logger=False)
         self.model = model
-        self.loss = BCEDiceLoss(bce_weight, dice_weight)
-        self.val_dice = DefectDice(empty_score=empty_score)
-        self.test_dice = DefectDice(empty_score=empty_score)
+        self.classes = None if classes is None else [str(c) for c in classes]
+        if self.classes is None:
+            self.loss = BCEDiceLoss(bce_weight, dice_weight)
+            self.val_dice = DefectDice(empty_score=empty_score)
+            self.test_dice = DefectDice(empty_score=empty_score)
+            sweeps = 1
+        else:
+            self.loss = ClassesLoss(len(self.classes), multilabel, bce_weight, dice_weight, class_weights)
+            self.val_dice = ClassDice(len(self.classes), empty_score=empty_score)
+            self.test_dice = ClassDice(len(self.classes), empty_score=empty_score)
+            sweeps = len(self.classes) if multilabel else 0  # softmax picks by argmax: no threshold to tune
         self.test_dice_per_image: list[float] = []
-        # Dice over a grid of thresholds: the best on val is stored with each checkpoint for predict
-        self.val_threshold_sweep = ThresholdSweep(empty_score=empty_score)
-        self.test_threshold_sweep = ThresholdSweep(empty_score=empty_score)
-        self.tuned_threshold: dict[str, float] | None = None
+        self.test_dice_per_class: dict[str, float | None] = {}
+        self.test_dice_per_image_per_class: dict[str, list[float | None]] = {}
+        # Dice over a grid of thresholds (one per class when multilabel): the best on val is stored with each checkpoint
+        self.val_threshold_sweeps = nn.ModuleList(ThresholdSweep(empty_score=empty_score) for _ in range(sweeps))
+        self.test_threshold_sweeps = nn.ModuleList(ThresholdSweep(empty_score=empty_score) for _ in range(sweeps))
+        self.tuned_threshold: dict[str, Any] | None = None
         self.test_dice_by_threshold: dict[float, float] = {}
         self.preview: dict[str, torch.Tensor] | None = None
         prepare_network(self.model, channels_last, compile)
+
+    # the binary task's names, kept for its callers
+    @property
+    def val_threshold_sweep(self) -> ThresholdSweep:
+        return self.val_threshold_sweeps[0]
+
+    @property
+    def test_threshold_sweep(self) -> ThresholdSweep:
+        return self.test_threshold_sweeps[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images_to_float(images, self.hparams.channels_last))
@@ -153,9 +183,8 @@ class SegmentationTask(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
         return loss
 
-    def _evaluate(
-        self, batch: dict[str, torch.Tensor], prefix: str, dice: DefectDice, sweep: ThresholdSweep
-    ) -> torch.Tensor:
+    def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str, dice: Any, sweeps: nn.ModuleList) -> torch.Tensor:
+        """Score one batch; returns the per-pixel defect probability (any class) for previews."""
         logits = self(batch["image"]).float()
         masks = batch["mask"]
         self.log(
@@ -166,41 +195,103 @@ class SegmentationTask(L.LightningModule):
             batch_size=len(masks),
             sync_dist=True,
         )
-        probabilities = torch.sigmoid(logits)
-        dice.update(probabilities > self.hparams.threshold, masks > 0, index=batch.get("index"))
-        sweep.update(probabilities, masks)
-        return probabilities
+        if self.classes is None:
+            probabilities = torch.sigmoid(logits)
+            valid = masks != IGNORE
+            if bool(valid.all()):
+                dice.update(probabilities > self.hparams.threshold, masks > 0, index=batch.get("index"))
+                sweeps[0].update(probabilities, masks)
+            else:  # ignored pixels (a void border) count neither as truth nor as prediction
+                truth = masks == 1
+                dice.update((probabilities > self.hparams.threshold) & valid, truth, index=batch.get("index"))
+                sweeps[0].update(probabilities, truth, valid)
+            return probabilities
+        truth, valid = class_targets(masks, len(self.classes), self.hparams.multilabel)
+        truth = truth.bool() & valid
+        if self.hparams.multilabel:
+            probabilities = torch.sigmoid(logits)
+            predicted = (probabilities > self.hparams.threshold) & valid
+            for k, sweep in enumerate(sweeps):
+                sweep.update(probabilities[:, k : k + 1], truth[:, k : k + 1], valid)
+            defect = probabilities.amax(dim=1, keepdim=True)
+        else:
+            probabilities = logits.softmax(dim=1)
+            winner = probabilities.argmax(dim=1, keepdim=True)
+            labels = torch.arange(1, len(self.classes) + 1, device=logits.device).view(1, -1, 1, 1)
+            predicted = (winner == labels) & valid
+            defect = 1.0 - probabilities[:, :1]
+        dice.update(predicted, truth, index=batch.get("index"))
+        return defect
+
+    def _preview_mask(self, masks: torch.Tensor) -> torch.Tensor:
+        """The truth as defect / background, for the preview grid (ignored pixels as background)."""
+        return masks if self.classes is None else ((masks > 0) & (masks != IGNORE)).to(torch.uint8)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        probabilities = self._evaluate(batch, "val", self.val_dice, self.val_threshold_sweep)
+        probabilities = self._evaluate(batch, "val", self.val_dice, self.val_threshold_sweeps)
         if batch_idx == 0 and self.hparams.preview_images:
             k = self.hparams.preview_images
             self.preview = {
                 "image": batch["image"][:k].detach(),
-                "mask": batch["mask"][:k].detach(),
+                "mask": self._preview_mask(batch["mask"][:k].detach()),
                 "probability": probabilities[:k].detach(),
             }
 
+    def _log_per_class(self, prefix: str, dice: ClassDice) -> dict[str, float | None]:
+        """One TensorBoard curve per class (``val/dice/crack`` ...); a class in neither truth nor prediction is skipped."""
+        values = {}
+        for name, value in zip(self.classes or (), dice.per_class().tolist()):
+            values[name] = None if math.isnan(value) else round(value, 6)
+            if values[name] is not None:
+                self.log(f"{prefix}/dice/{name}", value, sync_dist=False)
+        return values
+
     def on_validation_epoch_end(self) -> None:
         self.log("val/dice", self.val_dice.compute(), prog_bar=True, sync_dist=False)
+        if self.classes is not None:
+            self._log_per_class("val", self.val_dice)
         self.val_dice.reset()
-        self.tuned_threshold = self.val_threshold_sweep.best(prefer=self.hparams.threshold)
-        self.val_threshold_sweep.reset()
-        if self.tuned_threshold:
+        self.tuned_threshold = self._tune(self.val_threshold_sweeps)
+        for sweep in self.val_threshold_sweeps:
+            sweep.reset()
+        if self.tuned_threshold and "best_threshold" in self.tuned_threshold:
             self.log("val/best_threshold", self.tuned_threshold["best_threshold"])
             self.log("val/dice_at_best_threshold", self.tuned_threshold["val_dice_at_best_threshold"])
 
+    def _tune(self, sweeps: nn.ModuleList) -> dict[str, Any] | None:
+        """Binary: the best threshold and its Dice. Multilabel: one per class (plain lists: weights-only loading)."""
+        if self.classes is None:
+            return sweeps[0].best(prefer=self.hparams.threshold)
+        if not len(sweeps):
+            return None
+        best = [sweep.best(prefer=self.hparams.threshold) for sweep in sweeps]
+        return {
+            "best_threshold_per_class": [b["best_threshold"] if b else self.hparams.threshold for b in best],
+            "val_dice_at_best_threshold_per_class": [b["val_dice_at_best_threshold"] if b else None for b in best],
+        }
+
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_dice, self.test_threshold_sweep)
+        self._evaluate(batch, "test", self.test_dice, self.test_threshold_sweeps)
 
     def on_test_epoch_end(self) -> None:
-        self.test_dice_per_image = self.test_dice.per_image().tolist()
+        if self.classes is None:
+            self.test_dice_per_image = self.test_dice.per_image().tolist()
+        else:
+            self.test_dice_per_image = self.test_dice.image_means().tolist()
+            per_image = self.test_dice.per_image()
+            self.test_dice_per_image_per_class = {
+                name: [None if math.isnan(v) else round(v, 6) for v in per_image[:, k].tolist()]
+                for k, name in enumerate(self.classes)
+            }
+            self.test_dice_per_class = self._log_per_class("test", self.test_dice)
         self.log("test/dice", self.test_dice.compute())
         self.test_dice.reset()
-        self.test_dice_by_threshold = dict(
-            zip(self.test_threshold_sweep.thresholds, self.test_threshold_sweep.compute().tolist())
-        )
-        self.test_threshold_sweep.reset()
+        if self.classes is None:
+            self.test_dice_by_threshold = dict(
+                zip(self.test_threshold_sweep.thresholds, self.test_threshold_sweep.compute().tolist())
+            )
+        for sweep in self.test_threshold_sweeps:
+            sweep.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Each checkpoint carries the threshold tuned on the validation pass of its own weights."""

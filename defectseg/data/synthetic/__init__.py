@@ -50,7 +50,7 @@ from defectseg.data.synthetic.publish import (
     read_manifest,
 )
 from defectseg.data.synthetic.render import crack_alpha
-from defectseg.data.synthetic.steel import CONDITIONS, DEFECT_SETS
+from defectseg.data.synthetic.steel import CONDITIONS, DEFECT_SETS, SYNTHETIC_CLASSES
 
 __all__ = [
     "CLASS_DIRS",
@@ -60,6 +60,7 @@ __all__ = [
     "DEFECT_SETS",
     "MANIFEST_NAME",
     "STEEL_SEGMENTATION",
+    "SYNTHETIC_CLASSES",
     "VERSION",
     "crack_alpha",
     "ensure_crack_classification",

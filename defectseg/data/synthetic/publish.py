@@ -26,7 +26,7 @@ from PIL import Image
 
 from defectseg.data.synthetic.concrete import concrete_sample
 from defectseg.data.synthetic.render import Array
-from defectseg.data.synthetic.steel import check_conditions, check_defect_set, steel_sample
+from defectseg.data.synthetic.steel import check_conditions, check_defect_set, steel_labelled
 
 log = logging.getLogger(__package__)  # "defectseg.data.synthetic", whichever module of the package logs
 
@@ -37,6 +37,7 @@ CRACK_SEGMENTATION = "crack_segmentation"
 VERSION = 1
 MANIFEST_NAME = "GENERATED.json"
 CLASS_DIRS = ("Positive", "Negative")  # Kaggle "Surface Crack Detection" layout
+STEEL_SUBDIRS = ("images", "masks", "labels")  # labels/: each defect's kind as a class index (dataset.classes)
 _FILE_RE = re.compile(r"^\d{5,}\.png$")
 
 # --------------------------------------------------------------------------------------------
@@ -98,9 +99,10 @@ def _write_concrete_masked(root: str, seed: int, label: int, index: int, size: i
 
 
 def _write_steel(root: str, seed: int, index: int, size: int, conditions: str, defect_set: str) -> None:
-    image, mask, _ = steel_sample(seed, index, size, conditions=conditions, defect_set=defect_set)
+    image, labels, _ = steel_labelled(seed, index, size, conditions=conditions, defect_set=defect_set)
     _save_png(image, Path(root) / "images" / f"{index:05d}.png")
-    _save_png(mask.astype(np.uint8) * 255, Path(root) / "masks" / f"{index:05d}.png")
+    _save_png((labels > 0).astype(np.uint8) * 255, Path(root) / "masks" / f"{index:05d}.png")
+    _save_png(labels, Path(root) / "labels" / f"{index:05d}.png")
 
 
 def _star(job: tuple[Callable[..., None], tuple[Any, ...]]) -> None:
@@ -205,7 +207,8 @@ def generate_steel_segmentation(
     conditions: str = "clean",
     defect_set: str = "mixed",
 ) -> Path:
-    """Write the stage-2 set: ``root/images/*.png`` (RGB) and ``root/masks/*.png`` (L, 0/255), then the manifest.
+    """Write the stage-2 set: ``root/images/*.png`` (RGB), ``root/masks/*.png`` (L, 0/255) and ``root/labels/*.png``
+    (L, class indices of :data:`SYNTHETIC_CLASSES`), then the manifest.
 
     Writes in place; use :func:`ensure_steel_segmentation` for the idempotent, crash-safe version.
     ``workers`` as in :func:`generate_crack_classification`; ``conditions``: one of :data:`CONDITIONS`;
@@ -218,7 +221,7 @@ def generate_steel_segmentation(
     log.debug(
         "writing %d steel images of %d px (%s conditions, %s defects) into %s", n, size, conditions, defect_set, root
     )
-    _start_writing(root, ("images", "masks"))
+    _start_writing(root, STEEL_SUBDIRS)
     _run_jobs(
         _write_steel,
         [(str(root), seed, i, size, conditions, defect_set) for i in range(n)],
@@ -226,12 +229,17 @@ def generate_steel_segmentation(
         progress,
         workers,
     )
-    for name in ("images", "masks"):
+    for name in STEEL_SUBDIRS:
         _remove_stale(root / name, n)
     _write_manifest(
         root,
         STEEL_SEGMENTATION,
-        {"n_images": n, "size": size, "seed": seed, "conditions": conditions, "defect_set": defect_set},
+        {
+            **{"n_images": n, "size": size, "seed": seed},
+            "conditions": conditions,
+            "defect_set": defect_set,
+            "labels": True,
+        },
         n,
     )
     return root
@@ -431,12 +439,13 @@ def ensure_steel_segmentation(
         "conditions": conditions,
         "defect_set": defect_set,
     }
+    wanted = {**params, "labels": True}  # sets made before labels/ existed are regenerated
     return _ensure(
         root,
         STEEL_SEGMENTATION,
-        params,
+        wanted,
         int(n_images),
-        ("images", "masks"),
+        STEEL_SUBDIRS,
         int(n_images),
         lambda tmp: generate_steel_segmentation(tmp, progress=progress, workers=workers, **params),
         f"{n_images} images with masks, {size} px, seed {seed}, {conditions} conditions, {defect_set} defects",

@@ -33,6 +33,8 @@ from defectseg.data.synthetic.render import (
 
 _STEEL_KINDS = ("brushed", "painted", "rusty")
 DEFECT_KINDS = ("crack", "corrosion", "pits", "scratch")
+#: the class names of the steel set's ``labels/`` (class-index masks, 1..4 in this order): ``dataset.classes``
+SYNTHETIC_CLASSES = ("crack", "corrosion", "pit", "scratch")
 _EMPTY_FRACTION = 0.05  # real sets hold some defect-free photos; a model must learn to predict nothing
 #: Stage-2 photo conditions. "clean" (the default): even light, every defect at full contrast,
 #: nothing on the surface but the defects, welds and bolts -- 123 labelled photos teach a U-Net
@@ -324,7 +326,16 @@ def look_alikes(rng: np.random.Generator, rgb: Array) -> None:
 def steel_sample(
     seed: int, index: int, size: int, defects: bool = True, conditions: str = "clean", defect_set: str = "mixed"
 ) -> tuple[Array, Array, list[str]]:
-    """Image ``index`` of the steel set: (RGB uint8, mask bool, defect kinds).
+    """Image ``index`` of the steel set: (RGB uint8, mask bool, defect kinds); see :func:`steel_labelled`."""
+    image, labels, kinds = steel_labelled(seed, index, size, defects, conditions, defect_set)
+    return image, labels > 0, kinds
+
+
+def steel_labelled(
+    seed: int, index: int, size: int, defects: bool = True, conditions: str = "clean", defect_set: str = "mixed"
+) -> tuple[Array, Array, list[str]]:
+    """Image ``index`` of the steel set: (RGB uint8, label map uint8: 0, or 1 + the index of the defect's kind in
+    :data:`SYNTHETIC_CLASSES`, the one painted last where two overlap; defect kinds).
 
     Background, defects and camera draw from separate streams, so ``defects=False`` renders the
     very same photo without its defects -- the reference for checking that masks are exact.
@@ -347,7 +358,7 @@ def steel_sample(
         _bolts(bg_rng, rgb)
     if field:
         look_alikes(field_rng, rgb)
-    mask = np.zeros((s, s), bool)
+    labels = np.zeros((s, s), np.uint8)
     kinds: list[str] = []
     n_defects = (
         0 if defect_rng.random() < _EMPTY_FRACTION else int(defect_rng.choice([1, 2, 3, 4], p=[0.3, 0.3, 0.25, 0.15]))
@@ -367,7 +378,7 @@ def steel_sample(
         if before is not None:  # a faint defect: only part of the way from the bare surface to the painted one
             rgb[:] = before + severity * (rgb - before)
         if hit.any():  # a defect drawn off the image changes nothing and is not listed
-            mask |= hit
+            labels[hit] = DEFECT_KINDS.index(name) + 1
             kinds.append(name)
     # camera: uneven light, vignetting, sensor noise -- identical with or without defects
     light = (1.0 + cam_rng.uniform(0.05, 0.4) * ramp(cam_rng, s, s)) * (
@@ -377,4 +388,4 @@ def steel_sample(
     rgb *= light[..., None] * (cam_rng.uniform(0.85, 1.15) * exposure)
     noise_gain = field_rng.uniform(1.0, 2.5) if field else 1.0  # higher ISO in poor light
     rgb += cam_rng.normal(0, cam_rng.uniform(0.005, 0.02), (s, s, 3)).astype(np.float32) * noise_gain
-    return to_uint8(rgb), mask, kinds
+    return to_uint8(rgb), labels, kinds
