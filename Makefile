@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 NOW := $(shell date +%Y-%m-%d_%H-%M-%S)
 DEMO_DIR ?= outputs/demo/$(NOW)
+DEMO_CLASSES_DIR ?= outputs/demo_classes/$(NOW)
+# The embedded steel set's four defect kinds as classes (make demo-classes; docs/defect_types.md)
+STEEL_CLASSES ?= [crack,corrosion,pit,scratch]
 COMPARE_DIR ?= outputs/compare/$(NOW)
 LE_DIR ?= outputs/label_efficiency/$(NOW)
 EXPERIMENT ?= quick
@@ -41,10 +44,11 @@ REAL_LE_MODES ?= scratch,encoder,none
 PRETRAIN_ENCODERS = $(1)/pretrain_classification,$(1)/pretrain_segmentation,$(1)/pretrain_self_supervised
 REAL_SKIP = if [ ! -d "$(SHARED_DATASETS)" ]; then echo "$@: skipped, no real data sets at $(SHARED_DATASETS) (set SHARED_DATASETS=DIR)"; exit 0; fi
 
-.PHONY: help install demo pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real compare-pretrain compare-pretrain-real report test tensorboard data bench clean
+.PHONY: help install demo demo-classes pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real compare-pretrain compare-pretrain-real report test tensorboard data bench clean
 
 help:
 	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min; its small stage 1 shows the mechanics, not the gain)"
+	@echo "make demo-classes      the demo with the four defect kinds as classes (crack, corrosion, pit, scratch): Dice per class"
 	@echo "make pretrain          stage 1: encoder as crack classifier (paper protocol: Adam, lr 1e-4, 100 epochs)"
 	@echo "make finetune          stage 2: decoder on defect masks with the stage-1 encoder frozen"
 	@echo "make check-data        check a data set (counts, sizes, mask values, bad files, duplicates), e.g. ARGS=\"dataset=folder_seg dataset.root=DIR\""
@@ -80,6 +84,12 @@ demo: $(STAMP)
 	$(PY) -m defectseg.pretrain experiment=quick $(SMALL_STAGE1) hydra.run.dir=$(DEMO_DIR)/pretrain $(ARGS)
 	$(PY) -m defectseg.finetune -m experiment=quick freeze=scratch,encoder hydra.sweep.dir=$(DEMO_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(DEMO_DIR)/finetune
+
+# The same small stage 1, then scratch vs full fine-tuning with one output per defect kind; the report shows Dice per class.
+demo-classes: $(STAMP)
+	$(PY) -m defectseg.pretrain experiment=quick $(SMALL_STAGE1) hydra.run.dir=$(DEMO_CLASSES_DIR)/pretrain $(ARGS)
+	$(PY) -m defectseg.finetune -m experiment=quick freeze=scratch,none 'dataset.classes=$(STEEL_CLASSES)' pretrained_encoder=$(DEMO_CLASSES_DIR)/pretrain hydra.sweep.dir=$(DEMO_CLASSES_DIR)/finetune $(ARGS)
+	$(PY) -m defectseg.report $(DEMO_CLASSES_DIR)/finetune
 
 pretrain: $(STAMP)
 	$(PY) -m defectseg.pretrain $(ARGS)

@@ -159,9 +159,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "preview_images": Key((int,), at_least(0)),
             "class_weights": Key(
                 (list, str, NONE),
-                lambda v: None
-                if v is None or v == "frequency" or (isinstance(v, list) and all(isinstance(w, (int, float)) for w in v))
-                else f"must be null, frequency or a list of numbers (one per class), got {v!r}",
+                lambda v: (
+                    None
+                    if v is None
+                    or v == "frequency"
+                    or (isinstance(v, list) and all(isinstance(w, (int, float)) for w in v))
+                    else f"must be null, frequency or a list of numbers (one per class), got {v!r}"
+                ),
             ),
         },
     },

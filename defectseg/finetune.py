@@ -119,7 +119,8 @@ def resolve_class_weights(cfg: DictConfig, spec: ClassSpec | None, datamodule: A
         return frequency_weights(pixels)
     if isinstance(weights, str) or len(weights) != spec.num_classes:
         raise UserError(
-            f"task.class_weights={weights}: give 'frequency' or {spec.num_classes} weights, one per class of {list(spec.names)}"
+            f"task.class_weights={weights}: give 'frequency' or {spec.num_classes} weights, "
+            f"one per class of {list(spec.names)}"
         )
     return [float(w) for w in weights]
 

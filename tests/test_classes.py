@@ -118,7 +118,9 @@ def test_class_from_prefix_folder_and_csv_with_binary_masks(tmp_path):
 
     folder = ImageClasses("folder")
     assert folder.of(tmp_path / "x" / "Crack" / "a.png", tmp_path / "x", tmp_path)[0] == "Crack"
-    pattern = PatternLayout(mask_pattern="{stem}_mask.png", recursive=True, class_from="folder", class_aliases={"C": "crack"})
+    pattern = PatternLayout(
+        mask_pattern="{stem}_mask.png", recursive=True, class_from="folder", class_aliases={"C": "crack"}
+    )
     pattern.bind(SPEC)
     save(np.zeros((2, 2, 3), np.uint8), tmp_path / "p" / "C" / "a.png")
     save(np.array([[255, 0], [0, 0]], np.uint8), tmp_path / "p" / "C" / "a_mask.png")
@@ -130,7 +132,7 @@ def test_an_image_of_an_undeclared_class_with_defects_is_an_error(tmp_path):
     mask = save(np.array([[0, 255], [0, 0]], np.uint8), tmp_path / "masks" / "pit__a.png")
     layout = FolderLayout(class_from="prefix")
     layout.bind(SPEC)
-    (_, sample), = layout.scan(tmp_path).samples
+    ((_, sample),) = layout.scan(tmp_path).samples
     with pytest.raises(DataError, match="'pit'") as caught:
         sample.load((2, 2))
     assert str(mask) in str(caught.value)
@@ -277,7 +279,7 @@ def test_num_classes_without_classes_is_one_clear_error(compose_config, tmp_path
 
     root = write_class_set(tmp_path / "set")
     overrides = [*TINY_TRAINER, "freeze=scratch", "dataset=folder_seg", f"dataset.root={root}", "model.num_classes=3"]
-    with pytest.raises(UserError, match="dataset.classes"):
+    with pytest.raises(UserError, match=r"dataset\.classes"):
         run_finetune(compose_config("finetune", overrides))
 
 
@@ -293,3 +295,122 @@ def test_binary_run_is_bit_identical_to_before_classes(compose_config, tmp_path)
     assert metrics["test_dice"] == pytest.approx(0.0657874122262001, rel=1e-4)
     assert metrics["test_dice_per_image"] == pytest.approx([0.010363, 0.121212], rel=1e-4)
     assert metrics["best_threshold"] == 0.1 and "classes" not in metrics
+
+
+def test_check_data_counts_classes_per_split_and_reports_each_mask(compose_config, tmp_path):
+    from defectseg.check_data import run_check_data
+
+    root = write_class_set(tmp_path / "set")
+    overrides = ["dataset=folder_seg_classes", f"dataset.root={root}", f"dataset.classes=[{','.join(CLASSES)}]"]
+    report = run_check_data(compose_config("check_data", overrides))
+    assert set(report["classes"]) == {"train", "val", "test"}
+    total = sum(split["corrosion"]["images"] for split in report["classes"].values())
+    assert total == 12 and report["classes"]["train"]["crack"]["pixels"] > 0
+    assert report["masks"]["read_as"] == {"class labels (classes)": 12}
+
+    binary = tmp_path / "voc_like"
+    write_class_set(binary, n_images=4)
+    for mask in (binary / "masks").iterdir():  # soft edges on one, VOC values on another
+        values = np.asarray(Image.open(mask)).copy()
+        save(np.where(values > 0, 255, 0).astype(np.uint8), mask)
+    first, second = sorted((binary / "masks").iterdir())[:2]
+    soft = np.asarray(Image.open(first)).copy()
+    soft[np.roll(soft, 1, axis=1) != soft] = 120
+    save(soft, first)
+    voc = np.asarray(Image.open(second)).copy()
+    voc[voc == 255] = 1
+    voc[:, 0] = 255
+    save(voc, second)
+    report = run_check_data(
+        compose_config("check_data", ["dataset=folder_seg", f"dataset.root={binary}", "dataset.on_error=skip"])
+    )
+    kinds = {
+        (Path(p["sample"]).name if p["kind"] != "soft_edges" else "soft", p["kind"])
+        for p in report["errors"] + report["warnings"]
+    }
+    assert ("soft", "soft_edges") in kinds and (second.name, "mask_values") in kinds
+    assert report["masks"]["read_as"]["binary, soft edges thresholded"] == 1
+
+
+def test_embedded_set_labels_each_defect_by_kind(tmp_path):
+    from defectseg.data.datamodules import SegmentationDataModule
+    from defectseg.data.synthetic import SYNTHETIC_CLASSES
+
+    synthetic = {"kind": "steel_segmentation", "n_images": 8, "size": 64, "seed": 0}
+    dm = SegmentationDataModule(
+        root=str(tmp_path / "steel"),
+        image_size=32,
+        batch_size=2,
+        num_workers=0,
+        synthetic=synthetic,
+        classes=list(SYNTHETIC_CLASSES),
+        split_fractions=(0.5, 0.25, 0.25),
+    )
+    dm.prepare_data()
+    dm.setup()
+    stats = dm.class_statistics("train")
+    assert sum(stats["images"].values()) >= 1 and set(stats["pixels"]) == set(SYNTHETIC_CLASSES)
+    with pytest.raises(ValueError, match="paints the classes"):
+        SegmentationDataModule(root=str(tmp_path / "steel"), synthetic=synthetic, classes=["pit", "crack"])
+
+
+def test_stage1_encoder_transfers_to_a_multiclass_decoder_in_every_freeze_mode(
+    compose_config, classification_set, tmp_path
+):
+    from safetensors.torch import load_file
+
+    from defectseg.pretrain import run_pretrain
+
+    stage1 = run_pretrain(
+        compose_config(
+            "pretrain",
+            [*TINY_TRAINER, "dataset=folder_cls", f"dataset.root={classification_set}", "dataset.image_size=32"],
+            run_name="s1",
+        )
+    )
+    encoder = Path(stage1["encoder_weights"])
+    root = write_class_set(tmp_path / "set")
+    for mode in ("encoder", "partial", "none"):
+        cfg = compose_config(
+            "finetune", [*classes_overrides(root, mode), f"pretrained_encoder={encoder.parent}"], run_name=mode
+        )
+        metrics = run_finetune(cfg)
+        assert metrics["freeze"] == mode and metrics["pretrained_encoder"]["path"] == str(encoder.resolve())
+        assert metrics["classes"] == list(CLASSES)
+        state = torch.load(Path(metrics["checkpoint"]), weights_only=True)["state_dict"]
+        assert state["model.segmentation_head.weight"].shape[0] == len(CLASSES) + 1  # background + classes
+        if mode == "encoder":  # frozen: the stage-1 weights, untouched
+            stage1_weights = load_file(str(encoder))
+            name = next(iter(stage1_weights))
+            assert torch.equal(state[f"model.encoder.{name}"], stage1_weights[name])
+
+
+def test_multiclass_multirun_and_report(compose_config, classification_set, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from defectseg.pretrain import run_pretrain
+
+    stage1 = run_pretrain(
+        compose_config(
+            "pretrain",
+            [*TINY_TRAINER, "dataset=folder_cls", f"dataset.root={classification_set}", "dataset.image_size=32"],
+        )
+    )
+    root, sweep = write_class_set(tmp_path / "set"), tmp_path / "sweep"
+    overrides = [o for o in classes_overrides(root) if not o.startswith("freeze=")]
+    command = [sys.executable, "-m", "defectseg.finetune", "-m", "freeze=scratch,none", *overrides]
+    command += [f"pretrained_encoder={Path(stage1['encoder_weights']).parent}", f"paths.root_dir={tmp_path}"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [*command, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert sorted(job["freeze"] for job in jobs) == ["none", "scratch"]
+    assert all(set(job["test_dice_per_class"]) == set(CLASSES) for job in jobs)
+    report = subprocess.run(
+        [sys.executable, "-m", "defectseg.report", str(sweep)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert report.returncode == 0, report.stderr[-3000:]

@@ -100,7 +100,10 @@ def test_class_indices_reduce_to_any_defect_or_kept_classes():
     values = np.array([[0, 1, 2, 3, 255]], np.uint8)
     assert MaskValues("classes").to_binary(values, "m").tolist() == [[0, 1, 1, 1, 1]]
     assert MaskValues("classes", keep_classes=(1, 3)).to_binary(values, "m").tolist() == [[0, 1, 0, 1, 0]]
-    assert MaskValues("classes", void_value=255).to_binary(values, "m").tolist() == [[0, 1, 1, 1, 0]]
+    assert MaskValues("classes", void_value=255).to_binary(values, "m").tolist() == [[0, 1, 1, 1, 255]]  # ignored
+    assert MaskValues("classes", void_value=255, void_as="background").to_binary(values, "m").tolist() == [
+        [0, 1, 1, 1, 0]
+    ]
     assert MaskValues("classes", keep_classes=(2,), void_value=255, void_as="defect").to_binary(
         values, "m"
     ).tolist() == [[0, 0, 1, 0, 1]]
@@ -124,7 +127,7 @@ def test_palette_mask_is_read_as_indices_not_colours(tmp_path):
     with Image.open(tmp_path / "m.png") as check:
         assert check.mode == "P"
     mask = MaskFile(tmp_path / "m.png", MaskValues("classes", keep_classes=(2,), void_value=255))
-    assert mask.load((2, 3)).tolist() == [[0, 0, 1], [1, 0, 0]]
+    assert mask.load((2, 3)).tolist() == [[0, 0, 1], [1, 255, 0]]  # the void pixel is ignored, not background
 
 
 def test_mask_file_of_another_size_names_the_file(tmp_path):
@@ -239,12 +242,14 @@ def test_voc_split_lists_are_honoured(tmp_path):
         "test": ["e"],
     }
     mask = dm.datasets["train"].pairs[0][1].load((6, 10))
-    assert mask[0].sum() == 0 and mask.sum() == 1  # void border is background, the class pixel a defect
+    assert (mask[0] == 255).all() and (mask[1:] == 1).sum() == 1  # void border ignored, the class pixel a defect
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch["mask"].unique().tolist()) <= {0, 1, 255}  # label maps: the void survives resizing as 255
 
 
 def test_voc_keep_classes(tmp_path):
     root = write_voc(tmp_path / "voc")
-    kept = {Path(i).stem: m.load((6, 10)).sum() for i, m in VocLayout(keep_classes=[2]).scan(root).samples}
+    kept = {Path(i).stem: (m.load((6, 10)) == 1).sum() for i, m in VocLayout(keep_classes=[2]).scan(root).samples}
     assert kept == {"a": 0, "b": 1, "c": 0, "d": 0, "e": 1}  # ids sorted a..e, unlisted: classes 1, 2, 3, 1, 2
 
 

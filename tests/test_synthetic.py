@@ -93,12 +93,15 @@ def test_steel_layout_masks_and_manifest(tmp_path: Path) -> None:
     for key in images:
         assert images[key].shape == (SIZE, SIZE, 3) and masks[key].shape == (SIZE, SIZE)
         assert set(np.unique(masks[key])) <= {0, 255}
+        labels = np.asarray(Image.open(root / "labels" / key))
+        assert set(np.unique(labels)) <= {0, 1, 2, 3, 4} and np.array_equal(labels > 0, masks[key] > 0)
     assert sum(bool(m.any()) for m in masks.values()) >= N - 1
     manifest = S.read_manifest(root)
     assert (
         manifest is not None
         and manifest["count"] == N
-        and manifest["params"] == {"n_images": N, "size": SIZE, "seed": 0, "conditions": "clean", "defect_set": "mixed"}
+        and manifest["params"]
+        == {"n_images": N, "size": SIZE, "seed": 0, "conditions": "clean", "defect_set": "mixed", "labels": True}
     )
 
 
@@ -357,6 +360,7 @@ def test_cli_main(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         "seed": 3,
         "conditions": "clean",
         "defect_set": "mixed",
+        "labels": True,
     }
     assert (
         S.main(

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
+from defectseg.data import readers
 from defectseg.data.readers import DataError
 
 IGNORE = 255
@@ -106,9 +108,13 @@ def parse_color(value: object, where: str) -> tuple[int, int, int]:
             return tuple(int(value[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
         except ValueError:
             pass
-    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3:
-        if all(isinstance(v, int) and 0 <= v <= 255 for v in value):
-            return tuple(int(v) for v in value)  # type: ignore[return-value]
+    elif (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 3
+        and all(isinstance(v, int) and 0 <= v <= 255 for v in value)
+    ):
+        return tuple(int(v) for v in value)  # type: ignore[return-value]
     raise ValueError(f"{where}={value!r} is not a colour: write [r, g, b] (0..255) or '#rrggbb'")
 
 
@@ -256,3 +262,171 @@ def class_pixel_counts(label_maps: Iterable[np.ndarray], spec: ClassSpec) -> tup
             images[k] += int(count > 0)
         background += int((label_map == 0).sum())
     return pixels, images, background
+
+
+# --- mask values -----------------------------------------------------------------------------------
+
+MASK_VALUE_MODES = ("binary", "classes", "colors")
+VOID_AS = ("ignore", "background", "defect")
+
+
+@dataclass(frozen=True)
+class MaskValues:
+    """How a mask's values become labels: defect (1) / background (0) for a binary run, or the declared classes.
+
+    ``binary``: 0/1 or 0/255 (soft 8-bit edges thresholded at 128); class indices are refused.
+    With ``dataset.classes``, the class is the image's (``class_from`` on the layout).
+    ``classes``: class-index masks (palette PNGs read as indices, not colours). Binary run: every
+    class other than 0 is a defect, or only ``keep_classes``. With ``dataset.classes``: value k is the
+    k-th class, or ``class_values`` lists each class's value.
+    ``colors``: colour masks (RGB or palette colours) with ``colors`` (class name -> colour), needs
+    ``dataset.classes``. ``void_value`` (VOC: 255, the 'don't care' border around objects) /
+    ``void_color`` become ``void_as``: ``ignore`` (default: left out of loss and metrics),
+    ``background`` or ``defect`` (binary runs only).
+    """
+
+    mode: str = "binary"
+    keep_classes: tuple[int, ...] | None = None
+    void_value: int | None = None
+    void_as: str = "ignore"
+    class_values: tuple[int, ...] | None = None
+    colors: tuple[tuple[str, tuple[int, int, int]], ...] | None = None
+    background_color: tuple[int, int, int] = (0, 0, 0)
+    void_color: tuple[int, int, int] | None = None
+    spec: ClassSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MASK_VALUE_MODES:
+            raise ValueError(f"dataset.layout.mask_values={self.mode!r} is not one of {list(MASK_VALUE_MODES)}")
+        if self.void_as not in VOID_AS:
+            raise ValueError(f"dataset.layout.void_as={self.void_as!r} must be one of {list(VOID_AS)}")
+        if self.mode == "binary" and (
+            self.keep_classes is not None or self.void_value is not None or self.class_values is not None
+        ):
+            raise ValueError(
+                "dataset.layout.keep_classes / void_value / class_values need mask_values=classes (class-index masks)"
+            )
+        if self.mode != "colors" and self.colors is not None:
+            raise ValueError("dataset.layout.colors needs mask_values=colors (colour masks)")
+        if self.mode == "colors" and not self.colors:
+            raise ValueError("dataset.layout.mask_values=colors needs dataset.layout.colors: {class name: [r, g, b]}")
+
+    @classmethod
+    def from_options(
+        cls,
+        mode: str,
+        keep_classes: Iterable[int] | None,
+        void_value: int | None,
+        void_as: str,
+        class_values: Iterable[int] | None = None,
+        colors: Mapping[str, Any] | None = None,
+        background_color: Any = (0, 0, 0),
+        void_color: Any = None,
+    ) -> MaskValues:
+        keep = None if keep_classes is None else tuple(sorted(int(c) for c in keep_classes))
+        table = None
+        if colors is not None:
+            table = tuple(
+                (str(name), parse_color(color, f"dataset.layout.colors.{name}")) for name, color in dict(colors).items()
+            )
+        return cls(
+            mode=str(mode),
+            keep_classes=keep,
+            void_value=None if void_value is None else int(void_value),
+            void_as=str(void_as),
+            class_values=None if class_values is None else tuple(int(v) for v in class_values),
+            colors=table,
+            background_color=parse_color(background_color, "dataset.layout.background_color"),
+            void_color=None if void_color is None else parse_color(void_color, "dataset.layout.void_color"),
+        )
+
+    def bind(self, spec: ClassSpec | None) -> MaskValues:
+        """These options for a run with ``spec`` (None: binary), checked against the declared classes."""
+        if spec is None:
+            if self.mode == "colors":
+                raise ValueError(
+                    "dataset.layout.mask_values=colors needs dataset.classes (the names the colours stand for)"
+                )
+            if self.class_values is not None:
+                raise ValueError("dataset.layout.class_values needs dataset.classes (the classes the values stand for)")
+            return replace(self, spec=None)
+        if self.keep_classes is not None:
+            raise ValueError(
+                "dataset.layout.keep_classes merges classes into one defect (binary runs); with dataset.classes, "
+                "list each class's mask value in dataset.layout.class_values instead"
+            )
+        if self.void_as == "defect":
+            raise ValueError("dataset.layout.void_as=defect is for binary runs; with dataset.classes use ignore")
+        if self.class_values is not None and len(self.class_values) != spec.num_classes:
+            raise ValueError(
+                f"dataset.layout.class_values={list(self.class_values)} gives {len(self.class_values)} values "
+                f"for {spec.num_classes} classes {list(spec.names)}"
+            )
+        if self.colors is not None:
+            names = [name for name, _ in self.colors]
+            missing, unknown = sorted(set(spec.names) - set(names)), sorted(set(names) - set(spec.names))
+            if missing or unknown:
+                raise ValueError(
+                    f"dataset.layout.colors names {names}, dataset.classes {list(spec.names)}"
+                    + (f": no colour for {missing}" if missing else "")
+                    + (f": {unknown} are not classes" if unknown else "")
+                )
+        return replace(self, spec=spec)
+
+    @property
+    def label_maps(self) -> bool:
+        """Masks come as label maps (nearest-neighbour resizing, values kept), not 0/255 defect masks."""
+        return self.spec is not None or (self.void_as == "ignore" and self.void_value is not None)
+
+    def to_binary(self, values: np.ndarray, source: str | Path) -> np.ndarray:
+        if self.mode == "binary":
+            return readers.binary_mask(values, source)
+        if not np.issubdtype(values.dtype, np.integer) and values.dtype != bool:
+            raise DataError(f"{source}: class-index mask of type {values.dtype}, expected integers")
+        defect = np.isin(values, self.keep_classes) if self.keep_classes is not None else values > 0
+        if self.void_value is None:
+            return defect.astype(np.uint8)
+        void = values == self.void_value
+        if self.void_as == "ignore":
+            return np.where(void, IGNORE, defect & ~void).astype(np.uint8)
+        defect = (defect & ~void) | void if self.void_as == "defect" else defect & ~void
+        return defect.astype(np.uint8)
+
+    def decode(
+        self, raw: np.ndarray, source: str | Path, image_class: tuple[str | None, str] = (None, "")
+    ) -> np.ndarray:
+        """Raw mask values (RGB for colour masks) -> a binary mask, or the spec's label map."""
+        if self.spec is None:
+            return self.to_binary(raw, source)
+        if self.mode == "classes":
+            indices = decode_indices(raw, self.spec, self.class_values, self.void_value, self.void_as, source)
+        elif self.mode == "colors":
+            indices = decode_colors(
+                raw, self.spec, dict(self.colors or ()), self.background_color, self.void_color, source
+            )
+        else:
+            indices = decode_image_class(readers.binary_mask(raw, source), self.spec, *image_class, source)
+        return self.spec.from_indices(indices)
+
+
+class Mask(Protocol):
+    def load(self, image_size: tuple[int, int]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class MaskFile:
+    """A mask image; its size must be the image's. ``image_class``: (the image's class, where it came from)."""
+
+    path: Path
+    values: MaskValues = field(default_factory=MaskValues)
+    image_class: tuple[str | None, str] = (None, "")
+
+    def load(self, image_size: tuple[int, int]) -> np.ndarray:
+        if self.values.mode == "colors":
+            raw = readers.read_mask_colors(self.path, expected_size=image_size)
+        else:
+            raw = readers.read_mask_values(self.path, expected_size=image_size)
+        return self.values.decode(raw, self.path, self.image_class)
+
+    def __str__(self) -> str:
+        return str(self.path)

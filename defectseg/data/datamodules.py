@@ -508,8 +508,11 @@ class SegmentationDataModule(_FolderDataModule):
         dataset = self.datasets[split]
         maps = (self.cache.pair(*sample)[1] for sample in dataset.pairs)
         pixels, images, background = class_pixel_counts(maps, self.labels)
-        return {"pixels": dict(zip(self.labels.names, pixels)), "images": dict(zip(self.labels.names, images)),
-                "background_pixels": background}
+        return {
+            "pixels": dict(zip(self.labels.names, pixels)),
+            "images": dict(zip(self.labels.names, images)),
+            "background_pixels": background,
+        }
 
     def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
         """Several roots (same layout): each split on its own, then joined, as for classification."""

@@ -1,8 +1,9 @@
-"""The layouts public segmentation sets ship in: where each image's mask is, how its values
-become defect / background, and which split the set ships with.
+"""The layouts public segmentation sets ship in: where each image's mask is, where each image's class
+comes from, and which split the set ships with (how mask values become labels: ``classes.py``).
 
 A layout's ``scan(root)`` gives ``(image path, mask)`` samples, where a mask is anything with
-``load((height, width)) -> HxW uint8 in {0, 1}`` (a mask file, or run-length rows of a CSV),
+``load((height, width)) -> HxW uint8`` ({0, 1} for a binary run, or a label map with ``dataset.classes``;
+a mask file, or run-length rows of a CSV),
 and the set's own split when it has one. The segmentation DataModule needs nothing else, so
 a new layout is one class here and one config in ``conf/dataset/``.
 
@@ -20,193 +21,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from defectseg.data import readers
-from defectseg.data.classes import (
-    IGNORE,
-    ClassSpec,
-    ImageClasses,
-    decode_colors,
-    decode_image_class,
-    decode_indices,
-    parse_color,
-)
+from defectseg.data.classes import MASK_VALUE_MODES, VOID_AS, ClassSpec, ImageClasses, Mask, MaskFile, MaskValues
 from defectseg.data.readers import IMAGE_EXTENSIONS, SPLITS, DataError
 from defectseg.data.validation import Problem
 
 log = logging.getLogger(__name__)
 
-MASK_VALUE_MODES = ("binary", "classes", "colors")
-VOID_AS = ("ignore", "background", "defect")
+# how mask values become labels lives in defectseg.data.classes; read through here by the layouts' users too
+__all__ = ["MASK_VALUE_MODES", "VOID_AS", "MaskFile", "MaskValues"]
 VOC_SPLIT_FILES = MappingProxyType({"train": "train", "val": "val", "test": "test"})
-
-
-# --- mask values --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MaskValues:
-    """How a mask's values become labels: defect (1) / background (0) for a binary run, or the declared classes.
-
-    ``binary``: 0/1 or 0/255 (soft 8-bit edges thresholded at 128); class indices are refused.
-    With ``dataset.classes``, the class is the image's (``class_from`` on the layout).
-    ``classes``: class-index masks (palette PNGs read as indices, not colours). Binary run: every
-    class other than 0 is a defect, or only ``keep_classes``. With ``dataset.classes``: value k is the
-    k-th class, or ``class_values`` lists each class's value.
-    ``colors``: colour masks (RGB or palette colours) with ``colors`` (class name -> colour), needs
-    ``dataset.classes``. ``void_value`` (VOC: 255, the 'don't care' border around objects) /
-    ``void_color`` become ``void_as``: ``ignore`` (default: left out of loss and metrics),
-    ``background`` or ``defect`` (binary runs only).
-    """
-
-    mode: str = "binary"
-    keep_classes: tuple[int, ...] | None = None
-    void_value: int | None = None
-    void_as: str = "ignore"
-    class_values: tuple[int, ...] | None = None
-    colors: tuple[tuple[str, tuple[int, int, int]], ...] | None = None
-    background_color: tuple[int, int, int] = (0, 0, 0)
-    void_color: tuple[int, int, int] | None = None
-    spec: ClassSpec | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in MASK_VALUE_MODES:
-            raise ValueError(f"dataset.layout.mask_values={self.mode!r} is not one of {list(MASK_VALUE_MODES)}")
-        if self.void_as not in VOID_AS:
-            raise ValueError(f"dataset.layout.void_as={self.void_as!r} must be one of {list(VOID_AS)}")
-        if self.mode == "binary" and (
-            self.keep_classes is not None or self.void_value is not None or self.class_values is not None
-        ):
-            raise ValueError(
-                "dataset.layout.keep_classes / void_value / class_values need mask_values=classes (class-index masks)"
-            )
-        if self.mode != "colors" and self.colors is not None:
-            raise ValueError("dataset.layout.colors needs mask_values=colors (colour masks)")
-        if self.mode == "colors" and not self.colors:
-            raise ValueError("dataset.layout.mask_values=colors needs dataset.layout.colors: {class name: [r, g, b]}")
-
-    @classmethod
-    def from_options(
-        cls,
-        mode: str,
-        keep_classes: Iterable[int] | None,
-        void_value: int | None,
-        void_as: str,
-        class_values: Iterable[int] | None = None,
-        colors: Mapping[str, Any] | None = None,
-        background_color: Any = (0, 0, 0),
-        void_color: Any = None,
-    ) -> MaskValues:
-        keep = None if keep_classes is None else tuple(sorted(int(c) for c in keep_classes))
-        table = None
-        if colors is not None:
-            table = tuple(
-                (str(name), parse_color(color, f"dataset.layout.colors.{name}")) for name, color in dict(colors).items()
-            )
-        return cls(
-            mode=str(mode),
-            keep_classes=keep,
-            void_value=None if void_value is None else int(void_value),
-            void_as=str(void_as),
-            class_values=None if class_values is None else tuple(int(v) for v in class_values),
-            colors=table,
-            background_color=parse_color(background_color, "dataset.layout.background_color"),
-            void_color=None if void_color is None else parse_color(void_color, "dataset.layout.void_color"),
-        )
-
-    def bind(self, spec: ClassSpec | None) -> MaskValues:
-        """These options for a run with ``spec`` (None: binary), checked against the declared classes."""
-        if spec is None:
-            if self.mode == "colors":
-                raise ValueError(
-                    "dataset.layout.mask_values=colors needs dataset.classes (the names the colours stand for)"
-                )
-            if self.class_values is not None:
-                raise ValueError("dataset.layout.class_values needs dataset.classes (the classes the values stand for)")
-            return replace(self, spec=None)
-        if self.keep_classes is not None:
-            raise ValueError(
-                "dataset.layout.keep_classes merges classes into one defect (binary runs); with dataset.classes, "
-                "list each class's mask value in dataset.layout.class_values instead"
-            )
-        if self.void_as == "defect":
-            raise ValueError("dataset.layout.void_as=defect is for binary runs; with dataset.classes use ignore")
-        if self.class_values is not None and len(self.class_values) != spec.num_classes:
-            raise ValueError(
-                f"dataset.layout.class_values={list(self.class_values)} gives {len(self.class_values)} values "
-                f"for {spec.num_classes} classes {list(spec.names)}"
-            )
-        if self.colors is not None:
-            names = [name for name, _ in self.colors]
-            missing, unknown = sorted(set(spec.names) - set(names)), sorted(set(names) - set(spec.names))
-            if missing or unknown:
-                raise ValueError(
-                    f"dataset.layout.colors names {names}, dataset.classes {list(spec.names)}"
-                    + (f": no colour for {missing}" if missing else "")
-                    + (f": {unknown} are not classes" if unknown else "")
-                )
-        return replace(self, spec=spec)
-
-    @property
-    def label_maps(self) -> bool:
-        """Masks come as label maps (nearest-neighbour resizing, values kept), not 0/255 defect masks."""
-        return self.spec is not None or (self.void_as == "ignore" and self.void_value is not None)
-
-    def to_binary(self, values: np.ndarray, source: str | Path) -> np.ndarray:
-        if self.mode == "binary":
-            return readers.binary_mask(values, source)
-        if not np.issubdtype(values.dtype, np.integer) and values.dtype != bool:
-            raise DataError(f"{source}: class-index mask of type {values.dtype}, expected integers")
-        defect = np.isin(values, self.keep_classes) if self.keep_classes is not None else values > 0
-        if self.void_value is None:
-            return defect.astype(np.uint8)
-        void = values == self.void_value
-        if self.void_as == "ignore":
-            return np.where(void, IGNORE, defect & ~void).astype(np.uint8)
-        defect = (defect & ~void) | void if self.void_as == "defect" else defect & ~void
-        return defect.astype(np.uint8)
-
-    def decode(
-        self, raw: np.ndarray, source: str | Path, image_class: tuple[str | None, str] = (None, "")
-    ) -> np.ndarray:
-        """Raw mask values (RGB for colour masks) -> a binary mask, or the spec's label map."""
-        if self.spec is None:
-            return self.to_binary(raw, source)
-        if self.mode == "classes":
-            indices = decode_indices(raw, self.spec, self.class_values, self.void_value, self.void_as, source)
-        elif self.mode == "colors":
-            indices = decode_colors(
-                raw, self.spec, dict(self.colors or ()), self.background_color, self.void_color, source
-            )
-        else:
-            indices = decode_image_class(readers.binary_mask(raw, source), self.spec, *image_class, source)
-        return self.spec.from_indices(indices)
-
-
-class Mask(Protocol):
-    def load(self, image_size: tuple[int, int]) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class MaskFile:
-    """A mask image; its size must be the image's. ``image_class``: (the image's class, where it came from)."""
-
-    path: Path
-    values: MaskValues = field(default_factory=MaskValues)
-    image_class: tuple[str | None, str] = (None, "")
-
-    def load(self, image_size: tuple[int, int]) -> np.ndarray:
-        if self.values.mode == "colors":
-            raw = readers.read_mask_colors(self.path, expected_size=image_size)
-        else:
-            raw = readers.read_mask_values(self.path, expected_size=image_size)
-        return self.values.decode(raw, self.path, self.image_class)
-
-    def __str__(self) -> str:
-        return str(self.path)
 
 
 Sample = tuple[Path, Mask]
@@ -355,11 +183,13 @@ class PatternLayout(Layout):
             mask_pattern.format(stem="x", name="x.jpg", ext=".jpg")
         except (KeyError, IndexError, ValueError) as error:
             raise ValueError(
-                f"dataset.layout.mask_pattern={mask_pattern!r}: only {{stem}}, {{name}} and {{ext}} can be filled in ({error})"
+                f"dataset.layout.mask_pattern={mask_pattern!r}: only {{stem}}, {{name}} and {{ext}} "
+                f"can be filled in ({error})"
             ) from None
         if "{" not in mask_pattern:
             raise ValueError(
-                f"dataset.layout.mask_pattern={mask_pattern!r} names no {{stem}} or {{name}}: every image would share one mask"
+                f"dataset.layout.mask_pattern={mask_pattern!r} names no {{stem}} or {{name}}: "
+                "every image would share one mask"
             )
         self.mask_pattern = mask_pattern
         self.image_dir = image_dir
@@ -382,7 +212,8 @@ class PatternLayout(Layout):
         images = [path for path in files if path.resolve() not in masks]
         if not images:
             raise DataError(
-                f"{folder}: holds no images ({', '.join(self.image_extensions)}) besides masks named {self.mask_pattern!r}{'' if self.recursive else ' (recursive=false)'}"
+                f"{folder}: holds no images ({', '.join(self.image_extensions)}) besides masks named "
+                f"{self.mask_pattern!r}{'' if self.recursive else ' (recursive=false)'}"
             )
         missing = [image for image in images if not mask_of[image].is_file()]
         if missing:
@@ -538,7 +369,8 @@ def decode_rle(runs: np.ndarray | str, size: tuple[int, int], where: str = "Enco
     for start, length in runs:
         if start + length - 1 > total:
             raise DataError(
-                f"{where}: run {start} {length} ends at pixel {start + length - 1}, past the {width}x{height} image's {total} pixels (width x height)"
+                f"{where}: run {start} {length} ends at pixel {start + length - 1}, "
+                f"past the {width}x{height} image's {total} pixels (width x height)"
             )
         flat[start - 1 : start - 1 + length] = 1
     return flat.reshape((width, height)).T.copy()
@@ -680,7 +512,8 @@ class SeverstalLayout(Layout):
                 wide = True
             else:
                 raise DataError(
-                    f"{csv_path}: header {header} is neither ImageId,ClassId,EncodedPixels nor ImageId_ClassId,EncodedPixels"
+                    f"{csv_path}: header {header} is neither ImageId,ClassId,EncodedPixels "
+                    "nor ImageId_ClassId,EncodedPixels"
                 )
             for line_number, row in enumerate(reader, start=2):
                 if not row or not any(cell.strip() for cell in row):

@@ -155,7 +155,8 @@ def _open_decoded(path: Path, what: str) -> Image.Image:
         try:
             if getattr(image, "n_frames", 1) > 1:
                 raise DataError(
-                    f"{path}: {what} file holds {image.n_frames} frames (multi-page or animated); save each as its own file",
+                    f"{path}: {what} file holds {image.n_frames} frames (multi-page or animated); "
+                    "save each as its own file",
                     kind="unsupported",
                 )
             image.load()
@@ -181,7 +182,8 @@ def read_image(path: str | Path) -> np.ndarray:
             array = np.asarray(image).astype(np.float64)
             if array.size and (array.min() < 0 or array.max() > 65535):
                 raise DataError(
-                    f"{path}: 32-bit image with values {array.min():.0f}..{array.max():.0f}, beyond 16 bits; convert it to 8 or 16 bit",
+                    f"{path}: 32-bit image with values {array.min():.0f}..{array.max():.0f}, beyond 16 bits; "
+                    "convert it to 8 or 16 bit",
                     kind="unsupported",
                 )
             array = np.clip(array * (255.0 / 65535.0) + 0.5, 0, 255).astype(np.uint8)
@@ -221,7 +223,8 @@ def read_mask_values(path: str | Path, expected_size: tuple[int, int] | None = N
             rgb = np.asarray(image.convert("RGB"))
             if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
                 raise DataError(
-                    f"{path}: colour mask (mode {image.mode}); masks must be single-channel (0/255, 0/1 or class indices)",
+                    f"{path}: colour mask (mode {image.mode}); masks must be single-channel (0/255, 0/1 or "
+                    "class indices), or read with mask_values=colors and dataset.classes",
                     kind="mask_values",
                 )
             array = rgb[..., 0]
@@ -231,14 +234,15 @@ def read_mask_values(path: str | Path, expected_size: tuple[int, int] | None = N
         raise DataError(f"{path}: mask has shape {array.shape}, expected a single channel", kind="mask_values")
     if expected_size is not None and tuple(array.shape) != tuple(expected_size):
         raise DataError(
-            f"{path}: mask is {array.shape[1]}x{array.shape[0]} but its image is {expected_size[1]}x{expected_size[0]} (width x height)",
+            f"{path}: mask is {array.shape[1]}x{array.shape[0]} but its image is "
+            f"{expected_size[1]}x{expected_size[0]} (width x height)",
             kind="mask_size",
         )
     return array
 
 
 def binary_mask(array: np.ndarray, source: str | Path) -> np.ndarray:
-    """0/1, 0/255 or 0/65535 values (soft edges thresholded at half range) to {0, 1}; anything else is refused, not guessed.
+    """0/1, 0/255 or 0/65535 values (soft edges thresholded at half range) to {0, 1}; anything else is refused.
 
     Refused with the reason: class indices (0..k), VOC's class indices with the void border 255 ({0, 1, 255}),
     a gradient or probability map (mid-range values away from any edge), 12-bit data in a 16-bit file.
@@ -324,7 +328,8 @@ def read_mask_colors(path: str | Path, expected_size: tuple[int, int] | None = N
         rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     if expected_size is not None and tuple(rgb.shape[:2]) != tuple(expected_size):
         raise DataError(
-            f"{path}: mask is {rgb.shape[1]}x{rgb.shape[0]} but its image is {expected_size[1]}x{expected_size[0]} (width x height)",
+            f"{path}: mask is {rgb.shape[1]}x{rgb.shape[0]} but its image is "
+            f"{expected_size[1]}x{expected_size[0]} (width x height)",
             kind="mask_size",
         )
     return rgb

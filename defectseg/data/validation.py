@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from defectseg.data.readers import DataError, read_image, read_mask
+from defectseg.data.classes import IGNORE, ClassSpec
+from defectseg.data.readers import SIXTEEN_BIT_MODES, DataError, read_image, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def inspect_samples(per_split: Mapping[str, Sequence[Any]], inspect: Inspect) ->
                     Problem(
                         "duplicate",
                         str(sample_file(sample)),
-                        f"{sample_file(sample)} ({split}) is the same picture as {other} ({other_split}): the split leaks",
+                        f"{sample_file(sample)} ({split}) is the same picture as {other} ({other_split}): "
+                        "the split leaks",
                         split,
                     )
                 )
@@ -76,7 +78,15 @@ def inspect_samples(per_split: Mapping[str, Sequence[Any]], inspect: Inspect) ->
     return problems
 
 
-WARNING_KINDS = ("duplicate", "mask_without_image", "exif_orientation", "transparency")
+WARNING_KINDS = (
+    "duplicate",
+    "mask_without_image",
+    "exif_orientation",
+    "transparency",
+    "soft_edges",
+    "void_ignored",
+    "bit_depth",
+)
 
 
 def is_error(problem: Problem) -> bool:
@@ -93,7 +103,8 @@ def apply_on_error(
     errors = [p for p in problems if is_error(p)]
     if errors and on_error == "raise":
         raise DataError(
-            f"{len(errors)} problem(s) in {where}, nothing was trained (dataset.on_error=skip leaves these samples out; "
+            f"{len(errors)} problem(s) in {where}, nothing was trained "
+            "(dataset.on_error=skip leaves these samples out; "
             f"python -m defectseg.check_data dataset=... lists everything):\n  " + _listing(errors),
             kind="layout",
         )
@@ -132,6 +143,9 @@ class _Tally:
         self.mask_values: Counter[int] = Counter()
         self.empty_masks = 0
         self.defect_fractions: list[float] = []
+        self.mask_policy: Counter[str] = Counter()  # how each mask file was read (0/255, soft edges, indices...)
+        self.class_pixels: dict[str, Counter[str]] = {}  # split -> class -> pixels
+        self.class_images: dict[str, Counter[str]] = {}  # split -> class -> images that carry it
 
     def describe(self, path: Path, is_mask: bool) -> list[DataError]:
         """Header facts (mode, size, format, EXIF rotation, transparency); problems here are warnings."""
@@ -142,6 +156,16 @@ class _Tally:
                     (self.mask_modes, None) if is_mask else (self.image_modes, f"{image.width}x{image.height}")
                 )
                 modes[image.mode] += 1
+                if not is_mask and image.mode in SIXTEEN_BIT_MODES:
+                    peak = int(np.asarray(image).max()) if image.width and image.height else 0
+                    if 255 < peak <= 4095:
+                        warnings.append(
+                            DataError(
+                                f"{path}: 16-bit image whose values stop at {peak} (12-bit data?): read on the 16-bit "
+                                f"scale it is near-black (max {peak * 255 // 65535} of 255); rescale it to 16 or 8 bit",
+                                kind="bit_depth",
+                            )
+                        )
                 if size:
                     self.image_sizes[size] += 1
                     self.image_formats[image.format or "?"] += 1
@@ -150,7 +174,8 @@ class _Tally:
                     if orientation not in (None, 1):
                         warnings.append(
                             DataError(
-                                f"{path}: EXIF orientation {orientation}: the pixels are read as stored, not rotated; check its mask lines up",
+                                f"{path}: EXIF orientation {orientation}: the pixels are read as stored, "
+                                "not rotated; check its mask lines up",
                                 kind="exif_orientation",
                             )
                         )
@@ -159,7 +184,8 @@ class _Tally:
                         if alpha.size and alpha.min() < 255:
                             warnings.append(
                                 DataError(
-                                    f"{path}: has transparent pixels; the alpha channel is dropped and they keep their stored colour",
+                                    f"{path}: has transparent pixels; the alpha channel is dropped "
+                                    "and they keep their stored colour",
                                     kind="transparency",
                                 )
                             )
@@ -167,21 +193,69 @@ class _Tally:
             pass
         return warnings
 
-    def count_mask(self, path: Path | None, binary: np.ndarray) -> None:
-        """Value histogram of the mask file as stored (of the decoded 0/1 mask when there is no file, e.g. RLE)."""
+    def count_mask(
+        self,
+        path: Path | None,
+        loaded: np.ndarray,
+        split: str | None = None,
+        spec: ClassSpec | None = None,
+        mode: str = "binary",
+    ) -> list[DataError]:
+        """Value histogram of the mask file as stored (of the decoded mask when there is no file, e.g. RLE), how it
+        was read, class counts per split; returns what a person should know about this file (warnings)."""
         if path is None:
-            raw = binary
+            raw = loaded
         else:
             with Image.open(path) as image:
                 raw = np.asarray(image.convert("L") if image.mode in ("RGB", "RGBA") else image)
         values, counts = np.unique(raw, return_counts=True)
         self.mask_values.update({int(v): int(c) for v, c in zip(values, counts)})
-        fraction = float(binary.mean()) if binary.size else 0.0
+        ignored = loaded == IGNORE
+        defect = (loaded > 0) & ~ignored
+        fraction = float(defect.sum()) / max(1, int((~ignored).sum())) if loaded.size else 0.0
         self.empty_masks += fraction == 0.0
         self.defect_fractions.append(fraction)
+        found: list[DataError] = []
+        where = path if path is not None else "mask"
+        if spec is not None:
+            layers = spec.class_layers(loaded).reshape(spec.num_classes, -1).sum(axis=1)
+            pixels = self.class_pixels.setdefault(split or "all", Counter())
+            images = self.class_images.setdefault(split or "all", Counter())
+            for name, count in zip(spec.names, layers.tolist()):
+                pixels[name] += int(count)
+                images[name] += int(count > 0)
+            self.mask_policy[f"class labels ({mode})"] += 1
+        elif mode != "binary" or path is None:
+            self.mask_policy["class indices" if mode == "classes" else "run-length rows"] += 1
+        else:
+            peak = int(values.max()) if values.size else 0
+            between = int(counts[(values > 0) & (values < peak)].sum()) if peak > 1 else 0
+            if set(values.tolist()) <= {0, 1}:
+                self.mask_policy["binary 0/1"] += 1
+            elif between == 0:
+                self.mask_policy[f"binary 0/{peak}"] += 1
+            else:
+                self.mask_policy["binary, soft edges thresholded"] += 1
+                found.append(
+                    DataError(
+                        f"{where}: {between} pixels ({100 * between / max(1, int((raw > 0).sum())):.1f}% of its marked "
+                        f"ones) between 0 and {peak}: soft edges, thresholded at half range",
+                        kind="soft_edges",
+                    )
+                )
+        if ignored.any():
+            self.mask_policy["with ignored (void) pixels"] += 1
+            found.append(
+                DataError(
+                    f"{where}: {int(ignored.sum())} void pixels ({100 * ignored.mean():.1f}%) "
+                    "are ignored in loss and metrics",
+                    kind="void_ignored",
+                )
+            )
+        return found
 
 
-def _inspector(tally: _Tally, segmentation: bool) -> Inspect:
+def _inspector(tally: _Tally, segmentation: bool, split_of: Mapping[str, str], spec: ClassSpec | None) -> Inspect:
     def inspect(sample: Any) -> tuple[np.ndarray | None, list[DataError]]:
         image_path = sample_file(sample)
         found = tally.describe(image_path, is_mask=False)
@@ -197,9 +271,13 @@ def _inspector(tally: _Tally, segmentation: bool) -> Inspect:
                 found += tally.describe(Path(mask_path), is_mask=True)
             try:
                 expected = image.shape[:2] if image is not None else _header_size(image_path)
-                tally.count_mask(
+                loaded = mask.load(expected) if hasattr(mask, "load") else read_mask(mask, expected_size=expected)
+                found += tally.count_mask(
                     None if mask_path is None else Path(mask_path),
-                    mask.load(expected) if hasattr(mask, "load") else read_mask(mask, expected_size=expected),
+                    loaded,
+                    split_of.get(str(image_path)),
+                    spec,
+                    getattr(getattr(mask, "values", None), "mode", "binary"),
                 )
             except DataError as error:
                 found.append(error)
@@ -221,7 +299,9 @@ def check_dataset(datamodule: Any) -> dict[str, Any]:
     per_split, problems = datamodule.list_samples()
     segmentation = datamodule.task == "segmentation"
     tally = _Tally()
-    problems = list(problems) + inspect_samples(per_split, _inspector(tally, segmentation))
+    spec = getattr(datamodule, "labels", None) if segmentation else None
+    split_of = {str(sample_file(s)): split for split, samples in per_split.items() for s in samples}
+    problems = list(problems) + inspect_samples(per_split, _inspector(tally, segmentation, split_of, spec))
     errors = [p for p in problems if is_error(p)]
     report: dict[str, Any] = {
         "dataset": datamodule.name,
@@ -249,7 +329,19 @@ def check_dataset(datamodule: Any) -> dict[str, Any]:
             "values": {str(k): v for k, v in sorted(tally.mask_values.items())},
             "empty": tally.empty_masks,
             "mean_defect_fraction": round(float(np.mean(fractions)), 6) if fractions else None,
+            "read_as": dict(tally.mask_policy.most_common()),
         }
+        if spec is not None:
+            report["classes"] = {
+                split: {
+                    name: {
+                        "pixels": tally.class_pixels.get(split, {}).get(name, 0),
+                        "images": tally.class_images.get(split, {}).get(name, 0),
+                    }
+                    for name in spec.names
+                }
+                for split in per_split
+            }
     else:
         names = datamodule.class_names
         report["classes"] = {
@@ -268,7 +360,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         + ", ".join(f"{split} {n}" for split, n in counts.items() if split != "total")
         + ")",
     ]
-    if "classes" in report:
+    if "classes" in report and report["task"] != "segmentation":
         lines.append("  classes: " + ", ".join(f"{name} {n}" for name, n in report["classes"].items()))
     images = report["images"]
     lines.append("  image sizes: " + _top(images["sizes"]))
@@ -283,8 +375,15 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"  mask modes: {_top(masks['modes'])}; pixel values: {values}{' ...' if len(masks['values']) > 6 else ''}"
         )
         lines.append(
-            f"  masks without any defect: {masks['empty']}; mean defect area: {100 * (masks['mean_defect_fraction'] or 0):.2f}%"
+            f"  masks without any defect: {masks['empty']}; "
+            f"mean defect area: {100 * (masks['mean_defect_fraction'] or 0):.2f}%"
         )
+        lines.append("  masks read as: " + _top(masks.get("read_as", {})))
+        for split, classes in report.get("classes", {}).items():
+            lines.append(
+                f"  classes in {split} (images, pixels): "
+                + ", ".join(f"{name} {c['images']}, {c['pixels']}" for name, c in classes.items())
+            )
     for title, entries in (
         ("errors (training stops on these; dataset.on_error=skip leaves the samples out)", report["errors"]),
         ("warnings", report["warnings"]),

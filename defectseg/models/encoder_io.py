@@ -111,9 +111,17 @@ def load_decoder(model: nn.Module, directory: str | Path, architecture: dict[str
         by_part.setdefault(part, {})[key] = tensor
     if "decoder" not in by_part:
         raise EncoderMismatchError(f"{path}: holds no decoder tensors")
+    head = by_part.get("segmentation_head")
+    if head is not None and _shapes(head) != _shapes(model.segmentation_head.state_dict()):
+        del by_part["segmentation_head"]  # another number of classes: the head starts fresh, the decoder transfers
+        log.info("%s: its head has other output channels than this run's classes; the head starts from random", path)
     for part, part_state in by_part.items():
         load_checked(getattr(model, part), part_state, f"{path} ({part})")
     return [part for part in DECODER_PARTS if part in by_part]
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(tensor.shape) for key, tensor in state.items()}
 
 
 def resolve_encoder_path(path: str | Path) -> Path:

@@ -95,7 +95,8 @@ class ClassesLoss(nn.Module):
         if class_weights is not None:
             if len(class_weights) != self.num_classes or any(float(w) < 0 for w in class_weights):
                 raise ValueError(
-                    f"task.class_weights needs {self.num_classes} non-negative weights (one per class), got {list(class_weights)}"
+                    f"task.class_weights needs {self.num_classes} non-negative weights (one per class), "
+                    f"got {list(class_weights)}"
                 )
             weights = torch.tensor([float(w) for w in class_weights])
         # the softmax's background channel weighs 1

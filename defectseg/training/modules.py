@@ -238,7 +238,7 @@ class SegmentationTask(L.LightningModule):
             }
 
     def _log_per_class(self, prefix: str, dice: ClassDice) -> dict[str, float | None]:
-        """One TensorBoard curve per class (``val/dice/crack`` ...); a class in neither truth nor prediction is skipped."""
+        """One TensorBoard curve per class (``val/dice/crack`` ...); a class in neither truth nor prediction: none."""
         values = {}
         for name, value in zip(self.classes or (), dice.per_class().tolist()):
             values[name] = None if math.isnan(value) else round(value, 6)
