@@ -414,3 +414,29 @@ def test_multiclass_multirun_and_report(compose_config, classification_set, tmp_
         [sys.executable, "-m", "defectseg.report", str(sweep)], env=env, capture_output=True, text=True, timeout=300
     )
     assert report.returncode == 0, report.stderr[-3000:]
+
+
+def test_multilabel_run_tunes_a_threshold_per_class(compose_config, tmp_path):
+    root = write_class_set(tmp_path / "set")
+    metrics = run_finetune(compose_config("finetune", [*classes_overrides(root), "dataset.multilabel=true"]))
+    assert metrics["multilabel"] is True and len(metrics["best_threshold_per_class"]) == len(CLASSES)
+    state = torch.load(Path(metrics["checkpoint"]), weights_only=True)
+    assert state["state_dict"]["model.segmentation_head.weight"].shape[0] == len(CLASSES)  # one sigmoid per class
+    assert len(state["tuned_threshold"]["best_threshold_per_class"]) == len(CLASSES)
+
+
+MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile"
+
+
+@pytest.mark.skipif(not MAGNETIC_TILE.is_dir(), reason="the shared real data sets are not on this machine")
+def test_magnetic_tile_types_read_as_classes_from_the_prefix(compose_config):
+    from hydra.utils import instantiate
+
+    cfg = compose_config("finetune", ["dataset=real_magnetic_tile_classes", f"dataset.root={MAGNETIC_TILE}"])
+    datamodule = instantiate(cfg.dataset)
+    per_split, problems = datamodule.list_samples()
+    assert not problems and sum(len(s) for s in per_split.values()) == 511
+    by_name = {image.name.split("__")[0]: mask for split in per_split.values() for image, mask in split}
+    for prefix, label in (("Crack", 3), ("Uneven", 5)):
+        loaded = by_name[prefix].load(np.asarray(Image.open(by_name[prefix].path)).shape)
+        assert set(np.unique(loaded).tolist()) <= {0, label} and (loaded == label).any()

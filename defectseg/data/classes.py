@@ -191,7 +191,8 @@ class ImageClasses:
 
     ``folder``: the first folder of the image's path below the layout's image folder (``Crack/x.jpg``);
     ``prefix``: the file name before ``separator`` (magnetic_tile's ``Crack__exp1.jpg``); ``csv``: a file
-    with the columns ``stem`` and ``class`` (magnetic_tile's ``classes.csv``), relative to the data set's root.
+    with a ``stem`` column and a class column (``class``, else the first whose name holds "class": magnetic_tile's
+    ``classes.csv`` has ``defect_class``), relative to the data set's root.
     ``aliases`` maps found names to declared ones (``{MT_Crack: crack}``).
     """
 
@@ -228,9 +229,11 @@ class ImageClasses:
                 raise DataError(f"{path}: class table does not exist (dataset.layout.class_csv)")
             with open(path, newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
-            if rows and not {"stem", "class"} <= set(rows[0]):
-                raise DataError(f"{path}: needs the columns stem and class, has {sorted(rows[0])}")
-            self._tables[path] = {row["stem"]: row["class"] for row in rows}
+            columns = list(rows[0]) if rows else []
+            named = [c for c in columns if c == "class"] or [c for c in columns if "class" in c.lower()]
+            if rows and ("stem" not in columns or not named):
+                raise DataError(f"{path}: needs a stem column and a class column (e.g. class), has {columns}")
+            self._tables[path] = {row["stem"]: row[named[0]] for row in rows}
         return self._tables[path]
 
 
