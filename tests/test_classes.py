@@ -440,3 +440,35 @@ def test_magnetic_tile_types_read_as_classes_from_the_prefix(compose_config):
     for prefix, label in (("Crack", 3), ("Uneven", 5)):
         loaded = by_name[prefix].load(np.asarray(Image.open(by_name[prefix].path)).shape)
         assert set(np.unique(loaded).tolist()) <= {0, label} and (loaded == label).any()
+
+
+def test_report_has_dice_per_class_and_per_class_gains_with_cis(tmp_path):
+    from defectseg.report import write_report
+    from tests.test_report import metrics as job_metrics
+    from tests.test_report import write_job, write_multirun
+
+    sweep = tmp_path / "sweep"
+    write_multirun(sweep, ["freeze=scratch,none", "seed=0,1"])
+    per_image = {  # crack gains 0.2 on every image where it is; corrosion is equal
+        "scratch": {"crack": [0.5, 0.4, None, 0.6], "corrosion": [0.7, None, 0.7, 0.7]},
+        "none": {"crack": [0.7, 0.6, None, 0.8], "corrosion": [0.7, None, 0.7, 0.7]},
+    }
+    job = 0
+    for mode in ("scratch", "none"):
+        for seed in (0, 1):
+            m = job_metrics(mode, seed, 0.6)
+            m["classes"] = list(CLASSES)
+            m["test_dice_per_image_per_class"] = per_image[mode]
+            m["test_dice_per_class"] = {
+                name: float(np.mean([v for v in values if v is not None])) for name, values in per_image[mode].items()
+            }
+            write_job(sweep, str(job), [f"freeze={mode}", f"seed={seed}"], m)
+            job += 1
+    result = write_report(sweep, plots=False)
+    text = (sweep / "report.md").read_text()
+    assert "## Dice per class" in text and "+0.200 [+0.200, +0.200]*" in text
+    rows = {(r["mode"], r["class"]): r for r in __import__("csv").DictReader(open(sweep / "report_classes.csv"))}
+    assert float(rows[("transfer-full fine-tuning", "crack")]["gain_abs"]) == pytest.approx(0.2)
+    assert rows[("transfer-full fine-tuning", "crack")]["boot_n_images"] == "3"
+    assert rows[("transfer-full fine-tuning", "corrosion")]["verdict"] == "not significant"
+    assert all(r["classes"] == ",".join(CLASSES) for r in result["rows"])

@@ -23,17 +23,20 @@ ROW_IDENTITY = (
     "freeze",
     "freeze_depth",
     "init_decoder",
+    "classes",
     "train_images",
 )
 
 #: Fields a transfer row and its scratch reference must share (a gain compares like with like).
-REFERENCE_IDENTITY = ("dataset", "model", "train_images")
+REFERENCE_IDENTITY = ("dataset", "model", "classes", "train_images")
 
 
 def row_identity(run: dict[str, Any]) -> dict[str, Any]:
     """The identity fields of a run (or row), as the row will carry them."""
     identity = {key: run.get(key) for key in ROW_IDENTITY}
     identity["init_decoder"] = bool(identity["init_decoder"])
+    if isinstance(identity["classes"], (list, tuple)):  # dataset.classes of a multi-class run; None when binary
+        identity["classes"] = ",".join(str(name) for name in identity["classes"])
     return identity
 
 

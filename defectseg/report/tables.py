@@ -212,6 +212,7 @@ def markdown_report(
     runs: Sequence[dict[str, Any]],
     missing: Sequence[dict[str, Any]],
     images: Sequence[str],
+    sections: Sequence[str] = (),
 ) -> str:
     exp = sorted({str(r.get("experiment")) for r in runs if r.get("experiment")})
     title = f"# Table 1 — scratch vs transfer: {', '.join(exp) or sweep_dir.name}"
@@ -226,6 +227,7 @@ def markdown_report(
         "",
         markdown_table(rows),
     ]
+    parts += [section for section in sections if section]  # e.g. Dice per class (defectseg.report.classes)
     parts += ["## MISSING jobs", ""]
     if missing:
         parts += [f"- {describe_missing(m)}" for m in missing]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from defectseg.report.classes import CLASS_CSV_COLUMNS, class_rows, markdown_class_table
 from defectseg.report.collect import collect_runs
 from defectseg.report.plots import plot_compare, plot_label_efficiency
 from defectseg.report.statistics import aggregate
@@ -70,7 +71,11 @@ def write_report(
         if curve_rows:
             paths["label_efficiency.png"] = plot_label_efficiency(curve_rows, out / "label_efficiency.png")
             images.append("label_efficiency.png")
-    markdown = markdown_report(root, rows, runs, missing, images)
+    per_class = class_rows(rows)
+    if per_class:  # runs with dataset.classes: Dice and gains per class
+        paths["report_classes.csv"] = out / "report_classes.csv"
+        atomic_write_text(paths["report_classes.csv"], csv_text(per_class, CLASS_CSV_COLUMNS))
+    markdown = markdown_report(root, rows, runs, missing, images, sections=[markdown_class_table(per_class)])
     paths["report.md"] = out / "report.md"
     atomic_write_text(paths["report.md"], markdown)
     public_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
