@@ -467,7 +467,8 @@ def test_report_has_dice_per_class_and_per_class_gains_with_cis(tmp_path):
     result = write_report(sweep, plots=False)
     text = (sweep / "report.md").read_text()
     assert "## Dice per class" in text and "+0.200 [+0.200, +0.200]*" in text
-    rows = {(r["mode"], r["class"]): r for r in __import__("csv").DictReader(open(sweep / "report_classes.csv"))}
+    lines = (sweep / "report_classes.csv").read_text().splitlines()
+    rows = {(r["mode"], r["class"]): r for r in __import__("csv").DictReader(lines)}
     assert float(rows[("transfer-full fine-tuning", "crack")]["gain_abs"]) == pytest.approx(0.2)
     assert rows[("transfer-full fine-tuning", "crack")]["boot_n_images"] == "3"
     assert rows[("transfer-full fine-tuning", "corrosion")]["verdict"] == "not significant"
