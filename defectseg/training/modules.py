@@ -225,7 +225,7 @@ class SegmentationTask(L.LightningModule):
 
     def _preview_mask(self, masks: torch.Tensor) -> torch.Tensor:
         """The truth as defect / background, for the preview grid (ignored pixels as background)."""
-        return masks if self.classes is None else ((masks > 0) & (masks != IGNORE)).to(torch.uint8)
+        return (masks == 1 if self.classes is None else (masks > 0) & (masks != IGNORE)).to(torch.uint8)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         probabilities = self._evaluate(batch, "val", self.val_dice, self.val_threshold_sweeps)
