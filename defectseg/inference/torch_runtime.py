@@ -95,6 +95,12 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     path = Path(path)
     cfg = run_config(path)
     checkpoint = read_checkpoint(path)
+    classes = (checkpoint.get("hyper_parameters") or {}).get("classes")
+    if classes:  # dataset.classes: C (+1) output channels, which predict's masks and measures do not read yet
+        raise UserError(
+            f"{path}: a multi-class model ({', '.join(map(str, classes))}); "
+            "predict and export handle binary models only so far (docs/defect_types.md)"
+        )
     model = instantiate(cfg.model)
     prefix = "model."
     state = {key[len(prefix) :]: value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)}
