@@ -17,7 +17,7 @@ from defectseg.data.readers import DataError, binary_mask
 from defectseg.finetune import run_finetune
 from defectseg.training.losses import BCEDiceLoss, ClassesLoss, frequency_weights
 from defectseg.training.metrics import ClassDice
-from tests.conftest import TINY_TRAINER
+from tests.helpers import TINY_TRAINER
 
 CLASSES = ("crack", "corrosion")
 SPEC = ClassSpec(CLASSES)
@@ -285,7 +285,7 @@ def test_num_classes_without_classes_is_one_clear_error(compose_config, tmp_path
 
 def test_binary_run_is_bit_identical_to_before_classes(compose_config, tmp_path):
     """Pinned from the same run on main at d68ca33 (before multi-class): same seed, same numbers."""
-    from tests.conftest import write_segmentation_set
+    from tests.helpers import write_segmentation_set
 
     root = write_segmentation_set(tmp_path / "seg", n_images=12, size=32, seed=3)
     overrides = [*TINY_TRAINER, "trainer.max_epochs=2", "freeze=scratch", "dataset=folder_seg", f"dataset.root={root}"]
@@ -444,8 +444,8 @@ def test_magnetic_tile_types_read_as_classes_from_the_prefix(compose_config):
 
 def test_report_has_dice_per_class_and_per_class_gains_with_cis(tmp_path):
     from defectseg.report import write_report
-    from tests.test_report import metrics as job_metrics
-    from tests.test_report import write_job, write_multirun
+    from tests.helpers import finetune_metrics as job_metrics
+    from tests.helpers import write_job, write_multirun
 
     sweep = tmp_path / "sweep"
     write_multirun(sweep, ["freeze=scratch,none", "seed=0,1"])
