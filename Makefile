@@ -1,5 +1,5 @@
 # defectseg: every target sets itself up (.venv on first use). Pass Hydra overrides with ARGS="...":
-#   make finetune ARGS="freeze=scratch trainer.max_epochs=50"
+#   make finetune ARGS="transfer=scratch trainer.max_epochs=50"
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,10 +21,11 @@ STAGE1_DIR ?= outputs/stage1/$(EXPERIMENT)
 # Overrides for stage 1 only (ARGS go to both stages), e.g. STAGE1_ARGS="dataset=folder_cls dataset.root=DIR" with its own STAGE1_DIR.
 STAGE1_ARGS ?=
 # make demo and make compare-pretrain (three stage 1s) keep a 2x400-photo, 8-epoch stage 1: the mechanics in minutes.
-SMALL_STAGE1 ?= dataset.synthetic.n_per_class=400 trainer.max_epochs=8
+SMALL_STAGE1 ?= dataset.synthetic.n_per_class=400 train_steps=320
 SEEDS ?= 0,1,2
-MODES ?= scratch,encoder,none
-LE_MODES ?= scratch,encoder,none
+# Stage-2 recipes compared (conf/transfer/*.yaml, docs/transfer.md): scratch, the paper's frozen encoder, the recommended one
+MODES ?= scratch,frozen_encoder,full_finetune
+LE_MODES ?= scratch,frozen_encoder,full_finetune
 BUDGETS ?= 10,25,50,100,null
 # Real public sets (../shared/datasets, absent on most machines): make compare-real, make label-efficiency-real
 SHARED_DATASETS ?= ../shared/datasets
@@ -41,22 +42,29 @@ REAL_PRETRAIN_DIR ?= outputs/compare_pretrain_real/$(NOW)
 PRETRAIN_MODES ?= encoder,none
 REAL_PRETRAIN_MODES ?= encoder,partial,none
 REAL_LE_MODES ?= scratch,encoder,none
+# make transfer-real: every recipe x real set x label budget x seed, from one stage 1 on real crack photos
+TRANSFER_DIR ?= outputs/transfer_real/$(NOW)
+TRANSFER_STAGE1_DIR ?= outputs/stage1/real_crack_cls
+TRANSFER_RECIPES ?= scratch,frozen_encoder,full_finetune,staged,gradual,discriminative
+TRANSFER_BUDGETS ?= 25,50,null
 PRETRAIN_ENCODERS = $(1)/pretrain_classification,$(1)/pretrain_segmentation,$(1)/pretrain_self_supervised
 REAL_SKIP = if [ ! -d "$(SHARED_DATASETS)" ]; then echo "$@: skipped, no real data sets at $(SHARED_DATASETS) (set SHARED_DATASETS=DIR)"; exit 0; fi
 
-.PHONY: help install demo demo-classes pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real compare-pretrain compare-pretrain-real report test tensorboard data bench clean
+.PHONY: help install demo demo-classes pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real compare-pretrain compare-pretrain-real transfer-real report test tensorboard data bench clean
 
 help:
-	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min; its small stage 1 shows the mechanics, not the gain)"
+	@echo "make demo              two stages on the embedded data, sized for a laptop CPU (~10 min; its small stage 1 shows the mechanics, not the gain):"
+	@echo "                         scratch, the paper's frozen encoder and the recommended recipe (transfer=$(MODES)) side by side"
 	@echo "make demo-classes      the demo with the four defect kinds as classes (crack, corrosion, pit, scratch): Dice per class"
 	@echo "make pretrain          stage 1: encoder as crack classifier (paper protocol: Adam, lr 1e-4, 100 epochs)"
-	@echo "make finetune          stage 2: decoder on defect masks with the stage-1 encoder frozen"
+	@echo "make finetune          stage 2: the U-Net on defect masks from the stage-1 encoder, by the recommended recipe (transfer=full_finetune;"
+	@echo "                         transfer=scratch|frozen_encoder|staged|gradual|discriminative|partial_frozen, experiment=paper: the paper's frozen encoder)"
 	@echo "make check-data        check a data set (counts, sizes, mask values, bad files, duplicates), e.g. ARGS=\"dataset=folder_seg dataset.root=DIR\""
 	@echo "make predict           masks, overlays, defect measurements for photos: ARGS=\"input=PHOTO|FOLDER|'GLOB'\""
 	@echo "make export            the latest fine-tuned model as ONNX + TorchScript, checked against PyTorch"
 	@echo "make compare           stage 1 at the paper's scale (built once into STAGE1_DIR=$(STAGE1_DIR), ~38 min on a 2-core CPU, then reused),"
-	@echo "                         then scratch / frozen / full fine-tuning x 3 seeds (~21 min): report.md, report.csv, compare.png"
-	@echo "make label-efficiency  Dice vs number of labelled images, freeze=$(LE_MODES), with the same reused stage 1"
+	@echo "                         then transfer=$(MODES) x 3 seeds (~21 min): report.md, report.csv, compare.png"
+	@echo "make label-efficiency  Dice vs number of labelled images, transfer=$(LE_MODES), with the same reused stage 1"
 	@echo "make compare-real      the comparison on real photos (../shared/datasets): stage 1 on real crack photos, 3 real sets x 3 modes x 3 seeds"
 	@echo "make label-efficiency-real  Dice vs labelled images on one real set (REAL_LE_SET) x freeze=$(REAL_LE_MODES); REAL_ENCODER=DIR reuses any stage-1 run"
 	@echo "make compare-pretrain  stage 1 by each objective (classification, segmentation, self_supervised), then transfer x freeze=$(PRETRAIN_MODES) + scratch x seeds, one report:"
@@ -67,10 +75,12 @@ help:
 	@echo "make compare-pretrain-real  the same on real photos: stage 1 classification on real_crack_cls, segmentation on real_crack_seg,"
 	@echo "                         self_supervised on real_unlabelled_magnetic_tile; stage 2 on real_magnetic_tile x freeze=$(REAL_PRETRAIN_MODES)"
 	@echo "                         (+ the segmenter's decoder, init_decoder=true) x seeds (skips without $(SHARED_DATASETS))"
+	@echo "make transfer-real     every recipe (TRANSFER_RECIPES) x real set x label budget ($(TRANSFER_BUDGETS)) x seeds from one stage 1 on real crack"
+	@echo "                         photos (reused from TRANSFER_STAGE1_DIR): one report (skips without $(SHARED_DATASETS); hours on a CPU, docs/transfer.md)"
 	@echo "make test              the test suite"
 	@echo "make bench             training speed vs a bare loop and Keras/TF, tiled predict MP/s and memory -> benchmarks/results.md"
 	@echo "make tensorboard       TensorBoard over outputs/"
-	@echo "Hydra overrides go in ARGS=\"...\", e.g. make finetune ARGS=\"freeze=scratch\""
+	@echo "Hydra overrides go in ARGS=\"...\", e.g. make finetune ARGS=\"transfer=scratch\""
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,7 +92,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m defectseg.pretrain experiment=quick $(SMALL_STAGE1) hydra.run.dir=$(DEMO_DIR)/pretrain $(ARGS)
-	$(PY) -m defectseg.finetune -m experiment=quick freeze=scratch,encoder hydra.sweep.dir=$(DEMO_DIR)/finetune $(ARGS)
+	$(PY) -m defectseg.finetune -m experiment=quick transfer=$(MODES) pretrained_encoder=$(DEMO_DIR)/pretrain hydra.sweep.dir=$(DEMO_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(DEMO_DIR)/finetune
 
 # The same small stage 1, then scratch vs full fine-tuning with one output per defect kind; the report shows Dice per class.
@@ -114,14 +124,14 @@ check-data: $(STAMP)
 compare: $(STAMP)
 	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) reuse=true hydra.run.dir=$(STAGE1_DIR) $(STAGE1_ARGS) $(ARGS)
 	mkdir -p $(COMPARE_DIR) && ln -sfn $(abspath $(STAGE1_DIR)) $(COMPARE_DIR)/pretrain
-	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=$(MODES) seed=$(SEEDS) pretrained_encoder=$(STAGE1_DIR) hydra.sweep.dir=$(COMPARE_DIR)/finetune $(ARGS)
+	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) transfer=$(MODES) seed=$(SEEDS) pretrained_encoder=$(STAGE1_DIR) hydra.sweep.dir=$(COMPARE_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(COMPARE_DIR)/finetune
 
 # Equal optimiser steps for every budget: each epoch draws 120 images (with replacement) from the labelled subset.
 label-efficiency: $(STAMP)
 	$(PY) -m defectseg.pretrain experiment=$(EXPERIMENT) reuse=true hydra.run.dir=$(STAGE1_DIR) $(STAGE1_ARGS) $(ARGS)
 	mkdir -p $(LE_DIR) && ln -sfn $(abspath $(STAGE1_DIR)) $(LE_DIR)/pretrain
-	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) freeze=$(LE_MODES) seed=$(SEEDS) dataset.max_train_images=$(BUDGETS) dataset.samples_per_epoch=120 pretrained_encoder=$(STAGE1_DIR) hydra.sweep.dir=$(LE_DIR)/finetune $(ARGS)
+	$(PY) -m defectseg.finetune -m experiment=$(EXPERIMENT) transfer=$(LE_MODES) seed=$(SEEDS) dataset.max_train_images=$(BUDGETS) dataset.samples_per_epoch=120 pretrained_encoder=$(STAGE1_DIR) hydra.sweep.dir=$(LE_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(LE_DIR)/finetune
 
 # Stage 1 on the real crack folders (split by source photo), then scratch / frozen / full fine-tuning on each
@@ -129,7 +139,7 @@ label-efficiency: $(STAMP)
 compare-real: $(STAMP)
 	@$(REAL_SKIP); set -ex; \
 	$(PY) -m defectseg.pretrain experiment=real dataset=$(REAL_PRETRAIN) paths.shared_datasets=$(SHARED_DATASETS) hydra.run.dir=$(REAL_DIR)/pretrain $(ARGS); \
-	$(PY) -m defectseg.finetune -m experiment=real dataset=$(REAL_SETS) freeze=$(MODES) seed=$(SEEDS) paths.shared_datasets=$(SHARED_DATASETS) pretrained_encoder=$(REAL_DIR)/pretrain hydra.sweep.dir=$(REAL_DIR)/finetune $(ARGS); \
+	$(PY) -m defectseg.finetune -m experiment=real dataset=$(REAL_SETS) transfer=$(MODES) seed=$(SEEDS) paths.shared_datasets=$(SHARED_DATASETS) pretrained_encoder=$(REAL_DIR)/pretrain hydra.sweep.dir=$(REAL_DIR)/finetune $(ARGS); \
 	$(PY) -m defectseg.report $(REAL_DIR)/finetune
 
 # REAL_ENCODER=outputs/compare_real/<run>/pretrain reuses compare-real's stage 1; null = the whole 175-image budget.
@@ -161,6 +171,15 @@ compare-pretrain-real: $(STAMP)
 	$(PY) -m defectseg.finetune -m $$common dataset=real_magnetic_tile freeze=encoder,none init_decoder=true seed=$(SEEDS) pretrained_encoder=$(REAL_PRETRAIN_DIR)/pretrain_segmentation hydra.sweep.dir=$(REAL_PRETRAIN_DIR)/finetune/transfer_init_decoder $(ARGS); \
 	$(PY) -m defectseg.finetune -m $$common dataset=real_magnetic_tile freeze=scratch seed=$(SEEDS) hydra.sweep.dir=$(REAL_PRETRAIN_DIR)/finetune/scratch $(ARGS); \
 	$(PY) -m defectseg.report $(REAL_PRETRAIN_DIR)/finetune
+
+# The recipes on the real sets: stage 1 once (reuse=true: a finished one in TRANSFER_STAGE1_DIR is used as is), then one
+# multirun over recipes x sets x label budgets (equal optimiser steps: 175 sampled images per epoch) x seeds, then the report.
+transfer-real: $(STAMP)
+	@$(REAL_SKIP); set -ex; \
+	$(PY) -m defectseg.pretrain experiment=real dataset=$(REAL_PRETRAIN) reuse=true paths.shared_datasets=$(SHARED_DATASETS) hydra.run.dir=$(TRANSFER_STAGE1_DIR) $(STAGE1_ARGS); \
+	mkdir -p $(TRANSFER_DIR) && ln -sfn $(abspath $(TRANSFER_STAGE1_DIR)) $(TRANSFER_DIR)/pretrain; \
+	$(PY) -m defectseg.finetune -m experiment=real dataset=$(REAL_SETS) transfer=$(TRANSFER_RECIPES) seed=$(SEEDS) dataset.max_train_images=$(TRANSFER_BUDGETS) dataset.samples_per_epoch=175 paths.shared_datasets=$(SHARED_DATASETS) pretrained_encoder=$(TRANSFER_STAGE1_DIR) hydra.sweep.dir=$(TRANSFER_DIR)/finetune $(ARGS); \
+	$(PY) -m defectseg.report $(TRANSFER_DIR)/finetune
 
 report: $(STAMP)
 	$(PY) -m defectseg.report $(ARGS)

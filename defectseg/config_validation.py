@@ -98,6 +98,10 @@ def _freeze_mode(v: Any) -> Any:
     return FreezePolicy(v, 1)
 
 
+def _share(v: Any) -> str | None:
+    return None if v is None or 0 <= v <= 1 else f"is a share of the run between 0 and 1, got {v}"
+
+
 COMMON: dict[str, Any] = {
     "stage": Key((str,)),
     "experiment_name": Key((str, NONE)),
@@ -119,6 +123,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "pretrain": {
         **COMMON,
         "reuse": Key((bool,)),
+        "train_steps": Key((int, NONE), at_least(1)),
+        "transfer": Free,  # stage 2's recipe, present when experiment=paper picks it; stage 1 ignores it
         "head": {
             "pooling": Key((str,), raises(_pooling)),
             "hidden": Key(
@@ -150,7 +156,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "init_decoder": Key((bool,)),
         "calibrate_features": Key((bool,)),
         "calibration_batches": Key((int,), at_least(1)),
-        "freeze": {"mode": Key((str,), raises(_freeze_mode)), "depth": Key((int, NONE), at_least(1))},
+        "transfer": {  # conf/transfer/*.yaml: the fine-tuning recipe (defectseg/models/freeze.py, TransferRecipe)
+            "name": Key((str,)),
+            "freeze": Key((str,), raises(_freeze_mode)),
+            "freeze_depth": Key((int, NONE), at_least(1)),
+            "unfreeze_at": Key((float, NONE), _share),
+            "unfreeze_every": Key((float, NONE), _share),
+            "encoder_lr_scale": Key((float,), positive),
+            "level_lr_decay": Key((float,), positive),
+            "warmup": Key((float,), _share),
+        },
         "task": {
             "bce_weight": Key((float,), at_least(0)),
             "dice_weight": Key((float,), at_least(0)),
@@ -363,9 +378,15 @@ def _check_across(values: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(
             f"dataset.image_size: {size} is not divisible by {multiple}, which {model.get('_target_')} needs (its {levels} levels halve the image {levels - 1} times); use {below or above} or {above}"
         )
-    freeze = _section(values, "freeze")
-    if freeze.get("mode") == "partial" and levels and isinstance(freeze.get("depth"), int) and freeze["depth"] > levels:
-        problems.append(f"freeze.depth: {freeze['depth']} exceeds the encoder's {levels} levels")
+    transfer = _section(values, "transfer")
+    depth = transfer.get("freeze_depth")
+    if transfer.get("freeze") == "partial" and levels and isinstance(depth, int) and depth > levels:
+        problems.append(f"transfer.freeze_depth: {depth} exceeds the encoder's {levels} levels")
+    if values.get("stage") == "finetune" and transfer and not any(p.startswith("transfer.") for p in problems):
+        from defectseg.models.freeze import TransferRecipe
+
+        if problem := raises(TransferRecipe.from_config)(transfer):
+            problems.append(problem)
     pretrain_task = _section(values, "pretrain_task")
     patch = pretrain_task.get("patch_size")
     if (

@@ -1,7 +1,7 @@
-"""Stage 2: train the U-Net decoder (and, by freeze policy, the encoder) on defect masks.
+"""Stage 2: train the U-Net decoder (and, by the transfer recipe, the encoder) on defect masks.
 
-    python -m defectseg.finetune [freeze=encoder|scratch|none|partial] [experiment=quick] [key=value ...]
-    python -m defectseg.finetune -m freeze=scratch,encoder seed=0,1,2      # a comparison sweep
+    python -m defectseg.finetune [transfer=full_finetune|scratch|frozen_encoder|staged|...] [experiment=quick] [key=value ...]
+    python -m defectseg.finetune -m transfer=scratch,frozen_encoder,full_finetune seed=0,1,2      # a comparison sweep
 
 The stage-1 encoder comes from ``pretrained_encoder`` (default: ``outputs/pretrain/latest``).
 """
@@ -9,6 +9,7 @@ The stage-1 encoder comes from ``pretrained_encoder`` (default: ``outputs/pretra
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from defectseg.data.classes import ClassSpec
 from defectseg.models import FreezePolicy, parameter_counts
 from defectseg.models.encoder_io import load_decoder, load_encoder, resolve_encoder_path
 from defectseg.training.losses import frequency_weights
+from defectseg.models.freeze import TransferRecipe, encoder_levels
 from defectseg.training.modules import SegmentationTask
 from defectseg.training.runner import Run, calibrate_features, seed_run
+from defectseg.training.transfer_schedule import TransferSchedule
 from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
 from defectseg.utils.io import atomic_write_json, point_link
 from defectseg.utils.naming import register_resolvers
@@ -40,13 +43,15 @@ def load_pretrained(model: Any, policy: FreezePolicy, location: str | None) -> d
     if not policy.loads_encoder:
         if model.encoder_init:
             raise UserError(
-                f"freeze=scratch trains from random weights, but model.encoder_weights={model.encoder_init} starts the encoder from pretrained ones: "
-                "use freeze=encoder, none or partial to train from them, or model.encoder_weights=null"
+                f"transfer=scratch trains from random weights, but model.encoder_weights={model.encoder_init} "
+                "starts the encoder from pretrained ones: use another transfer= recipe (full_finetune, frozen_encoder, "
+                "staged...) to train from them, or model.encoder_weights=null"
             )
         return None
     if model.encoder_init:
         log.info(
-            "freeze=%s applies to the encoder weights from model.encoder_weights=%s; no stage-1 encoder is loaded",
+            "transfer.freeze=%s applies to the encoder weights from model.encoder_weights=%s; "
+            "no stage-1 encoder is loaded",
             policy.mode,
             model.encoder_init,
         )
@@ -57,9 +62,10 @@ def load_pretrained(model: Any, policy: FreezePolicy, location: str | None) -> d
         path = resolve_encoder_path(location)
     except FileNotFoundError:
         raise UserError(
-            f"freeze={policy.mode} needs a stage-1 encoder, but there is none at {location}: "
-            "run `make pretrain` first, or set pretrained_encoder=PATH (a stage-1 run directory or its encoder.safetensors), "
-            "or train without one: freeze=scratch"
+            f"transfer.freeze={policy.mode} needs a stage-1 encoder, but there is none at {location}: "
+            "run `make pretrain` first, or set pretrained_encoder=PATH "
+            "(a stage-1 run directory or its encoder.safetensors), "
+            "or train without one: transfer=scratch"
         ) from None
     info = load_encoder(model.encoder, path, model.architecture)
     log.info("loaded stage-1 encoder %s (pretrained on %s)", path, info.get("pretrain", {}).get("dataset"))
@@ -70,7 +76,8 @@ def load_pretrained_decoder(model: Any, pretrained: dict[str, Any] | None) -> li
     """``init_decoder=true``: the decoder (and, from a segmentation stage 1, the head) from the stage-1 run's decoder.safetensors."""
     if pretrained is None or not pretrained.get("sha256"):
         raise UserError(
-            "init_decoder=true starts the decoder from a stage-1 run's decoder.safetensors: it needs a stage-1 encoder (pretrained_encoder=DIR, freeze=encoder|none|partial)"
+            "init_decoder=true starts the decoder from a stage-1 run's decoder.safetensors: it needs a stage-1 "
+            "encoder (pretrained_encoder=DIR and a transfer= recipe other than scratch)"
         )
     try:
         parts = load_decoder(model, Path(pretrained["path"]).parent, model.architecture)
@@ -128,12 +135,14 @@ def resolve_class_weights(cfg: DictConfig, spec: ClassSpec | None, datamodule: A
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg, "finetune")
     seed_run(int(cfg.seed))
-    policy = FreezePolicy(str(cfg.freeze.mode), cfg.freeze.get("depth"))
+    recipe = TransferRecipe.from_config(cfg.transfer)
+    policy = recipe.policy
     spec = class_spec(cfg)
     model = build_model(cfg, spec)
     pretrained = load_pretrained(model, policy, cfg.get("pretrained_encoder"))  # before any slow work
     decoder_init = load_pretrained_decoder(model, pretrained) if cfg.get("init_decoder", False) else None
-    run = Run(cfg, monitor="val/dice", mode="max")
+    schedule = TransferSchedule(recipe)
+    run = Run(cfg, monitor="val/dice", mode="max", callbacks=[schedule])
     datamodule = instantiate(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -159,11 +168,14 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         weight_decay=float(cfg.optim.weight_decay),
         channels_last=bool(cfg.channels_last),
         compile=bool(cfg.get("compile", False)),
+        transfer=asdict(recipe),
         **task_options,
     )
+    planned = recipe.schedule(int(run.trainer.max_epochs or 1), len(encoder_levels(model.encoder)))
     log.info(
-        "stage 2, freeze=%s: %s of %s parameters train; data %s %s; %s, %s",
-        policy.mode,
+        "stage 2, transfer=%s (%s): %s of %s parameters train at the start; data %s %s; %s, %s",
+        recipe.name,
+        describe(recipe, planned),
         f"{counts['trainable_params']:,}",
         f"{counts['total_params']:,}",
         datamodule.root,
@@ -174,6 +186,9 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
 
     run.log_text("model/parameters", " | ".join(f"{name}: {value:,}" for name, value in counts.items()))
     run.fit(task, datamodule)
+    schedule_ran = [
+        dict(change) for change in schedule.changes
+    ]  # before test() restores the best epoch's callback state
     tested = run.trainer.test(
         task, datamodule=datamodule, ckpt_path=run.best_checkpoint, weights_only=True, verbose=False
     )[0]
@@ -183,6 +198,9 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "stage": "finetune",
         "model": model.name,
+        "transfer": recipe.name,
+        "transfer_recipe": asdict(recipe),
+        "transfer_schedule": schedule_ran,  # (epoch, frozen encoder levels from then on), as it ran
         "freeze": policy.mode,
         "freeze_depth": frozen_levels if policy.mode == "partial" else None,
         "encoder_silent_channels": silent_channels,
@@ -210,8 +228,8 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         if cfg.paths.get("finetune_latest"):
             point_link(cfg.paths.finetune_latest, run.output_dir)  # where predict and export look by default
         log.info(
-            "freeze=%s: best val Dice %.4f (epoch %s), test Dice %.4f -> %s",
-            policy.mode,
+            "transfer=%s: best val Dice %.4f (epoch %s), test Dice %.4f -> %s",
+            recipe.name,
             _or_nan(metrics["best_val_dice"]),
             metrics["best_epoch"],
             _or_nan(metrics["test_dice"]),
@@ -221,6 +239,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         {
             "stage": "finetune",
             "model": metrics["model"],
+            "transfer": recipe.name,
             "freeze": policy.mode,
             "dataset": metrics["dataset"],
             "seed": metrics["seed"],
@@ -248,6 +267,18 @@ def class_metrics(
         "test_dice_per_image_per_class": task.test_dice_per_image_per_class,
         "best_threshold_per_class": tuned.get("best_threshold_per_class"),
     }
+
+
+def describe(recipe: TransferRecipe, planned: list[tuple[int, int]]) -> str:
+    """One line a user can check the recipe against: the freeze schedule and the encoder's rate."""
+    if recipe.freeze == "scratch":
+        return "random init, everything trains"
+    steps = ", ".join(f"epoch {epoch}: {count} levels frozen" for epoch, count in planned)
+    rates = f"encoder lr x{recipe.encoder_lr_scale:g}" + (
+        f", x{recipe.level_lr_decay:g} per level towards the input" if recipe.level_lr_decay != 1 else ""
+    )
+    warmup = f", warm-up {recipe.warmup:.0%} of the steps" if recipe.warmup else ""
+    return f"{steps}; {rates}{warmup}"
 
 
 def _or_nan(value: float | None) -> float:

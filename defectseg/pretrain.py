@@ -12,6 +12,7 @@ run directory and points ``outputs/pretrain/latest`` at it, where stage 2 looks 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,20 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     run.record_split(datamodule)
 
+    budget = size_budget(cfg, run.trainer, datamodule)
+    log.info(
+        "stage 1 budget: %s optimiser steps = %s epochs x %s steps of %s images, "
+        "over %s train images (each seen ~%s times)%s",
+        f"{budget['train_steps']:,}",
+        budget["epochs"],
+        f"{budget['steps_per_epoch']:,}",
+        budget["batch_size"],
+        f"{budget['train_images']:,}",
+        round(budget["train_steps"] * budget["batch_size"] / max(1, budget["train_images"])),
+        " (train_steps)"
+        if budget["sized_by"] == "train_steps"
+        else " (trainer.max_epochs; train_steps=N sizes it in steps)",
+    )
     objective = build_objective(cfg, segmentation_model, datamodule)
     task = objective.task
     counts = parameter_counts(segmentation_model)
@@ -94,9 +109,10 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     )  # the best checkpoint's weights, loaded by test/validate
     if encoder_change < 0.02:
         log.warning(
-            "stage 1 moved the encoder's weights by only %.1f%% of their norm: it is close to its random init, so a frozen transfer carries little; "
-            "train stage 1 longer or on more photos",
+            "stage 1 moved the encoder's weights by only %.1f%% of their norm in %s optimiser steps: it is close to "
+            "its random init, so a transfer carries little; give stage 1 more steps (train_steps=N) or more photos",
             100 * encoder_change,
+            f"{run.trainer.global_step:,}",
         )
     results = {
         **{f"best_val_{name}": validated.get(f"val/{name}") for name in objective.metric_names},
@@ -120,6 +136,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         **results,
         "best_epoch": run.history.best("val/loss", "min").get("epoch"),
         "encoder_weight_change": encoder_change,
+        "budget": budget,
         "test_by_source": tested_by_source or None,
         "split_groups": datamodule.split_groups,
         "grouped_images": datamodule.grouped_images if datamodule.split_groups else None,
@@ -138,6 +155,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
                 "classes",
                 "train_images",
                 "epochs",
+                "budget",
                 "encoder_weight_change",
                 "best_val_loss",
                 *results,
@@ -167,6 +185,45 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     )
     run.close()
     return metrics
+
+
+def size_budget(cfg: DictConfig, trainer: Any, datamodule: Any) -> dict[str, Any]:
+    """Stage 1's length: ``train_steps`` optimiser steps in whole epochs (so a folder of 1,000 photos trains as long as
+    one of 40,000), or trainer.max_epochs when train_steps is null. Sets the trainer's epochs; returns the budget."""
+    per_epoch = len(datamodule.train_dataloader())
+    limit = cfg.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        per_epoch = min(per_epoch, limit)
+    elif isinstance(limit, float):
+        per_epoch = int(per_epoch * limit)
+    per_epoch = max(1, per_epoch)
+    steps = cfg.get("train_steps")
+    if steps and _epochs_on_command_line():
+        log.info("trainer.max_epochs given on the command line: it sizes stage 1, not train_steps=%s", steps)
+        steps = None
+    if steps:
+        epochs = max(1, math.floor(int(steps) / per_epoch + 0.5))
+        trainer.fit_loop.max_epochs = epochs
+    else:
+        epochs = int(trainer.max_epochs)
+    return {
+        "train_steps": epochs * per_epoch,
+        "epochs": epochs,
+        "steps_per_epoch": per_epoch,
+        "batch_size": int(datamodule.batch_size),
+        "train_images": len(datamodule.datasets["train"]),
+        "sized_by": "train_steps" if steps else "trainer.max_epochs",
+    }
+
+
+def _epochs_on_command_line() -> bool:
+    """An explicit ``trainer.max_epochs=N`` means epochs, even under a preset that sizes stage 1 in steps."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    overrides = HydraConfig.get().overrides.task
+    return any(str(o).lstrip("+").partition("=")[0] == "trainer.max_epochs" for o in overrides)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")

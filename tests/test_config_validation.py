@@ -27,11 +27,15 @@ def test_shipped_configs_are_valid(compose_config, stage, experiment):
     validate_config(compose_config(stage, [f"experiment={experiment}"] if experiment else []), stage)
 
 
-@pytest.mark.parametrize("freeze", ["scratch", "encoder", "none", "partial"])
-def test_every_freeze_option_is_valid(compose_config, freeze):
-    validate_config(
-        compose_config("finetune", [f"freeze={freeze}", "dataset=folder_seg", "dataset.root=/data"]), "finetune"
-    )
+@pytest.mark.parametrize(
+    "choice",
+    [
+        *(f"freeze={old}" for old in ("scratch", "encoder", "none", "partial")),
+        *(f"transfer={path.stem}" for path in sorted((Path(CONF_DIR) / "transfer").glob("*.yaml"))),
+    ],
+)
+def test_every_transfer_recipe_and_old_freeze_name_is_valid(compose_config, choice):
+    validate_config(compose_config("finetune", [choice, "dataset=folder_seg", "dataset.root=/data"]), "finetune")
 
 
 @pytest.mark.parametrize(
@@ -45,7 +49,11 @@ def test_every_freeze_option_is_valid(compose_config, freeze):
             r"dataset\.image_sze: unknown key \(did you mean dataset\.image_size\?\)",
         ),
         ("finetune", "+trainer.max_epoch=3", r"trainer\.max_epoch: unknown key \(did you mean trainer\.max_epochs\?\)"),
-        ("finetune", "+freeze.depht=2", r"freeze\.depht: unknown key \(did you mean freeze\.depth\?\)"),
+        (
+            "finetune",
+            "+transfer.freeze_dept=2",
+            r"transfer\.freeze_dept: unknown key \(did you mean transfer\.freeze_depth\?\)",
+        ),
         ("pretrain", "+task.threshold=0.5", r"task: unknown key"),
         ("finetune", "seed=abc", r"seed: expected an integer, got 'abc'"),
         ("finetune", "trainer.max_epochs=2.5", r"trainer\.max_epochs: expected an integer or null, got 2\.5"),
@@ -64,7 +72,13 @@ def test_every_freeze_option_is_valid(compose_config, freeze):
             r"dataset\.split_fractions=\[0\.7, 0\.2, 0\.2\] must be non-negative and sum to 1",
         ),
         ("pretrain", "dataset.image_size=100", r"dataset\.image_size: 100 is not divisible by 16.*use 96 or 112"),
-        ("finetune", "freeze.mode=frozen", r"freeze\.mode='frozen' is not one of"),
+        ("finetune", "transfer.freeze=frozen", r"transfer\.freeze='frozen' is not one of"),
+        ("finetune", "transfer.unfreeze_at=2.0", r"transfer\.unfreeze_at: is a share of the run between 0 and 1"),
+        (
+            "finetune",
+            "transfer.unfreeze_at=0.5",
+            r"transfer\.unfreeze_at unfreezes frozen levels, but transfer\.freeze=none",
+        ),
         ("pretrain", "head.pooling=mean", r"head\.pooling must be avg, max or avgmax"),
         ("pretrain", "trainer.precision=17", r"trainer\.precision: expected one of"),
         (
@@ -82,10 +96,10 @@ def test_every_problem_is_listed_at_once(compose_config):
     message = problems(
         compose_config,
         "finetune",
-        ["optim.lr=0", "+dataset.image_sze=3", "seed=-1", "freeze=partial", "freeze.depth=9"],
+        ["optim.lr=0", "+dataset.image_sze=3", "seed=-1", "transfer=partial_frozen", "transfer.freeze_depth=9"],
     )
     assert message.startswith("config: 4 problem(s), nothing was run")
-    for key in ("optim.lr", "dataset.image_sze", "seed", "freeze.depth: 9 exceeds the encoder's 5 levels"):
+    for key in ("optim.lr", "dataset.image_sze", "seed", "transfer.freeze_depth: 9 exceeds the encoder's 5 levels"):
         assert key in message
 
 

@@ -120,12 +120,12 @@ def test_partial_frozen_levels_build_no_graph_but_later_levels_do():
     ],
 )
 def test_invalid_policy_raises_value_error_naming_freeze(kwargs):
-    with pytest.raises(ValueError, match=r"freeze\."):
+    with pytest.raises(ValueError, match=r"transfer\.freeze"):
         FreezePolicy(**kwargs)
 
 
 def test_partial_depth_beyond_encoder_levels_raises_naming_freeze_depth():
-    with pytest.raises(ValueError, match=r"freeze\.depth"):
+    with pytest.raises(ValueError, match=r"transfer\.freeze_depth"):
         FreezePolicy("partial", depth=6).apply(unet_paper())
 
 

@@ -20,7 +20,7 @@ from tests.helpers import CONF_DIR, stage1_overrides, stage2_overrides
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
-    for group in ("model", "freeze", "trainer", "logger", "callbacks", "experiment")
+    for group in ("model", "freeze", "transfer", "trainer", "logger", "callbacks", "experiment")
 }
 
 
@@ -31,7 +31,7 @@ STAGE_GROUPS = [
     (stage, group)
     for stage in ("pretrain", "finetune")
     for group in sorted(GROUP_OPTIONS)
-    if not (stage == "pretrain" and group == "freeze")
+    if not (stage == "pretrain" and group in ("freeze", "transfer"))
 ]
 
 
@@ -40,7 +40,7 @@ def test_every_config_option_composes_and_instantiates(compose_config, stage, gr
     for option in GROUP_OPTIONS[group]:
         cfg = compose_config(stage, [f"{group}={option}"])
         node = cfg.get(group)
-        assert node is not None or group == "experiment"
+        assert node is not None or group in ("experiment", "freeze")  # both write into other nodes
         if group in ("model", "trainer", "logger") and "_target_" in node:
             # composing checks the option; instantiating on CPU checks its keys are real Trainer arguments
             overrides = (
@@ -69,14 +69,20 @@ def test_stage2_datasets_compose(compose_config, dataset):
 
 
 def test_default_commands_train_the_papers_protocol(compose_config):
-    """`make pretrain` / `make finetune` without arguments build what the paper trains: 100 epochs, and in stage 2
-    the paper's U-Net with its stage-1 encoder frozen (3,134,433 of 7,846,657 parameters train)."""
+    """`make pretrain` / `make finetune` without arguments: the paper's protocol (100 epochs) with the recommended
+    recipe (full fine-tuning); experiment=paper trains the paper's U-Net with its stage-1 encoder frozen
+    (3,134,433 of 7,846,657 parameters train)."""
     cpu = {"accelerator": "cpu", "precision": "32-true", "logger": False, "enable_progress_bar": False}
     for stage in ("pretrain", "finetune"):
         assert instantiate(compose_config(stage).trainer, **cpu).max_epochs == 100
     cfg = compose_config("finetune")
-    model = instantiate(cfg.model)
-    FreezePolicy(str(cfg.freeze.mode), cfg.freeze.get("depth")).apply(model)
+    assert (cfg.transfer.name, cfg.transfer.freeze) == ("full_finetune", "none")
+    paper = compose_config("finetune", ["experiment=paper"])
+    assert (paper.transfer.name, paper.transfer.freeze) == ("frozen_encoder", "encoder")
+    assert compose_config("finetune", ["experiment=paper", "transfer=staged"]).transfer.name == "staged"
+    assert compose_config("finetune", ["experiment=paper", "freeze=none"]).transfer.name == "full_finetune"
+    model = instantiate(paper.model)
+    FreezePolicy(str(paper.transfer.freeze), paper.transfer.get("freeze_depth")).apply(model)
     counts = parameter_counts(model)
     assert (counts["trainable_params"], counts["total_params"]) == (3_134_433, 7_846_657)
     single = compose_config("finetune", ["dataset.synthetic.defect_set=crack", "dataset.synthetic.conditions=field"])
@@ -87,7 +93,10 @@ def test_default_commands_train_the_papers_protocol(compose_config):
 def test_quick_experiment_is_smaller_and_shares_the_stage1_set(compose_config):
     for stage in ("pretrain", "finetune"):
         paper, quick = compose_config(stage), compose_config(stage, ["experiment=quick"])
-        assert quick.trainer.max_epochs < paper.trainer.max_epochs
+        if stage == "finetune":
+            assert quick.trainer.max_epochs < paper.trainer.max_epochs
+        else:  # sized in optimiser steps: 6,000 vs the paper's 100 epochs of 2,000 steps
+            assert quick.train_steps == 6000 and paper.train_steps is None
         assert quick.dataset.image_size < paper.dataset.image_size
         assert quick.experiment_name == "quick"
     paper, quick = compose_config("pretrain", ["experiment=paper"]), compose_config("pretrain", ["experiment=quick"])
@@ -178,14 +187,15 @@ def test_job_names_keep_the_compared_axes_only():
 
     name = job_name(
         [
-            "freeze=encoder",
+            "transfer=staged",
+            "transfer.unfreeze_at=0.5",
             "seed=2",
             "dataset.root=/very/long/path",
             "dataset.max_train_images=25",
             "trainer.max_epochs=3",
         ]
     )
-    assert name == "freeze=encoder,labels=25,seed=2"
+    assert name == "labels=25,seed=2,transfer=staged,unfreeze_at=0.5"
     assert "/" not in job_name(["dataset=../some/where"]) and len(job_name([f"seed={'9' * 500}"])) <= 100
 
 

@@ -1,9 +1,15 @@
-"""Freeze policies: what stage 2 loads from stage 1 and what it trains.
+"""Freeze policies and transfer recipes: what stage 2 loads from stage 1, what trains when, and how fast.
+
+A freeze policy is the state at the start of stage 2:
 
 ``scratch``  random init, everything trains (the paper's baseline);
 ``encoder``  stage-1 encoder loaded and frozen, only decoder + head train (the paper's method);
 ``none``     stage-1 encoder loaded, everything trains (full fine-tuning);
 ``partial``  stage-1 encoder loaded, its first ``depth`` levels frozen.
+
+A transfer recipe (conf/transfer/*.yaml) adds the schedule: when frozen levels start to train
+(staged fine-tuning, gradual unfreezing from the deepest level), the encoder's learning rate
+relative to the decoder's (discriminative rates, optionally decaying per level) and a warm-up.
 
 A level is what computes one of the encoder's feature maps (the decoder's skips), shallowest
 first: the five double convs of unet_paper; for smp encoders the modules each downsampled
@@ -14,7 +20,8 @@ whose first map has stride 4 (ConvNeXt) have an empty level 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,10 +38,11 @@ class FreezePolicy:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"freeze.mode={self.mode!r} is not one of {', '.join(MODES)}")
+            raise ValueError(f"transfer.freeze={self.mode!r} is not one of {', '.join(MODES)}")
         if self.mode == "partial" and (self.depth is None or int(self.depth) < 1):
             raise ValueError(
-                f"freeze.depth must be a positive number of encoder levels for freeze=partial, got {self.depth!r}"
+                "transfer.freeze_depth must be a positive number of encoder levels for transfer.freeze=partial, "
+                f"got {self.depth!r}"
             )
 
     @property
@@ -46,30 +54,147 @@ class FreezePolicy:
             return encoder_depth
         if self.mode == "partial":
             if int(self.depth) > encoder_depth:
-                raise ValueError(f"freeze.depth={self.depth} exceeds the encoder's {encoder_depth} levels")
+                raise ValueError(f"transfer.freeze_depth={self.depth} exceeds the encoder's {encoder_depth} levels")
             return int(self.depth)
         return 0
 
     def apply(self, model: SegmentationModel) -> int:
         """Turn gradients off for the frozen encoder levels and keep them in eval mode; returns how many are frozen."""
-        encoder = model.encoder
-        levels = encoder_levels(encoder)
+        levels = encoder_levels(model.encoder)
         count = self.frozen_levels(len(levels))
-        for parameter in encoder.parameters():
-            parameter.requires_grad_(True)
-        frozen = [module for level in levels[:count] for module in level]
-        for module in frozen:
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
-        if hasattr(encoder, "frozen_levels"):
-            encoder.frozen_levels = count
-        if count == len(levels):
-            # Everything the encoder owns (norms, stems outside the levels) is frozen too.
-            for parameter in encoder.parameters():
-                parameter.requires_grad_(False)
-            frozen = [encoder]
-        model.mark_frozen(frozen)
+        freeze_levels(model, count, levels)
         return count
+
+
+def freeze_levels(model: SegmentationModel, count: int, levels: list[list[nn.Module]] | None = None) -> None:
+    """Freeze the encoder's ``count`` shallowest levels (eval mode, no gradients) and let the rest train.
+
+    Modules unfrozen here return to the model's own train/eval mode, so a BatchNorm that
+    starts training again updates its statistics; all levels frozen freezes everything the
+    encoder owns (norms, stems outside the levels) too.
+    """
+    encoder = model.encoder
+    levels = encoder_levels(encoder) if levels is None else levels
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(True)
+    frozen = [module for level in levels[:count] for module in level]
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+    if hasattr(encoder, "frozen_levels"):
+        encoder.frozen_levels = count
+    if count == len(levels):
+        for parameter in encoder.parameters():
+            parameter.requires_grad_(False)
+        frozen = [encoder]
+    model.mark_frozen([])
+    model.train(model.training)  # unfrozen modules back to the model's mode
+    model.mark_frozen(frozen)
+
+
+@dataclass(frozen=True)
+class TransferRecipe:
+    """A fine-tuning recipe: the freeze policy at the start, when frozen levels start training, and the learning rates.
+
+    Shares (``unfreeze_at``, ``unfreeze_every``, ``warmup``) are fractions of the run, so one
+    recipe means the same on a 16-epoch and a 100-epoch preset; switches happen at epoch starts.
+    """
+
+    name: str = "frozen_encoder"
+    freeze: str = "encoder"
+    freeze_depth: int | None = None
+    unfreeze_at: float | None = None  # share of the epochs after which the frozen levels train; None: never
+    unfreeze_every: float | None = None  # gradual unfreezing: share of the epochs between two levels, deepest first
+    encoder_lr_scale: float = 1.0  # the encoder's learning rate as a fraction of the decoder's
+    level_lr_decay: float = 1.0  # per level towards the input: level i of L gets encoder_lr_scale * decay**(L - i)
+    warmup: float = 0.0  # share of the optimiser steps over which each group's rate ramps up after it starts training
+
+    def __post_init__(self) -> None:
+        FreezePolicy(self.freeze, self.freeze_depth)  # its own checks, naming freeze.*
+        for key in ("unfreeze_at", "unfreeze_every", "warmup"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"transfer.{key} is a share of the run between 0 and 1, got {value!r}")
+        if self.unfreeze_every is not None and (self.unfreeze_at is None or float(self.unfreeze_every) <= 0):
+            raise ValueError(
+                "transfer.unfreeze_every (gradual unfreezing) needs transfer.unfreeze_at and a positive share"
+            )
+        if self.unfreeze_at is not None and self.freeze not in ("encoder", "partial"):
+            raise ValueError(
+                f"transfer.unfreeze_at unfreezes frozen levels, but transfer.freeze={self.freeze} freezes none"
+            )
+        for key in ("encoder_lr_scale", "level_lr_decay"):
+            if not float(getattr(self, key)) > 0:
+                raise ValueError(f"transfer.{key} must be positive, got {getattr(self, key)!r}")
+
+    @classmethod
+    def from_config(cls, section: Any) -> TransferRecipe:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in dict(section).items() if key in known})
+
+    @property
+    def policy(self) -> FreezePolicy:
+        return FreezePolicy(self.freeze, self.freeze_depth)
+
+    @property
+    def unfreezes(self) -> bool:
+        return self.unfreeze_at is not None
+
+    def unfreeze_epoch(self, max_epochs: int) -> int | None:
+        return None if self.unfreeze_at is None else round(float(self.unfreeze_at) * max_epochs)
+
+    def frozen_levels_at(self, epoch: int, max_epochs: int, encoder_depth: int) -> int:
+        """How many of the shallowest levels are frozen during ``epoch`` (0-based)."""
+        start = self.policy.frozen_levels(encoder_depth)
+        switch = self.unfreeze_epoch(max_epochs)
+        if switch is None or epoch < switch:
+            return start
+        if self.unfreeze_every is None:
+            return 0
+        every = max(1, round(float(self.unfreeze_every) * max_epochs))
+        return max(0, start - 1 - (epoch - switch) // every)
+
+    def schedule(self, max_epochs: int, encoder_depth: int) -> list[tuple[int, int]]:
+        """(first epoch, frozen levels) at each change: what metrics.json records."""
+        changes: list[tuple[int, int]] = []
+        for epoch in range(max(1, max_epochs)):
+            count = self.frozen_levels_at(epoch, max_epochs, encoder_depth)
+            if not changes or changes[-1][1] != count:
+                changes.append((epoch, count))
+        return changes
+
+    def level_lr_scale(self, level: int | None, encoder_depth: int) -> float:
+        """Learning-rate factor of encoder level ``level`` (1 = shallowest; None = encoder parts outside the levels)."""
+        decay = 1.0 if level is None else float(self.level_lr_decay) ** (encoder_depth - level)
+        return float(self.encoder_lr_scale) * decay
+
+
+def parameter_groups(model: SegmentationModel, recipe: TransferRecipe, lr: float) -> list[dict[str, Any]]:
+    """Optimiser groups: the decoder + head at ``lr``, then one group per encoder level at its recipe rate.
+
+    Each group carries ``name``, ``level`` and ``base_lr`` (its rate before warm-up and freezing),
+    which the schedule callback reads. A recipe that never unfreezes leaves frozen parameters out
+    (no optimiser state, no work); one that will unfreeze keeps them in, with no gradient until then.
+    """
+    levels = encoder_levels(model.encoder)
+    depth = len(levels)
+    keep = (lambda p: True) if recipe.unfreezes else (lambda p: p.requires_grad)
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    taken: set[int] = set()
+    groups: list[dict[str, Any]] = []
+
+    def add(name: str, level: int | None, parameters: Any, rate: float) -> None:
+        chosen = [p for p in parameters if id(p) not in taken and keep(p)]
+        taken.update(id(p) for p in chosen)
+        if chosen:
+            groups.append({"params": chosen, "name": name, "level": level, "lr": rate, "base_lr": rate})
+
+    add("decoder", None, (p for p in model.parameters() if id(p) not in encoder_ids), lr)
+    for index, level in enumerate(levels, start=1):
+        rate = lr * recipe.level_lr_scale(index, depth)
+        add(f"encoder_level_{index}", index, (p for module in level for p in module.parameters()), rate)
+    add("encoder_other", 0, model.encoder.parameters(), lr * recipe.level_lr_scale(None, depth))
+    return groups
 
 
 def encoder_levels(encoder: nn.Module) -> list[list[nn.Module]]:

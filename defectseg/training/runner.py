@@ -98,7 +98,7 @@ def refuse_ddp_launch_in_multirun(trainer: L.Trainer) -> None:
 class Run:
     """One training run's trainer, its bookkeeping callbacks and the files it writes."""
 
-    def __init__(self, cfg: DictConfig, monitor: str, mode: str) -> None:
+    def __init__(self, cfg: DictConfig, monitor: str, mode: str, callbacks: list[L.Callback] | None = None) -> None:
         self.cfg = cfg
         self.output_dir = Path(cfg.paths.output_dir)
         # One process per run directory (DDP's other ranks share rank 0's): a second run is refused, naming the owner.
@@ -142,7 +142,15 @@ class Run:
             enable_version_counter=False,
         )
         self.stop = GracefulStop()
-        callbacks = [self.checkpoint, self.last_checkpoint, self.clock, self.history, FiniteLossGuard(), self.stop]
+        callbacks = [
+            *(callbacks or []),
+            self.checkpoint,
+            self.last_checkpoint,
+            self.clock,
+            self.history,
+            FiniteLossGuard(),
+            self.stop,
+        ]
         if cfg.trainer.get("enable_progress_bar", True):
             # Refreshing the bar reads the logged loss back from the device (a sync on GPUs): do it when the logger does, not every step.
             callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.trainer.get("log_every_n_steps") or 50)))

@@ -2,7 +2,7 @@
 
 Hydra's ``override_dirname`` holds every override, paths included: names grow past the
 file system's limit and a path value creates nested folders. Only the axes people compare
-(mode, seed, model, data, label budget...) make it into the name.
+(recipe, seed, model, data, label budget...) make it into the name.
 """
 
 from __future__ import annotations
@@ -13,8 +13,14 @@ from collections.abc import Sequence
 from omegaconf import OmegaConf
 
 JOB_NAME_KEYS = {
-    "freeze": "freeze",
-    "freeze.depth": "depth",
+    "transfer": "transfer",
+    "transfer.freeze_depth": "depth",
+    "transfer.unfreeze_at": "unfreeze_at",
+    "transfer.unfreeze_every": "unfreeze_every",
+    "transfer.encoder_lr_scale": "encoder_lr",
+    "transfer.level_lr_decay": "level_decay",
+    "transfer.warmup": "warmup",
+    "freeze": "freeze",  # old names of the recipes
     "seed": "seed",
     "model": "model",
     "model.arch": "arch",
