@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from defectseg.report.launches import add_never_launched, read_yaml
-from defectseg.report.rows import mode_label
+from defectseg.report.rows import mode_label, recipe_of
 from defectseg.report.statistics import finite
 
 #: metrics.json field -> key of the resolved config that holds it, for runs that did not record the field.
@@ -184,7 +184,8 @@ def collect_runs(sweep_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]
         run["test_dice"] = float(run["test_dice"])
         run["init_decoder"] = bool(metrics.get("init_decoder"))  # the decoder started from stage 1's
         run["encoder_from"] = encoder_source(metrics)
-        run["mode"] = mode_label(run.get("freeze"), run.get("freeze_depth"), run["init_decoder"])
+        run["transfer"], run["transfer_settings"] = recipe_of(run)
+        run["mode"] = mode_label(run.get("freeze"), run.get("freeze_depth"), run["init_decoder"], run["transfer"])
         run["_times"] = _job_times(job_dir, metrics)
         runs.append(run)
 

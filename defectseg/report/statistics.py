@@ -119,7 +119,9 @@ def _row_of(members: list[dict[str, Any]]) -> dict[str, Any]:
 
     return {
         **identity,
-        "mode": mode_label(identity["freeze"], identity["freeze_depth"], identity["init_decoder"]),
+        "mode": mode_label(
+            identity["freeze"], identity["freeze_depth"], identity["init_decoder"], identity["transfer"]
+        ),
         "trainable_params": _common(r.get("trainable_params") for r in members),
         "total_params": _common(r.get("total_params") for r in members),
         "n_seeds": len(members),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from defectseg.report.collect import stage1_facts
-from defectseg.report.rows import MODE_ORDER, ROW_IDENTITY, display_mode, none_last, varies
+from defectseg.report.rows import MODE_ORDER, RECIPE_ORDER, ROW_IDENTITY, display_mode, none_last, varies
 from defectseg.report.statistics import BOOTSTRAP_SEED, N_BOOTSTRAP, finite
 
 #: report.csv: the row identity (a field added to ROW_IDENTITY gets its column), the mode label before the label
@@ -266,8 +266,10 @@ def label_efficiency_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]
             none_last(r["experiment"]),
             none_last(r["dataset"]),
             none_last(r["model"]),
+            RECIPE_ORDER.get(r.get("transfer"), 99),
             MODE_ORDER.get(r["freeze"], 9),
             none_last(r["freeze_depth"]),
+            none_last(r.get("transfer_settings")),
             none_last(r["pretrain_task"]),
             r["train_images"],
         ),
