@@ -105,12 +105,12 @@ class Run:
         resuming = bool(cfg.get("resume", False)) or str(cfg.get("ckpt_path")) == "last"
         self.lock = claim_run_directory(self.output_dir, resume=resuming) if is_first_process() else None
         try:
-            self._start_run(cfg, monitor, mode)
+            self._start_run(cfg, monitor, mode, callbacks or [])
         except BaseException:
             self.release()
             raise
 
-    def _start_run(self, cfg: DictConfig, monitor: str, mode: str) -> None:
+    def _start_run(self, cfg: DictConfig, monitor: str, mode: str, extra_callbacks: list[L.Callback]) -> None:
         self.resume_from = resume_path(cfg, self.output_dir)  # before anything is written into the run directory
         if self.resume_from is not None:
             check_same_config(self.output_dir / "config.yaml", cfg)
@@ -143,7 +143,7 @@ class Run:
         )
         self.stop = GracefulStop()
         callbacks = [
-            *(callbacks or []),
+            *extra_callbacks,
             self.checkpoint,
             self.last_checkpoint,
             self.clock,
