@@ -187,7 +187,7 @@ def test_partial_freezes_the_first_stages_only():
     assert not encoder.bn1.training and not encoder.layer1[0].bn1.training and encoder.layer2[0].bn1.training
     assert_same_tensors(stats_before, encoder.layer1.state_dict())
     assert not torch.equal(layer2_before, encoder.layer2[0].bn1.running_mean)
-    with pytest.raises(ValueError, match=r"freeze\.depth"):
+    with pytest.raises(ValueError, match=r"transfer\.freeze_depth"):
         FreezePolicy("partial", depth=6).apply(model)
 
 
