@@ -15,7 +15,7 @@ from defectseg.finetune import run_finetune
 from defectseg.models import smp_model, unet_paper
 from defectseg.models.encoder_io import save_encoder
 from defectseg.models.freeze import TransferRecipe, encoder_levels, freeze_levels, parameter_groups
-from tests.conftest import CONF_DIR, TINY_TRAINER
+from tests.helpers import CONF_DIR, TINY_TRAINER
 from tests.transfer_probe import PhaseProbe
 
 ROOT = Path(__file__).resolve().parents[1]
