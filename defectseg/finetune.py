@@ -21,8 +21,8 @@ from defectseg.config_validation import validate_config
 from defectseg.data.classes import ClassSpec
 from defectseg.models import FreezePolicy, parameter_counts
 from defectseg.models.encoder_io import load_decoder, load_encoder, resolve_encoder_path
-from defectseg.training.losses import frequency_weights
 from defectseg.models.freeze import TransferRecipe, encoder_levels
+from defectseg.training.losses import frequency_weights
 from defectseg.training.modules import SegmentationTask
 from defectseg.training.runner import Run, calibrate_features, seed_run
 from defectseg.training.transfer_schedule import TransferSchedule
