@@ -1,6 +1,6 @@
 """Stage 2: train the U-Net decoder (and, by the transfer recipe, the encoder) on defect masks.
 
-    python -m defectseg.finetune [transfer=full_finetune|scratch|frozen_encoder|staged|...] [experiment=quick] [key=value ...]
+    python -m defectseg.finetune [transfer=full_finetune|scratch|frozen_encoder|staged|...] [experiment=quick] [key=...]
     python -m defectseg.finetune -m transfer=scratch,frozen_encoder,full_finetune seed=0,1,2      # a comparison sweep
 
 The stage-1 encoder comes from ``pretrained_encoder`` (default: ``outputs/pretrain/latest``).
