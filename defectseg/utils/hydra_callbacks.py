@@ -57,3 +57,16 @@ def _usable_directory(config: DictConfig, key: str) -> Path:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class RunDirFromOutputDir(Callback):
+    """``output_dir=DIR`` on the command line makes DIR the run directory, so Hydra's ``.hydra/`` and the log go there
+    too (not into ``outputs/<stage>/<date>/``). A DIR that is an existing file is refused in one line."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        overrides = config.hydra.overrides.task or []
+        if not any(str(o).lstrip("+~").partition("=")[0] == "output_dir" for o in overrides):
+            return
+        output_dir = _usable_directory(config, "output_dir")
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.run.dir = str(output_dir)

@@ -1,0 +1,154 @@
+"""predictions.json and predictions.csv: rewritten atomically after every photo, so a kill loses nothing done.
+
+A run stopped by SIGKILL, SIGTERM or Ctrl-C leaves a valid summary of the photos finished so far with
+``"complete": false``. Run the same command into the same output folder again and the photos already done (same
+model, same settings, their files still there) are taken over instead of predicted again; another model or other
+settings are refused, so one summary never mixes two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from defectseg.utils.errors import UserError
+from defectseg.utils.io import atomic_write_json, atomic_writer
+
+CSV_COLUMNS = [
+    "image",
+    "status",
+    "width",
+    "height",
+    "defects",
+    "thin_defects",
+    "defect_area_px",
+    "defect_area_percent",
+    "largest_defect_px",
+    "total_length_px",
+    "max_width_px",
+    "defect_area_mm2",
+    "largest_defect_mm2",
+    "total_length_mm",
+    "max_width_mm",
+    "mm_per_px",
+    "scale",
+    "min_defect_area_px",
+    "threshold",
+    "seconds",
+    "mask",
+    "overlay",
+    "probability",
+    "error",
+]
+#: what ``defectseg.utils.io.atomic_writer`` leaves behind when a process is killed inside a write
+STALE_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+OUTPUT_FOLDERS = ("masks", "overlays", "probabilities", "previews")
+
+
+def _plain(value: Any) -> Any:
+    """As it reads back from JSON, so a stored fingerprint compares equal to a fresh one."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def remove_stale_temporaries(output_dir: Path) -> list[Path]:
+    """Delete the half-written temporary files a killed run left in its output folder (never anything else)."""
+    removed = []
+    candidates = list(output_dir.glob(".*.tmp"))
+    for folder in OUTPUT_FOLDERS:
+        if (output_dir / folder).is_dir():
+            candidates += (output_dir / folder).rglob(".*.tmp")
+    for path in candidates:
+        if path.is_file() and STALE_TEMPORARY.match(path.name):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+class PredictionSummary:
+    """The photos done so far (records in input order), the failures, and whether the run got through them all."""
+
+    def __init__(self, output_dir: Path, model: dict[str, Any], settings: dict[str, Any], images: Sequence[str]):
+        self.output_dir = Path(output_dir)
+        self.json_path = self.output_dir / "predictions.json"
+        self.csv_path = self.output_dir / "predictions.csv"
+        self.model, self.settings = _plain(model), _plain(settings)
+        self.order = {image: index for index, image in enumerate(images)}
+        self.records: dict[str, dict[str, Any]] = {}
+        self.failed: dict[str, dict[str, str]] = {}
+        self.complete = False
+
+    def take_over_previous(self) -> int:
+        """Keep the photos a previous run of the same model and settings finished here; returns how many."""
+        if not self.json_path.is_file():
+            return 0
+        try:
+            previous = json.loads(self.json_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise UserError(
+                f"{self.json_path}: cannot be read ({error}); set another output_dir= or move that file away"
+            ) from error
+        differing = [
+            f"{part}.{key}"
+            for part, mine in (("model", self.model), ("settings", self.settings))
+            for key in sorted(set(mine) | set(previous.get(part) or {}))
+            if mine.get(key) != (previous.get(part) or {}).get(key)
+        ]
+        if differing:
+            raise UserError(
+                f"{self.output_dir} already holds predictions made differently ({', '.join(differing)} differ); "
+                "set another output_dir= (or rerun with the same model and settings to continue that run)"
+            )
+        for record in previous.get("images") or []:
+            files = [record.get(kind) for kind in ("mask", "overlay", "probability", "preview") if record.get(kind)]
+            if record.get("image") in self.order and all((self.output_dir / f).is_file() for f in files):
+                self.records[record["image"]] = record
+        return len(self.records)
+
+    def is_done(self, image: str) -> bool:
+        return image in self.records
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.failed.pop(record["image"], None)
+        self.records[record["image"]] = record
+        self.write()
+
+    def fail(self, image: str, error: str) -> None:
+        self.failed[image] = {"image": image, "error": error}
+        self.write()
+
+    def finish(self) -> None:
+        self.complete = True
+        self.write()
+
+    def ordered_records(self) -> list[dict[str, Any]]:
+        return sorted(self.records.values(), key=lambda r: self.order.get(r["image"], len(self.order)))
+
+    def ordered_failures(self) -> list[dict[str, str]]:
+        return sorted(self.failed.values(), key=lambda f: self.order.get(f["image"], len(self.order)))
+
+    def write(self) -> None:
+        """Both files, each atomically: a kill at any moment leaves the previous complete version or this one."""
+        records, failed = self.ordered_records(), self.ordered_failures()
+        atomic_write_json(
+            self.json_path,
+            {
+                "complete": self.complete,
+                "photos": len(self.order),
+                "done": len(records),
+                "model": self.model,
+                "settings": self.settings,
+                "images": records,
+                "failed": failed,
+            },
+        )
+        with atomic_writer(self.csv_path) as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(records)
+            writer.writerows({"image": f["image"], "status": "failed", "error": f["error"]} for f in failed)
