@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from defectseg.config_validation import validate_config
 from defectseg.data.classes import ClassSpec
+from defectseg.inference.scale import training_input_scale
 from defectseg.models import FreezePolicy, parameter_counts
 from defectseg.models.encoder_io import load_decoder, load_encoder, resolve_encoder_path
 from defectseg.models.freeze import TransferRecipe, encoder_levels
@@ -210,6 +211,8 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         "experiment": cfg.get("experiment_name"),
         "seed": int(cfg.seed),
         **datamodule.summary(),
+        # how the training photos were resized: predict's scale=auto shows new photos to the model the same way
+        "input_scale": training_input_scale(datamodule.split_files.get("train", []), datamodule.image_size),
         **counts,
         "best_val_dice": best.get("val/dice"),
         "best_epoch": best.get("epoch"),

@@ -19,9 +19,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -30,9 +32,11 @@ from tqdm import tqdm
 
 from defectseg.data.readers import IMAGE_EXTENSIONS, DataError, read_image
 from defectseg.inference.measure import add_millimetres, measure_defects, remove_small_components, summarise
-from defectseg.inference.names import input_root, output_names
+from defectseg.inference.names import input_root, output_names, relative_name
 from defectseg.inference.overlay import draw_overlay
+from defectseg.inference.report_html import write_preview, write_report
 from defectseg.inference.runtime import Segmenter, load_segmenter
+from defectseg.inference.scale import MillimetresPerPixel, min_area_px, parse_scale, photo_scale
 from defectseg.inference.summary import PredictionSummary, remove_stale_temporaries
 from defectseg.inference.tiling import probability_map
 from defectseg.utils.errors import RunInterrupted, UserError, exit_cleanly_on_user_error
@@ -42,6 +46,9 @@ from defectseg.utils.run_directory import make_output_dir
 
 log = logging.getLogger(__name__)
 register_resolvers()
+
+#: every defect's type; one today (binary models), a column of its own so models with classes can fill it
+DEFECT_TYPE = "defect"
 
 
 def collect_inputs(pattern: str, recursive: bool = False) -> list[Path]:
@@ -89,28 +96,49 @@ def write_probability(path_stem: Path, probability: np.ndarray, kind: str) -> Pa
     return None
 
 
+def model_input(image: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
+    """The photo resampled to the scale the model sees it at (area averaging when shrinking, so thin cracks stay)."""
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale_x)), max(1, round(height * scale_y)))
+    if size == (width, height):
+        return image
+    shrinking = size[0] * size[1] < width * height
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
 def predict_one(
     image: np.ndarray,
-    segmenter: Segmenter,
-    cfg: DictConfig,
-    threshold: float,
-    tile_size: int,
+    plan: Plan,
+    mm_per_px: float | None,
     on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Probability map, binary mask (speckle removed) and per-defect measurements of one photo."""
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], dict[str, Any]]:
+    """Probability map and binary mask at the photo's size, per-defect measurements, and how the photo was seen."""
+    height, width = image.shape[:2]
+    scale_x, scale_y, why = photo_scale(plan.scale, plan.segmenter.info.input_scale, width, height)
     probability = probability_map(
-        image,
-        segmenter,
-        tile_size=tile_size,
-        overlap=float(cfg.tiling.overlap),
-        batch_size=int(cfg.tiling.batch_size),
-        multiple=segmenter.info.multiple,
-        scale=float(cfg.scale),
+        model_input(image, scale_x, scale_y),
+        plan.segmenter,
+        tile_size=plan.tile_size,
+        overlap=float(plan.cfg.tiling.overlap),
+        batch_size=int(plan.cfg.tiling.batch_size),
+        multiple=plan.segmenter.info.multiple,
         on_progress=on_progress,
     )
-    mask = remove_small_components(probability > threshold, int(cfg.min_defect_area_px))
-    defects = [add_millimetres(d, cfg.mm_per_px) for d in measure_defects(mask, float(cfg.thin_min_elongation))]
-    return probability, mask, defects
+    if probability.shape != (height, width):
+        probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+    min_area = min_area_px(plan.cfg.min_defect_area_px, scale_x, scale_y)
+    mask = remove_small_components(probability > plan.threshold, min_area)
+    defects = [
+        {"type": DEFECT_TYPE, **add_millimetres(d, mm_per_px)}
+        for d in measure_defects(mask, float(plan.cfg.thin_min_elongation))
+    ]
+    seen = {
+        "scale_x": round(scale_x, 6),
+        "scale_y": round(scale_y, 6),
+        "scale_from": why,
+        "min_defect_area_px": min_area,
+    }
+    return probability, mask, defects, seen
 
 
 def save_photo_outputs(
@@ -122,17 +150,22 @@ def save_photo_outputs(
     defects: list[dict[str, Any]],
     cfg: DictConfig,
 ) -> dict[str, Path]:
-    """masks/NAME.png, and as configured overlays/NAME.png and probabilities/NAME.(png|npy)."""
+    """masks/NAME.png, as configured overlays/NAME.png and probabilities/NAME.(png|npy), and report.html's previews."""
     files = {"mask": output_dir / "masks" / f"{name}.png"}
     write_png(files["mask"], mask.astype(np.uint8) * np.uint8(255))
+    overlay = draw_overlay(image, mask, defects, **OmegaConf.to_container(cfg.overlay))
     if cfg.save.overlay:
         files["overlay"] = output_dir / "overlays" / f"{name}.png"
-        write_png(files["overlay"], draw_overlay(image, mask, defects, **OmegaConf.to_container(cfg.overlay)))
+        write_png(files["overlay"], overlay)
     probability_file = write_probability(
         output_dir / "probabilities" / name, probability, str(cfg.save.probability or "none")
     )
     if probability_file:
         files["probability"] = probability_file
+    if cfg.save.report:
+        for kind, picture in (("photo", image), ("overlay", overlay)):
+            files[f"preview_{kind}"] = output_dir / "previews" / f"{kind}s" / f"{name}.jpg"
+            write_preview(files[f"preview_{kind}"], picture, int(cfg.report.preview_px))
     return files
 
 
@@ -144,10 +177,24 @@ def check_settings(cfg: DictConfig) -> None:
         )
     if cfg.threshold is not None and not 0.0 < float(cfg.threshold) < 1.0:
         raise UserError(f"threshold must lie strictly between 0 and 1, got {cfg.threshold}")
-    if cfg.mm_per_px is not None and float(cfg.mm_per_px) <= 0:
-        raise UserError(f"mm_per_px must be positive (millimetres per pixel), got {cfg.mm_per_px}")
     if cfg.save.probability not in ("none", "png", "npy", None, False):
         raise UserError(f"save.probability must be none, png or npy, got {cfg.save.probability}")
+    parse_scale(cfg.scale)
+    min_area_px(cfg.min_defect_area_px, 1.0, 1.0)
+
+
+@dataclass
+class Plan:
+    """What every photo of one run is predicted with."""
+
+    cfg: DictConfig
+    segmenter: Segmenter
+    threshold: float
+    tile_size: int
+    scale: str | float
+    mm_per_px: MillimetresPerPixel
+    root: Path
+    output_dir: Path
 
 
 class PredictStopped(Exception):
@@ -197,6 +244,7 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
         "recursive",
         "scale",
         "mm_per_px",
+        "mm_per_px_file",
         "min_defect_area_px",
         "thin_min_elongation",
         "tiling",
@@ -208,8 +256,10 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
     check_settings(cfg)
+    mm_per_px = MillimetresPerPixel(cfg.mm_per_px, cfg.mm_per_px_file)
     paths = collect_inputs(str(cfg.input), bool(cfg.recursive))
-    names = output_names(paths, input_root(str(cfg.input), paths))
+    root = input_root(str(cfg.input), paths)
+    names = output_names(paths, root)
     segmenter = load_segmenter(cfg.checkpoint, str(cfg.device))
     info = segmenter.info
     threshold = float(cfg.threshold) if cfg.threshold is not None else info.threshold
@@ -218,10 +268,17 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     output_dir = make_output_dir(cfg.output_dir, "output_dir")  # one line, not a traceback, when a file is in the way
     for stale in remove_stale_temporaries(output_dir):
         log.info("removed %s (half-written by a run that was killed)", stale)
+    plan = Plan(cfg, segmenter, threshold, tile_size, parse_scale(cfg.scale), mm_per_px, root, output_dir)
     model = {**info.to_dict(), "threshold": threshold, "threshold_source": threshold_source, "tile_size": tile_size}
     summary = PredictionSummary(output_dir, model, run_settings(cfg), [str(p) for p in paths])
     taken_over = summary.take_over_previous()
     summary.write()  # from the start: a run killed before its first photo still leaves a valid summary
+    if plan.scale == "auto" and not info.input_scale:
+        log.warning(
+            "%s does not record how its training photos were resized: photos are seen at scale=1; "
+            "set scale=FACTOR (the training resize) or retrain with this version",
+            info.source,
+        )
     log.info(
         "%d photo(s) -> %s; model %s (%s), threshold %.2f from %s, tiles %d px%s",
         len(paths),
@@ -247,7 +304,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         with stop_on_signals():
             for path, name in zip(paths, names):
                 if not summary.is_done(str(path)):
-                    predict_and_save(path, name, segmenter, cfg, threshold, tile_size, output_dir, summary, show_tiles)
+                    tiles.reset()
+                    predict_and_save(path, name, plan, summary, show_tiles)
                 progress.update(1)
                 if summary.failed:
                     progress.set_postfix(failed=len(summary.failed))
@@ -259,15 +317,23 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         progress.close()
         with signals_ignored():
             summary.write()
+            write_html_report(summary, cfg)
         what = "Ctrl-C" if stop.signal_number == signal.SIGINT else str(stop)
         raise RunInterrupted(
             f"{what} after {len(summary.records)} of {len(paths)} photo(s): their files and the summary "
             f"(predictions.json, complete=false) are in {output_dir}; run the same command again to continue",
             stop.signal_number,
         ) from None
+    report = write_html_report(summary, cfg)
 
     failed = summary.ordered_failures()
-    log.info("%d of %d photo(s) predicted -> %s", len(summary.records), len(paths), output_dir / "predictions.csv")
+    log.info(
+        "%d of %d photo(s) predicted -> %s%s",
+        len(summary.records),
+        len(paths),
+        output_dir / "predictions.csv",
+        f", {report}" if report else "",
+    )
     return {
         "images": len(paths),
         "predicted": len(summary.records),
@@ -275,19 +341,18 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         "failed": failed,
         "output_dir": str(output_dir),
         "threshold": threshold,
+        "report": str(report) if report else None,
     }
 
 
+def write_html_report(summary: PredictionSummary, cfg: DictConfig) -> Path | None:
+    if not cfg.save.report:
+        return None
+    return write_report(summary, title=str(cfg.report.title))
+
+
 def predict_and_save(
-    path: Path,
-    name: str,
-    segmenter: Segmenter,
-    cfg: DictConfig,
-    threshold: float,
-    tile_size: int,
-    output_dir: Path,
-    summary: PredictionSummary,
-    on_progress: Callable[[int, int], None],
+    path: Path, name: str, plan: Plan, summary: PredictionSummary, on_progress: Callable[[int, int], None]
 ) -> None:
     """One photo: predict, write its files, then record it in the summary (an unreadable one is recorded as failed)."""
     started = time.perf_counter()
@@ -297,8 +362,9 @@ def predict_and_save(
         tqdm.write(f"error: {error} (skipped)", file=sys.stderr)
         summary.fail(str(path), str(error))
         return
-    probability, mask, defects = predict_one(image, segmenter, cfg, threshold, tile_size, on_progress)
-    files = save_photo_outputs(output_dir, name, image, probability, mask, defects, cfg)
+    mm_per_px, mm_from = plan.mm_per_px.lookup(path, relative_name(path, plan.root).as_posix())
+    probability, mask, defects, seen = predict_one(image, plan, mm_per_px, on_progress)
+    files = save_photo_outputs(plan.output_dir, name, image, probability, mask, defects, plan.cfg)
     height, width = mask.shape
     summary.add(
         {
@@ -307,10 +373,13 @@ def predict_and_save(
             "name": name,
             "width": width,
             "height": height,
-            **add_millimetres(summarise(defects, mask.shape), cfg.mm_per_px),
-            "threshold": threshold,
+            **add_millimetres(summarise(defects, mask.shape), mm_per_px),
+            "mm_per_px": mm_per_px,
+            "mm_per_px_from": mm_from,
+            **seen,
+            "threshold": plan.threshold,
             "seconds": round(time.perf_counter() - started, 3),
-            **{kind: file.relative_to(output_dir).as_posix() for kind, file in files.items()},
+            **{kind: file.relative_to(plan.output_dir).as_posix() for kind, file in files.items()},
             "components": defects,
         }
     )

@@ -214,5 +214,16 @@ def test_end_to_end_from_a_tiny_finetune_run(compose_config, segmentation_set, t
         and report["model"]["multiple"] == 4
     )
     assert report["model"]["threshold_source"].startswith("tuned on validation Dice")
+    # the run records how it resized its training photos (32 px squares, kept at 32), and predict follows it
+    assert metrics["input_scale"] == {
+        "image_size": 32,
+        "photo_width": 32.0,
+        "photo_height": 32.0,
+        "photos": metrics["train_images"],
+        "x": 1.0,
+        "y": 1.0,
+    }
+    assert report["model"]["input_scale"] == metrics["input_scale"]
+    assert {(r["scale_x"], r["scale_y"]) for r in report["images"]} == {(1.0, 1.0)}
     assert Path(report["model"]["source"]) == (run_dir / "checkpoints" / "best.ckpt").resolve()
     assert {Path(r["image"]).stem for r in report["images"]} == set(sizes)

@@ -36,7 +36,7 @@ class OnnxSegmenter:
         stored = json.loads(metadata) if metadata else {}
         known = {
             k: stored[k]
-            for k in ("threshold", "threshold_source", "tile_size", "multiple", "architecture")
+            for k in ("threshold", "threshold_source", "tile_size", "multiple", "architecture", "input_scale")
             if k in stored
         }
         self.info = ModelInfo(source=str(path), runtime="onnxruntime", **known)

@@ -1,4 +1,5 @@
-"""The picture an inspector looks at: defects tinted on the photo, their outlines drawn, numbered as in predictions.json."""
+"""The picture an inspector looks at: defects tinted on the photo, outlined, numbered as in predictions.json and
+labelled with their size (length and width of a crack, area of the rest; in mm where the photo's scale is known)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,22 @@ import numpy as np
 
 #: photos smaller than this (shorter side, px) get no numbers: they would hide the defects
 MIN_SIDE_FOR_LABELS = 128
+
+
+def _figure(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def defect_label(defect: dict[str, Any]) -> str:
+    """``3: L 41.2mm W 0.8mm`` for a crack, ``3: 12.5mm2`` for the rest (px when there is no mm scale); ASCII only."""
+    mm = defect.get("area_mm2") is not None
+    unit = "mm" if mm else "px"
+    if defect.get("length_px") is not None:
+        length = defect["length_mm"] if mm else defect["length_px"]
+        width = defect["mean_width_mm"] if mm else defect["mean_width_px"]
+        return f"{defect['id']}: L {_figure(length)}{unit} W {_figure(width)}{unit}"
+    area = defect["area_mm2"] if mm else defect["area_px"]
+    return f"{defect['id']}: {_figure(area)}{unit}2"
 
 
 def draw_overlay(
@@ -24,7 +41,8 @@ def draw_overlay(
 ) -> np.ndarray:
     """HxWx3 uint8 RGB: ``mask`` pixels blended towards ``color``, outlines (holes included) in ``contour_color``.
 
-    The ``max_labels`` largest defects (``defects`` come largest first) get their number; more would hide the photo.
+    The ``max_labels`` largest defects (``defects`` come largest first) get their number and size (defect_label);
+    more would hide the photo.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay.alpha must lie in [0, 1], got {alpha}")
@@ -39,26 +57,10 @@ def draw_overlay(
     if labels and short_side >= MIN_SIDE_FOR_LABELS:
         font_scale = max(0.35, short_side / 3000)
         for defect in list(defects)[: max(0, int(max_labels))]:
+            text = defect_label(defect)
+            (text_width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness + 2)
             x, y = defect["bbox"][:2]
-            origin = (int(x), int(max(y - 3, 12 * font_scale + 2)))
-            cv2.putText(
-                out,
-                str(defect["id"]),
-                origin,
-                cv2.FONT_HERSHEY_SIMPLEX,
-                font_scale,
-                (0, 0, 0),
-                thickness + 2,
-                cv2.LINE_AA,
-            )
-            cv2.putText(
-                out,
-                str(defect["id"]),
-                origin,
-                cv2.FONT_HERSHEY_SIMPLEX,
-                font_scale,
-                tuple(int(c) for c in contour_color),
-                thickness,
-                cv2.LINE_AA,
-            )
+            origin = (int(max(0, min(x, image.shape[1] - text_width))), int(max(y - 3, 12 * font_scale + 2)))
+            for shade, weight in (((0, 0, 0), thickness + 2), (tuple(int(c) for c in contour_color), thickness)):
+                cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, shade, weight, cv2.LINE_AA)
     return out

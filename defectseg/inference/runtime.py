@@ -35,6 +35,8 @@ class ModelInfo:
     tile_size: int | None = None
     multiple: int = 32
     architecture: dict[str, Any] = field(default_factory=dict)
+    #: how training resized its photos (defectseg.inference.scale.training_input_scale): predict's scale=auto
+    input_scale: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,7 +50,10 @@ class Segmenter(Protocol):
 
 def resolve_model_path(location: str | Path | None) -> Path:
     """A fine-tune run directory (its best checkpoint), a ``.ckpt`` or an exported ``.onnx`` file."""
-    hint = "run `make finetune` first, or set checkpoint=PATH (a fine-tune run directory, its checkpoints/best.ckpt, or an exported model.onnx)"
+    hint = (
+        "run `make finetune` first, or set checkpoint=PATH (a fine-tune run directory, its checkpoints/best.ckpt, "
+        "or an exported model.onnx)"
+    )
     if not location:
         raise UserError(f"no model given: {hint}")
     path = Path(str(location)).expanduser()

@@ -36,7 +36,9 @@ CSV_COLUMNS = [
     "total_length_mm",
     "max_width_mm",
     "mm_per_px",
-    "scale",
+    "mm_per_px_from",
+    "scale_x",
+    "scale_y",
     "min_defect_area_px",
     "threshold",
     "seconds",
@@ -48,6 +50,8 @@ CSV_COLUMNS = [
 #: what ``defectseg.utils.io.atomic_writer`` leaves behind when a process is killed inside a write
 STALE_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 OUTPUT_FOLDERS = ("masks", "overlays", "probabilities", "previews")
+#: a photo's record names its files under these keys (paths relative to the output folder)
+FILE_KEYS = ("mask", "overlay", "probability", "preview_photo", "preview_overlay")
 
 
 def _plain(value: Any) -> Any:
@@ -105,7 +109,7 @@ class PredictionSummary:
                 "set another output_dir= (or rerun with the same model and settings to continue that run)"
             )
         for record in previous.get("images") or []:
-            files = [record.get(kind) for kind in ("mask", "overlay", "probability", "preview") if record.get(kind)]
+            files = [record[kind] for kind in FILE_KEYS if record.get(kind)]
             if record.get("image") in self.order and all((self.output_dir / f).is_file() for f in files):
                 self.records[record["image"]] = record
         return len(self.records)
@@ -133,8 +137,16 @@ class PredictionSummary:
         return sorted(self.failed.values(), key=lambda f: self.order.get(f["image"], len(self.order)))
 
     def write(self) -> None:
-        """Both files, each atomically: a kill at any moment leaves the previous complete version or this one."""
+        """Both files, each atomically: a kill at any moment leaves the previous complete version or this one.
+
+        The CSV goes first: predictions.json, which a rerun continues from, is never ahead of it.
+        """
         records, failed = self.ordered_records(), self.ordered_failures()
+        with atomic_writer(self.csv_path) as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(records)
+            writer.writerows({"image": f["image"], "status": "failed", "error": f["error"]} for f in failed)
         atomic_write_json(
             self.json_path,
             {
@@ -147,8 +159,3 @@ class PredictionSummary:
                 "failed": failed,
             },
         )
-        with atomic_writer(self.csv_path) as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(records)
-            writer.writerows({"image": f["image"], "status": "failed", "error": f["error"]} for f in failed)

@@ -7,6 +7,8 @@ its weights are read with ``torch.load(weights_only=True)``: no pickled code run
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from defectseg.inference.runtime import DEFAULT_THRESHOLD, ModelInfo
+from defectseg.inference.scale import training_input_scale
 from defectseg.training.metrics import TUNED_THRESHOLD_KEY
 from defectseg.utils.errors import UserError
 from defectseg.utils.safe_load import torch_load_safely
@@ -62,12 +65,28 @@ def run_config(checkpoint: Path) -> DictConfig:
             cfg = OmegaConf.load(candidate)
             if OmegaConf.select(cfg, "model._target_") is None:
                 raise UserError(
-                    f"{candidate}: has no model config (model._target_), so the network of {checkpoint} cannot be rebuilt"
+                    f"{candidate}: has no model config (model._target_), "
+                    f"so the network of {checkpoint} cannot be rebuilt"
                 )
             return cfg
     raise UserError(
-        f"{checkpoint}: cannot rebuild its network: no config.yaml or .hydra/config.yaml in its run directory {run_dir} (keep checkpoints inside the run directory stage 2 wrote)"
+        f"{checkpoint}: cannot rebuild its network: no config.yaml or .hydra/config.yaml in its run directory "
+        f"{run_dir} (keep checkpoints inside the run directory stage 2 wrote)"
     )
+
+
+def recorded_input_scale(checkpoint: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """How the run's training photos were resized: its metrics.json, else measured from its split.json's photos."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        recorded = json.loads((run_dir / "metrics.json").read_text()).get("input_scale")
+        if recorded:
+            return recorded
+    image_size = OmegaConf.select(cfg, "dataset.image_size")
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        if image_size:  # a run from before input_scale was recorded, or one still training
+            return training_input_scale(json.loads((run_dir / "split.json").read_text())["train"], int(image_size))
+    return None
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -121,6 +140,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
         tile_size=int(tile_size) if tile_size else None,
         multiple=size_multiple(model),
         architecture=dict(getattr(model, "architecture", {}) or {}),
+        input_scale=recorded_input_scale(path, cfg),
     )
     return model, info
 
