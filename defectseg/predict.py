@@ -254,18 +254,20 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
     return {key: OmegaConf.to_container(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in keys}
 
 
-def run_predict(cfg: DictConfig) -> dict[str, Any]:
-    check_settings(cfg)
+def prepare(cfg: DictConfig) -> tuple[Plan, PredictionSummary, list[Path], list[str]]:
+    """The photos, the model, the output folder and its summary (taken over from a stopped run of the same settings)."""
     mm_per_px = MillimetresPerPixel(cfg.mm_per_px, cfg.mm_per_px_file)
-    paths = collect_inputs(str(cfg.input), bool(cfg.recursive))
+    output_dir = make_output_dir(cfg.output_dir, "output_dir")  # one line, not a traceback, when a file is in the way
+    found = collect_inputs(str(cfg.input), bool(cfg.recursive))
+    paths = [p for p in found if not p.resolve().is_relative_to(output_dir.resolve())]  # never our own outputs
+    if not paths:
+        raise UserError(f"input={cfg.input}: holds no photos outside output_dir={output_dir}")
     root = input_root(str(cfg.input), paths)
-    names = output_names(paths, root)
     segmenter = load_segmenter(cfg.checkpoint, str(cfg.device))
     info = segmenter.info
     threshold = float(cfg.threshold) if cfg.threshold is not None else info.threshold
     threshold_source = "threshold= (given)" if cfg.threshold is not None else info.threshold_source
     tile_size = int(cfg.tiling.tile_size or info.tile_size or 256)
-    output_dir = make_output_dir(cfg.output_dir, "output_dir")  # one line, not a traceback, when a file is in the way
     for stale in remove_stale_temporaries(output_dir):
         log.info("removed %s (half-written by a run that was killed)", stale)
     plan = Plan(cfg, segmenter, threshold, tile_size, parse_scale(cfg.scale), mm_per_px, root, output_dir)
@@ -290,57 +292,67 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         tile_size,
         f"; {taken_over} already done here by an earlier run of the same settings" if taken_over else "",
     )
+    return plan, summary, paths, output_names(paths, root)
 
-    progress = tqdm(total=len(paths), unit="photo", desc="predict", disable=not cfg.progress, file=sys.stderr)
-    tiles = tqdm(  # a large photo takes minutes
-        unit="tile", desc="  tiles", leave=False, position=1, disable=not cfg.progress, file=sys.stderr
-    )
 
-    def show_tiles(done: int, total: int) -> None:
+def predict_all(plan: Plan, summary: PredictionSummary, paths: list[Path], names: list[str]) -> None:
+    """Every photo not done yet, in order, each recorded in the summary as soon as its files are written."""
+    show = bool(plan.cfg.progress)
+    progress = tqdm(total=len(paths), unit="photo", desc="predict", disable=not show, file=sys.stderr)
+    tiles = tqdm(unit="tile", desc="  tiles", leave=False, position=1, disable=not show, file=sys.stderr)
+
+    def show_tiles(done: int, total: int) -> None:  # a large photo takes minutes
         tiles.total = total
         tiles.update(done - tiles.n)
 
     try:
+        for path, name in zip(paths, names):
+            if not summary.is_done(str(path)):
+                tiles.reset()
+                predict_and_save(path, name, plan, summary, show_tiles)
+            progress.update(1)
+            if summary.failed:
+                progress.set_postfix(failed=len(summary.failed))
+    finally:
+        tiles.close()
+        progress.close()
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    check_settings(cfg)
+    summary: PredictionSummary | None = None
+    try:
         with stop_on_signals():
-            for path, name in zip(paths, names):
-                if not summary.is_done(str(path)):
-                    tiles.reset()
-                    predict_and_save(path, name, plan, summary, show_tiles)
-                progress.update(1)
-                if summary.failed:
-                    progress.set_postfix(failed=len(summary.failed))
-        tiles.close()
-        progress.close()
-        summary.finish()
+            plan, summary, paths, names = prepare(cfg)
+            predict_all(plan, summary, paths, names)
+            summary.finish()
     except PredictStopped as stop:
-        tiles.close()
-        progress.close()
+        what = "Ctrl-C" if stop.signal_number == signal.SIGINT else str(stop)
+        if summary is None:
+            raise RunInterrupted(f"{what} before the first photo: nothing was written", stop.signal_number) from None
         with signals_ignored():
             summary.write()
             write_html_report(summary, cfg)
-        what = "Ctrl-C" if stop.signal_number == signal.SIGINT else str(stop)
         raise RunInterrupted(
-            f"{what} after {len(summary.records)} of {len(paths)} photo(s): their files and the summary "
-            f"(predictions.json, complete=false) are in {output_dir}; run the same command again to continue",
+            f"{what} after {len(summary.records)} of {len(summary.order)} photo(s): their files and the summary "
+            f"(predictions.json, complete=false) are in {summary.output_dir}; run the same command again to continue",
             stop.signal_number,
         ) from None
     report = write_html_report(summary, cfg)
 
-    failed = summary.ordered_failures()
     log.info(
         "%d of %d photo(s) predicted -> %s%s",
         len(summary.records),
         len(paths),
-        output_dir / "predictions.csv",
+        summary.csv_path,
         f", {report}" if report else "",
     )
     return {
         "images": len(paths),
         "predicted": len(summary.records),
-        "taken_over": taken_over,
-        "failed": failed,
-        "output_dir": str(output_dir),
-        "threshold": threshold,
+        "failed": summary.ordered_failures(),
+        "output_dir": str(summary.output_dir),
+        "threshold": plan.threshold,
         "report": str(report) if report else None,
     }
 

@@ -167,7 +167,7 @@ def test_a_signal_mid_folder_keeps_a_valid_summary_and_says_so(photo_folder, tmp
     process = start_predict(photo_folder, out, block_after=2)
     wait_for_done(process, out / "predictions.json", 2)
     process.send_signal(signal_number)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=300)
 
     assert process.returncode == exit_code, stderr
     assert "Traceback" not in stderr
@@ -188,7 +188,7 @@ def test_sigkill_mid_folder_loses_nothing_and_the_rerun_continues(photo_folder, 
     process = start_predict(photo_folder, out, block_after=3)
     wait_for_done(process, out / "predictions.json", 3)
     process.kill()
-    process.communicate(timeout=60)
+    process.communicate(timeout=300)
     assert_valid_partial_summary(out, 3)
     first_masks = {p.name: p.stat().st_mtime_ns for p in (out / "masks").iterdir()}
     # what a kill inside a write leaves behind
@@ -196,7 +196,7 @@ def test_sigkill_mid_folder_loses_nothing_and_the_rerun_continues(photo_folder, 
     (out / "masks" / ".p3.png.k1ll3d00.tmp").write_bytes(b"\x89PNG half")
 
     rerun = start_predict(photo_folder, out, block_after=None)
-    _, stderr = rerun.communicate(timeout=120)
+    _, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr
     saved = json.loads((out / "predictions.json").read_text())
     assert saved["complete"] is True and saved["done"] == PHOTOS
@@ -210,7 +210,7 @@ def test_sigkill_mid_folder_loses_nothing_and_the_rerun_continues(photo_folder, 
 def test_a_rerun_with_other_settings_is_refused_and_changes_nothing(photo_folder, tmp_path):
     out = tmp_path / "predicted"
     first = start_predict(photo_folder, out, block_after=None)
-    assert first.wait(timeout=120) == 0
+    assert first.wait(timeout=300) == 0
     before = (out / "predictions.json").read_bytes()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     other = subprocess.run(
@@ -219,7 +219,7 @@ def test_a_rerun_with_other_settings_is_refused_and_changes_nothing(photo_folder
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert other.returncode == 2 and "Traceback" not in other.stderr
     assert "model.threshold" in other.stderr and "output_dir=" in other.stderr
@@ -235,10 +235,23 @@ def test_output_dir_naming_a_file_is_one_line(photo_folder, tmp_path):
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         f"error: output_dir={target} is a file; give a directory (an existing one or a new one) for the outputs"
     ]
     assert target.read_text() == "keep me"
+
+
+def test_outputs_inside_the_input_folder_are_never_taken_for_photos(compose_config, monkeypatch, photo_folder):
+    from tests.test_predict import DarkIsDefect
+
+    monkeypatch.setattr("defectseg.predict.load_segmenter", lambda *args, **kwargs: DarkIsDefect())
+    out = photo_folder / "inspection"
+    overrides = [f"input={photo_folder}", "recursive=true", f"output_dir={out}", "progress=false"]
+    first = run_predict(compose_config("predict", overrides))
+    again = run_predict(compose_config("predict", overrides))  # previews/ and masks/ now lie inside input=
+    assert first["images"] == again["images"] == PHOTOS
+    saved = json.loads((out / "predictions.json").read_text())
+    assert saved["complete"] is True and saved["photos"] == PHOTOS

@@ -49,6 +49,8 @@ def user_error_in(error: BaseException) -> BaseException | None:
 
     while isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
+    if isinstance(error, UserError):  # before user_errors(), which imports torch: slow, and absent where ONNX runs
+        return error
     return error if isinstance(error, user_errors()) else None
 
 
