@@ -1,12 +1,13 @@
-"""Predict defect masks on new photos, of any size, and measure every defect.
+"""Predict defect masks on new photos, of any size, measure every defect, and write an inspection report.
 
     python -m defectseg.predict input=PHOTO|FOLDER|'GLOB' [checkpoint=RUN_DIR|CKPT|ONNX] [mm_per_px=0.1] [key=value ...]
 
-The model is by default the best checkpoint of the latest fine-tune run
-(``outputs/finetune/latest``). Writes into the run directory: ``masks/``, ``overlays/``,
-optionally ``probabilities/``, and ``predictions.csv`` + ``predictions.json``. An
-unreadable photo is named and skipped; the run goes on and exits 1 at the end.
-An exported ``.onnx`` model runs in ONNX Runtime: no torch, no Lightning.
+The model is by default the best checkpoint of the latest fine-tune run (``outputs/finetune/latest``); each photo is
+shown to it at the scale its training photos were resized to (``scale=auto``). Writes into the run directory
+(``output_dir=``): ``masks/``, ``overlays/``, optionally ``probabilities/``, ``previews/``, ``predictions.csv`` +
+``predictions.json`` (rewritten after every photo, so a stopped run loses nothing and a rerun continues) and
+``report.html``. An unreadable photo is named and skipped; the run goes on and exits 1 at the end. An exported
+``.onnx`` model runs in ONNX Runtime: no torch, no Lightning. See docs/predict.md.
 """
 
 from __future__ import annotations
