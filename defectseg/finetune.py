@@ -28,7 +28,7 @@ from defectseg.training.modules import SegmentationTask
 from defectseg.training.runner import Run, calibrate_features, seed_run
 from defectseg.training.transfer_schedule import TransferSchedule
 from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
-from defectseg.utils.io import atomic_write_json, point_link
+from defectseg.utils.io import atomic_write_json, point_latest
 from defectseg.utils.naming import register_resolvers
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,8 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     if run.trainer.is_global_zero:
         atomic_write_json(run.output_dir / "metrics.json", metrics)
         if cfg.paths.get("finetune_latest"):
-            point_link(cfg.paths.finetune_latest, run.output_dir)  # where predict and export look by default
+            # where predict and export look by default; a run outside the output root leaves it alone
+            point_latest(cfg.paths.finetune_latest, run.output_dir, cfg.paths.output_root)
         log.info(
             "transfer=%s: best val Dice %.4f (epoch %s), test Dice %.4f -> %s",
             recipe.name,
@@ -244,7 +245,9 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
             "model": metrics["model"],
             "transfer": recipe.name,
             "freeze": policy.mode,
+            "pretrain_task": str(metrics.get("pretrain_task")),
             "dataset": metrics["dataset"],
+            "experiment": str(metrics.get("experiment")),
             "seed": metrics["seed"],
             "train_images": metrics.get("train_images", 0),
             "lr": float(cfg.optim.lr),

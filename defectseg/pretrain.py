@@ -29,7 +29,7 @@ from defectseg.training.checkpoints import finished_run
 from defectseg.training.pretraining import build_datamodule, build_objective, model_arguments
 from defectseg.training.runner import Run, seed_run
 from defectseg.utils.errors import exit_cleanly_on_user_error
-from defectseg.utils.io import atomic_write_json, point_link
+from defectseg.utils.io import atomic_write_json, point_latest
 from defectseg.utils.naming import register_resolvers
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg, "pretrain")
     reused = finished_run(cfg, Path(cfg.paths.output_dir), ENCODER_WEIGHTS_NAME)
     if reused is not None:  # reuse=true and this directory already holds this config's stage 1: stage 2s share it
-        point_link(Path(cfg.paths.pretrain_latest), Path(cfg.paths.output_dir))
+        point_latest(cfg.paths.pretrain_latest, cfg.paths.output_dir, cfg.paths.output_root)
         return reused
     seed_run(int(cfg.seed))
     segmentation_model = instantiate(
@@ -168,10 +168,19 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
         )
         metrics.update(objective.save_extra(run.output_dir))
         latest = Path(cfg.paths.pretrain_latest)
-        point_link(latest, run.output_dir)
-        metrics["latest"] = str(latest)
+        moved = point_latest(latest, run.output_dir, cfg.paths.output_root)
+        metrics["latest"] = str(latest) if moved else None
         atomic_write_json(run.output_dir / "metrics.json", metrics)
-        log.info("encoder written to %s (stage 2 finds it through %s)", metrics["encoder_weights"], latest)
+        if moved:
+            log.info("encoder written to %s (stage 2 finds it through %s)", metrics["encoder_weights"], latest)
+        else:
+            log.info(
+                "encoder written to %s (outside %s, so %s was left as it was: stage 2 takes pretrained_encoder=%s)",
+                metrics["encoder_weights"],
+                cfg.paths.output_root,
+                latest,
+                run.output_dir,
+            )
     run.log_hparams(
         {
             "stage": "pretrain",

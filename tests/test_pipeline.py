@@ -195,8 +195,14 @@ def test_job_names_keep_the_compared_axes_only():
             "trainer.max_epochs=3",
         ]
     )
-    assert name == "labels=25,seed=2,transfer=staged,unfreeze_at=0.5"
+    assert name == "labels-25+seed-2+transfer-staged+unfreeze_at-0.5"
     assert "/" not in job_name(["dataset=../some/where"]) and len(job_name([f"seed={'9' * 500}"])) <= 100
+    # a job folder passes back as an override value, unquoted: checkpoint=<sweep>/<num>_<name>
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    weird = job_name(["pretrained_encoder=a/b=c,d", "model.encoder_weights=x y", "optim.lr=1e-4"])
+    for folder in (f"outputs/demo/finetune/1_{name}", f"outputs/x/0_{weird}"):
+        assert OverridesParser.create().parse_override(f"checkpoint={folder}").value() == folder
 
 
 def test_same_seed_same_metrics_and_no_state_leaks_between_runs(compose_config, segmentation_set):

@@ -60,10 +60,19 @@ def test_compile_flag_compiles_the_network_in_place():
     )  # checkpoints and encoder files unchanged
 
 
-def test_progress_bar_refreshes_when_the_logger_reads(compose_config):
+def test_progress_bar_refreshes_when_the_logger_reads(compose_config, monkeypatch):
+    import defectseg.training.runner as runner
+    from defectseg.training.progress import EpochLines
+
     overrides = [o for o in TINY_TRAINER if "enable_progress_bar" not in o] + ["trainer.log_every_n_steps=7"]
+    monkeypatch.setattr(runner, "interactive", lambda: True)  # a terminal: one bar
     run = Run(compose_config("finetune", overrides), monitor="val/dice", mode="max")
     assert run.trainer.progress_bar_callback.refresh_rate == 7
+    run.close()
+    monkeypatch.setattr(runner, "interactive", lambda: False)  # a log file: no bar, a line per epoch
+    run = Run(compose_config("finetune", overrides, run_name="logged"), monitor="val/dice", mode="max")
+    assert run.trainer.progress_bar_callback is None
+    assert any(isinstance(c, EpochLines) for c in run.trainer.callbacks)
     run.close()
 
 

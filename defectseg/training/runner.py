@@ -15,18 +15,21 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from defectseg.training.callbacks import EpochHistory, FiniteLossGuard, GracefulStop, TrainingClock
 from defectseg.training.checkpoints import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, check_same_config, resume_path
+from defectseg.training.progress import EpochLines, OneBar
 from defectseg.utils.errors import RunInterrupted, UserError
 from defectseg.utils.io import atomic_write_text
+from defectseg.utils.logs import interactive, quiet_third_party
 from defectseg.utils.run_directory import claim_run_directory, is_first_process
 
 log = logging.getLogger(__name__)
 # A frozen encoder is in eval mode on purpose (its norm statistics stay fixed).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+quiet_third_party()
 
 
 def cpu_supports_bf16() -> bool:
@@ -151,14 +154,18 @@ class Run:
             FiniteLossGuard(),
             self.stop,
         ]
-        if cfg.trainer.get("enable_progress_bar", True):
-            # Refreshing the bar reads the logged loss back from the device (a sync on GPUs): do it when the logger does, not every step.
-            callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.trainer.get("log_every_n_steps") or 50)))
+        show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and interactive()
+        if show_bar:
+            # Refreshing the bar reads the logged loss back from the device (a sync on GPUs): as often as the logger.
+            callbacks.append(OneBar(refresh_rate=int(cfg.trainer.get("log_every_n_steps") or 50)))
+        elif cfg.trainer.get("enable_progress_bar", True):
+            callbacks.append(EpochLines())  # a file or a pipe: plain lines instead of a bar
         callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         self.logger = instantiate(cfg.logger) if cfg.get("logger") else False
         self.trainer: L.Trainer = instantiate(
             cfg.trainer,
             callbacks=callbacks,
+            enable_progress_bar=show_bar,
             logger=self.logger,
             precision=self.precision,
             default_root_dir=str(self.output_dir),
@@ -256,7 +263,22 @@ class Run:
             torch.cuda.empty_cache()
 
     def log_hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
-        """One HParams entry per run, with its final metrics, so TensorBoard's HParams view lists every sweep job."""
-        if self.logger and hasattr(self.logger, "log_hyperparams") and self.trainer.is_global_zero:
-            clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
-            self.logger.log_hyperparams(clean, {f"hparams/{k}": float(v) for k, v in metrics.items() if v is not None})
+        """One HParams entry per run, with its final metrics, so TensorBoard's HParams view lists every sweep job.
+
+        Only the session records are written, not the experiment record Lightning adds: TensorBoard takes the columns
+        from the *first* run holding an experiment record, so under ``--logdir outputs`` a stage-1 run hid stage 2's
+        mode, label budget and Dice. Without one, TensorBoard builds the columns from all runs together.
+        """
+        if not (self.logger and hasattr(self.logger, "experiment") and self.trainer.is_global_zero):
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
+        scores = {f"hparams/{k}": float(v) for k, v in metrics.items() if v is not None}
+        writer = self.logger.experiment
+        for name, value in scores.items():
+            writer.add_scalar(name, value, 0)
+        _, session_start, session_end = hparams(clean, scores)
+        writer._get_file_writer().add_summary(session_start)
+        writer._get_file_writer().add_summary(session_end)
+        writer.flush()

@@ -40,7 +40,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from defectseg.data.readers import DataError
     from defectseg.models.encoder_io import EncoderMismatchError
 
-    return (UserError, DataError, EncoderMismatchError, OmegaConfBaseException, ValueError, FileNotFoundError)
+    return (
+        UserError,
+        DataError,
+        EncoderMismatchError,
+        OmegaConfBaseException,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+    )
 
 
 def user_error_in(error: BaseException) -> BaseException | None:

@@ -64,6 +64,19 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def point_latest(link: str | Path, run_dir: str | Path, output_root: str | Path) -> bool:
+    """Point a ``latest`` link at ``run_dir``, but only for a run inside ``output_root``.
+
+    A run whose outputs go elsewhere (``hydra.run.dir`` or ``paths.output_dir`` outside the output root: a benchmark,
+    a test, a scratch experiment) must not move the pointer that stage 2, predict and export follow by default.
+    """
+    run_dir, root = Path(run_dir).resolve(), Path(output_root).resolve()
+    if not run_dir.is_relative_to(root):
+        return False
+    point_link(link, run_dir)
+    return True
+
+
 def point_link(link: str | Path, target: str | Path) -> None:
     """Atomically make ``link`` a relative symlink to ``target`` (the stable 'latest' pointer)."""
     link, target = Path(link), Path(target)

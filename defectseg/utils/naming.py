@@ -2,7 +2,9 @@
 
 Hydra's ``override_dirname`` holds every override, paths included: names grow past the
 file system's limit and a path value creates nested folders. Only the axes people compare
-(recipe, seed, model, data, label budget...) make it into the name.
+(recipe, seed, model, data, label budget...) make it into the name, as ``key-value`` pairs joined by ``+``: no ``=``
+or ``,``, so a job folder can be passed back as an override value (``checkpoint=.../3_transfer-full+seed-1``).
+The job's exact settings are in its ``.hydra/overrides.yaml``; the report reads those and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ def job_name(overrides: Sequence[str]) -> str:
         if key in JOB_NAME_KEYS:
             if key == "pretrained_encoder":
                 value = value.rstrip("/").rsplit("/", 1)[-1]
-            value = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-") or "none"
-            parts.append(f"{JOB_NAME_KEYS[key]}={value}")
-    return ",".join(sorted(parts))[:MAX_LENGTH] or "run"
+            value = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-") or "none"  # no =, ',' or / in a name
+            parts.append(f"{JOB_NAME_KEYS[key]}-{value}")
+    return "+".join(sorted(parts))[:MAX_LENGTH] or "run"
 
 
 def register_resolvers() -> None:

@@ -52,7 +52,9 @@ def _save_png(array: Array, path: Path) -> None:
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if enabled:
+    from defectseg.utils.logs import interactive
+
+    if enabled and interactive():  # in a log file a bar is garbage; the "generating ..." line says what happens
         try:
             from tqdm.auto import tqdm
         except ImportError:  # tqdm is optional
@@ -329,8 +331,10 @@ def _ensure(
     if root.exists() and not _replaceable(root, generator, subdirs):
         # never delete what this module did not write: it may be someone's real data
         raise FileExistsError(
-            f"{root}: exists and does not look like a generated {generator} set "
-            f"(no matching {MANIFEST_NAME}, and it holds other files); choose another folder or remove it"
+            f"dataset.root={root}: the data set chosen is the embedded one, which generates its {generator} photos "
+            f"there, but the folder holds other files (no matching {MANIFEST_NAME}). To read your own photos there, "
+            "name their layout: dataset=folder_seg (images/ + masks/) or dataset=folder_cls (a folder per class), "
+            "see docs/data.md; to generate the embedded set, choose an empty folder"
         )
     root.parent.mkdir(parents=True, exist_ok=True)
     partial, old = (root.parent / f".{root.name}.{tag}" for tag in ("partial", "old"))
