@@ -76,6 +76,12 @@ def scan_classification_folder(
     root = _require_dir(Path(root), "classification data set")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     names = list(classes) if classes else found
+    if not classes and {"images", "masks"} <= set(found):
+        raise DataError(
+            f"{root}: holds images/ and masks/, a segmentation set, but this data set reads one folder per class "
+            "(e.g. Negative/ and Positive/): for stage 2 use dataset=folder_seg; to pretrain on masks, "
+            "pretrain_task=segmentation dataset=folder_seg"
+        )
     unknown = [name for name in names if name not in found]
     if unknown:
         raise DataError(f"{root}: class folder(s) {unknown} not found (found: {found or 'no subfolders'})")
