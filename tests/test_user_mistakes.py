@@ -25,3 +25,11 @@ def test_a_segmentation_set_read_as_classes_is_refused(tmp_path):
     mine = write_segmentation_set(tmp_path / "steel", n_images=2)
     with pytest.raises(readers.DataError, match=r"images/ and masks/.*dataset=folder_seg"):
         readers.scan_classification_folder(mine)
+
+
+def test_root_set_to_the_images_folder_says_to_go_one_up(tmp_path):
+    mine = write_segmentation_set(tmp_path / "steel", n_images=2)
+    with pytest.raises(readers.DataError, match=r"dataset.root=.*images: no images/ folder in it; it holds images"):
+        readers.scan_segmentation_folder(mine / "images")
+    with pytest.raises(readers.DataError, match=r"no images_typo/ folder in it \(it holds images/, masks/\)"):
+        readers.scan_segmentation_folder(mine, image_dir="images_typo")

@@ -116,6 +116,14 @@ def pair_segmentation_folder(
 ) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
     """(image, mask) pairs by file stem, plus the images without a mask and the masks without an image."""
     root = _require_dir(Path(root), "segmentation data set")
+    if not (root / image_dir).is_dir():
+        found = sorted(p.name + "/" for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        hint = (
+            f"; it holds images itself: dataset.root is the folder above, which holds {image_dir}/ and {mask_dir}/"
+            if list_images(root)
+            else f" (it holds {', '.join(found[:6]) or 'no folders'}); other layouts: docs/data.md"
+        )
+        raise DataError(f"dataset.root={root}: no {image_dir}/ folder in it{hint}")
     images = list_images(_require_dir(root / image_dir, "image"))
     masks = list_images(_require_dir(root / mask_dir, "mask"))
     if not images:
