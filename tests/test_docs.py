@@ -116,7 +116,7 @@ def documented_commands() -> list[Command]:
                     variables[assignment.group(1)] = assignment.group(2).strip("\"'")
                     continue
                 expanded = _expand(part, variables)
-                module = re.search(r"python -m (defectseg[\w.]*)(.*)$", expanded)
+                module = re.search(r"python -m (defectseg(?:\.\w+)+)(.*)$", expanded)
                 if module:
                     commands.append(Command(source, module.group(1), _split_args(module.group(2), source)))
                     continue
