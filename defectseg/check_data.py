@@ -40,7 +40,8 @@ def run_check_data(cfg: DictConfig) -> dict[str, Any]:
     print(text, flush=True)
     if not report["trainable"]:
         raise UserError(
-            f"{len(report['errors'])} error(s) in {report['samples_with_errors']} sample(s) of {report['root']}: training would stop; "
+            f"{len(report['errors'])} error(s) in {report['samples_with_errors']} sample(s) of {report['root']}: "
+            "training would stop; "
             "fix the files listed above, or leave those samples out with dataset.on_error=skip"
         )
     return report

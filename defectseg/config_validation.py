@@ -235,7 +235,8 @@ def _check_section(values: Mapping[str, Any], schema: Mapping[str, Any], prefix:
 def _check_key(value: Any, spec: Key, name: str, problems: list[str]) -> None:
     if not any(_is_type(value, t) for t in spec.types):
         problems.append(
-            f"{name}: expected {' or '.join(_type_name(t) for t in spec.types)}, got {value!r} ({_type_name(type(value))}){_yaml_hint(value)}"
+            f"{name}: expected {' or '.join(_type_name(t) for t in spec.types)}, got {value!r} "
+            f"({_type_name(type(value))}){_yaml_hint(value)}"
         )
     elif spec.check is not None and (problem := spec.check(value)):
         problems.append(problem if problem.startswith(name) else f"{name}: {problem}")
@@ -271,7 +272,8 @@ def _check_target(node: Any, name: str, problems: list[str]) -> None:
         verdict = _conforms(value, parameters[key])
         if verdict is False:
             problems.append(
-                f"{name}.{key}: expected {_hint_name(parameters[key])}, got {value!r} ({_type_name(type(value))}){_yaml_hint(value)}"
+                f"{name}.{key}: expected {_hint_name(parameters[key])}, got {value!r} "
+                f"({_type_name(type(value))}){_yaml_hint(value)}"
             )
     missing = [key for key in required if key not in node and key not in passed_by_code]
     problems.extend(f"{name}.{key}: is required by {node['_target_']}" for key in missing)
@@ -376,7 +378,8 @@ def _check_across(values: Mapping[str, Any], problems: list[str]) -> None:
     if multiple and isinstance(size, int) and not isinstance(size, bool) and size % multiple:
         below, above = size - size % multiple, size - size % multiple + multiple
         problems.append(
-            f"dataset.image_size: {size} is not divisible by {multiple}, which {model.get('_target_')} needs (its {levels} levels halve the image {levels - 1} times); use {below or above} or {above}"
+            f"dataset.image_size: {size} is not divisible by {multiple}, which {model.get('_target_')} needs (its "
+            f"{levels} levels halve the image {levels - 1} times); use {below or above} or {above}"
         )
     transfer = _section(values, "transfer")
     depth = transfer.get("freeze_depth")
@@ -404,11 +407,13 @@ def _check_across(values: Mapping[str, Any], problems: list[str]) -> None:
         problems.append("task.bce_weight, task.dice_weight: both are 0, so there is nothing to learn from")
     if values.get("reuse") and values.get("ckpt_path") not in (None, "last"):
         problems.append(
-            f"reuse, ckpt_path: reuse=true keeps (or continues) the run in this directory, ckpt_path={values['ckpt_path']} starts from another checkpoint; set one of them"
+            "reuse, ckpt_path: reuse=true keeps (or continues) the run in this directory, "
+            f"ckpt_path={values['ckpt_path']} starts from another checkpoint; set one of them"
         )
     if values.get("resume") and values.get("ckpt_path") not in (None, "last"):
         problems.append(
-            f"resume, ckpt_path: resume=true continues this run directory's last.ckpt, ckpt_path={values['ckpt_path']} another checkpoint; set one of them"
+            f"resume, ckpt_path: resume=true continues this run directory's last.ckpt, ckpt_path={values['ckpt_path']} "
+            "another checkpoint; set one of them"
         )
 
 

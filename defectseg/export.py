@@ -59,7 +59,8 @@ def parity_images(info: ModelInfo, sample: str | None) -> list[np.ndarray]:
 
 
 def export_onnx(network: torch.nn.Module, info: ModelInfo, path: Path, opset: int, example: np.ndarray) -> None:
-    """Dynamo export with symbolic batch, height and width (multiples of ``info.multiple``), predict's settings in the metadata."""
+    """Dynamo export with symbolic batch, height and width (multiples of ``info.multiple``), predict's settings in the
+    metadata."""
     from torch.export import Dim
 
     dynamic = (
@@ -85,7 +86,8 @@ def export_onnx(network: torch.nn.Module, info: ModelInfo, path: Path, opset: in
         )
     except Exception as error:
         raise UserError(
-            f"ONNX export of {info.source} failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            f"ONNX export of {info.source} failed: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}"
         ) from error
     program.model.metadata_props[ONNX_METADATA_KEY] = json.dumps(info.to_dict())
     atomic_write_bytes(path, program.model_proto.SerializeToString())
@@ -183,7 +185,8 @@ def main(cfg: DictConfig) -> None:
     bad = [name for name, result in report["exported"].items() if not result["ok"]]
     if bad:
         raise UserError(
-            f"exported {', '.join(bad)} differ from PyTorch by more than check.atol={report['check']['atol']} (see {Path(cfg.output_dir) / 'export.json'})"
+            f"exported {', '.join(bad)} differ from PyTorch by more than check.atol={report['check']['atol']} (see "
+            f"{Path(cfg.output_dir) / 'export.json'})"
         )
 
 

@@ -74,7 +74,8 @@ def load_pretrained(model: Any, policy: FreezePolicy, location: str | None) -> d
 
 
 def load_pretrained_decoder(model: Any, pretrained: dict[str, Any] | None) -> list[str] | None:
-    """``init_decoder=true``: the decoder (and, from a segmentation stage 1, the head) from the stage-1 run's decoder.safetensors."""
+    """``init_decoder=true``: the decoder (and, from a segmentation stage 1, the head) from the stage-1 run's
+    decoder.safetensors."""
     if pretrained is None or not pretrained.get("sha256"):
         raise UserError(
             "init_decoder=true starts the decoder from a stage-1 run's decoder.safetensors: it needs a stage-1 "
@@ -84,7 +85,8 @@ def load_pretrained_decoder(model: Any, pretrained: dict[str, Any] | None) -> li
         parts = load_decoder(model, Path(pretrained["path"]).parent, model.architecture)
     except FileNotFoundError as error:
         raise UserError(
-            f"init_decoder=true: {error}; pretrain with pretrain_task=segmentation or self_supervised (pretrain_task.save_decoder=true), or set init_decoder=false"
+            f"init_decoder=true: {error}; pretrain with pretrain_task=segmentation or self_supervised "
+            "(pretrain_task.save_decoder=true), or set init_decoder=false"
         ) from None
     log.info("decoder initialised from the stage-1 run (%s)", ", ".join(parts))
     return parts
@@ -154,7 +156,8 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         silent_channels = calibrate_features(model, datamodule, int(cfg.get("calibration_batches", 8)))
         if pretrained is not None and silent_channels and max(f or 0.0 for f in silent_channels) > 0.2:
             log.warning(
-                "the pretrained encoder has channels that never fire on these images (share per level: %s): they carry nothing to the decoder; "
+                "the pretrained encoder has channels that never fire on these images (share per level: %s): they carry "
+                "nothing to the decoder; "
                 "a stage 1 with a lower optim.lr, or freeze=none, may transfer better",
                 ", ".join("-" if f is None else f"{f:.0%}" for f in silent_channels),
             )

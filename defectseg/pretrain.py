@@ -2,8 +2,10 @@
 (classification: the paper's crack / no-crack classifier; segmentation; self_supervised: see
 defectseg/training/pretraining.py).
 
-    python -m defectseg.pretrain [pretrain_task=classification|segmentation|self_supervised] [experiment=quick] [dataset=...] [key=value ...]
-    python -m defectseg.pretrain experiment=quick reuse=true hydra.run.dir=outputs/stage1/quick   # trains only if that folder holds no finished run of this config
+    python -m defectseg.pretrain [pretrain_task=classification|segmentation|self_supervised] [experiment=quick] \\
+        [dataset=...] [key=value ...]
+    # trains only if that folder holds no finished run of this config:
+    python -m defectseg.pretrain experiment=quick reuse=true hydra.run.dir=outputs/stage1/quick
 
 Writes ``encoder.safetensors`` + ``encoder.json`` (and, with a decoder, ``decoder.safetensors``) into the
 run directory and points ``outputs/pretrain/latest`` at it, where stage 2 looks by default.
@@ -69,7 +71,10 @@ def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
     objective = build_objective(cfg, segmentation_model, datamodule)
     task = objective.task
     counts = parameter_counts(segmentation_model)
-    parameters = f"{segmentation_model.name} encoder: {counts['encoder_params']:,} | trained besides it ({objective.name}): {objective.trained_besides_encoder:,}"
+    parameters = (
+        f"{segmentation_model.name} encoder: {counts['encoder_params']:,} | "
+        f"trained besides it ({objective.name}): {objective.trained_besides_encoder:,}"
+    )
     run.log_text("model/parameters", parameters)
     classes = getattr(datamodule, "class_names", None)
     log.info(

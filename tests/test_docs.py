@@ -38,7 +38,8 @@ class Command:
 
 
 def _logical_lines(text: str) -> list[tuple[int, str]]:
-    """Shell code blocks (continuations joined) and inline code spans, with line numbers; output blocks are no commands."""
+    """Shell code blocks (continuations joined) and inline code spans, with line numbers; output blocks are no
+    commands."""
     found: list[tuple[int, str]] = []
     in_block: str | bool = False
     pending, start = "", 0

@@ -98,7 +98,7 @@ def test_truncated_weights_are_refused_clearly(saved, cut):
     weights = directory / WEIGHTS_NAME
     data = weights.read_bytes()
     weights.write_bytes(data[: max(1, int(len(data) * cut))])
-    with pytest.raises(EncoderMismatchError, match="sha256 does not match|unreadable safetensors") as caught:
+    with pytest.raises(EncoderMismatchError, match=r"sha256 does not match|unreadable safetensors") as caught:
         load_encoder(small_model().encoder, directory, model.architecture)
     assert str(weights) in str(caught.value)
 
@@ -106,7 +106,7 @@ def test_truncated_weights_are_refused_clearly(saved, cut):
 def test_garbage_weights_are_refused_clearly(saved):
     directory, model = saved
     (directory / WEIGHTS_NAME).write_bytes(os.urandom(256))
-    with pytest.raises(EncoderMismatchError, match="sha256 does not match|unreadable safetensors"):
+    with pytest.raises(EncoderMismatchError, match=r"sha256 does not match|unreadable safetensors"):
         load_encoder(small_model().encoder, directory, model.architecture)
 
 

@@ -1,4 +1,5 @@
-"""Export: ONNX and TorchScript agree with PyTorch, carry predict's settings, and the ONNX model predicts without torch."""
+"""Export: ONNX and TorchScript agree with PyTorch, carry predict's settings, and the ONNX model predicts without
+torch."""
 
 from __future__ import annotations
 

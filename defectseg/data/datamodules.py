@@ -263,7 +263,8 @@ class _FolderDataModule(L.LightningDataModule):
             ensure[kind](self.root, **params)
 
     def _split(self, labels: Sequence[int], paths: Sequence[Path]) -> dict[str, list[int]]:
-        """The computed split: stratified by label, whole groups per split (``split_groups``), train capped (``train_split_size``)."""
+        """The computed split: stratified by label, whole groups per split (``split_groups``), train capped
+        (``train_split_size``)."""
         groups = group_keys(paths, self.split_groups, require_match=len(self.roots) == 1)
         if groups is not None:
             grouped = [key for key in groups if key.startswith("group:")]
@@ -299,7 +300,8 @@ class _FolderDataModule(L.LightningDataModule):
         if train and self.balance_sources and len(self.source_names) > 1:
             sampler = self.balanced_sampler(dataset)
         elif train and self.samples_per_epoch:
-            # A fixed epoch length whatever the label budget, so 10 and 100 labelled images get the same number of steps.
+            # A fixed epoch length whatever the label budget, so 10 and 100 labelled images get the same number of
+            # steps.
             sampler = RandomSampler(dataset, replacement=True, num_samples=self.samples_per_epoch)
         workers = self.num_workers
         if workers == 0:
@@ -320,7 +322,8 @@ class _FolderDataModule(L.LightningDataModule):
 
     def balanced_sampler(self, dataset: Dataset) -> WeightedRandomSampler:
         """Every source drawn equally often (with replacement), however many images each holds: a set of 100
-        photos beside one of 10000 would otherwise be a rounding error. Epoch length: samples_per_epoch or the set's size."""
+        photos beside one of 10000 would otherwise be a rounding error. Epoch length: samples_per_epoch or the set's
+        size."""
         sources = self.sources_of(dataset)
         counts = np.bincount(sources, minlength=len(self.source_names)).astype(float)
         weights = 1.0 / counts[sources]
@@ -361,7 +364,8 @@ class _FolderDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         if len(self.datasets.get("test", ())) == 0:
             raise ValueError(
-                f"dataset {self.name!r} has no test images (dataset.split_fractions={list(self.split_fractions)}, or the set's own split has no test part)"
+                f"dataset {self.name!r} has no test images (dataset.split_fractions={list(self.split_fractions)}, or "
+                "the set's own split has no test part)"
             )
         return self._loader("test")
 
@@ -413,7 +417,8 @@ class ClassificationDataModule(_FolderDataModule):
         self.class_names: list[str] = []
 
     def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
-        """Each root is split on its own (same fractions and seed), then the splits are joined: every source is in every split."""
+        """Each root is split on its own (same fractions and seed), then the splits are joined: every source is in every
+        split."""
         per_split: dict[str, list[tuple[Path, int]]] = {}
         self.source_of, self.grouped_images = {}, 0
         for source, root in enumerate(self.roots):
@@ -585,7 +590,8 @@ class UnlabelledImageDataModule(_FolderDataModule):
                 module = instantiate(module)
             if not isinstance(module, _FolderDataModule):
                 raise ValueError(
-                    f"{where}.dataset: expected a dataset config (a DataModule of defectseg.data.datamodules), got {type(module).__name__}"
+                    f"{where}.dataset: expected a dataset config (a DataModule of defectseg.data.datamodules), got "
+                    f"{type(module).__name__}"
                 )
             splits = tuple(entry.get("splits") or ("train",))
             unknown = sorted(set(splits) - {"train", "val", "test"})
@@ -602,7 +608,8 @@ class UnlabelledImageDataModule(_FolderDataModule):
 
     @classmethod
     def of(cls, datamodule: _FolderDataModule) -> UnlabelledImageDataModule:
-        """Any data set as one unlabelled source: its train split's images, with its image size, batches and augmentation."""
+        """Any data set as one unlabelled source: its train split's images, with its image size, batches and
+        augmentation."""
         return cls(
             sources={datamodule.name: {"dataset": datamodule, "splits": ["train"]}},
             name=datamodule.name,
@@ -628,7 +635,8 @@ class UnlabelledImageDataModule(_FolderDataModule):
             module.prepare_data()
 
     def list_samples(self) -> tuple[dict[str, list[Any]], list[validation.Problem]]:
-        """Images of each source's chosen splits (listed, never decoded by the source), split again here; label = source index."""
+        """Images of each source's chosen splits (listed, never decoded by the source), split again here; label = source
+        index."""
         per_split: dict[str, list[tuple[Path, int]]] = {}
         self.source_of, self.grouped_images = {}, 0
         for index, (name, module, splits) in enumerate(self.sources):

@@ -29,7 +29,8 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 def split_indices(
     labels: Sequence[int], fractions: Sequence[float], seed: int, groups: Sequence[Hashable] | None = None
 ) -> dict[str, list[int]]:
-    """Shuffle within each label (stratified), then cut by fractions; rounding gives val/test at least one item when possible.
+    """Shuffle within each label (stratified), then cut by fractions; rounding gives val/test at least one item when
+    possible.
 
     With ``groups`` (one key per item), every group lands whole in one split (see ``split_groups``).
     """
@@ -124,7 +125,7 @@ def split_groups(
     for key in keys:
         have = np.array([(labels[members[key]] == v).sum() for v in values], dtype=float)
 
-        def score(name: str) -> tuple[float, float]:
+        def score(name: str, have: np.ndarray = have) -> tuple[float, float]:
             need = np.maximum(target[name] - count[name], 0.0)
             return float(np.minimum(have, need).sum() - np.maximum(have - need, 0.0).sum()), float(
                 need.sum() / max(target[name].sum(), 1e-9)

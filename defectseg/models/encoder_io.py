@@ -64,7 +64,8 @@ def save_encoder(
 
 
 def save_decoder(model: nn.Module, directory: Path, architecture: dict[str, Any], include_head: bool = True) -> Path:
-    """Write ``decoder.safetensors``: the decoder's tensors (``decoder.*``) and, with ``include_head``, the head's (``segmentation_head.*``)."""
+    """Write ``decoder.safetensors``: the decoder's tensors (``decoder.*``) and, with ``include_head``, the head's
+    (``segmentation_head.*``)."""
     parts = DECODER_PARTS if include_head else DECODER_PARTS[:1]
     state = {
         f"{part}.{name}": tensor.detach().cpu().contiguous()
@@ -82,7 +83,8 @@ def save_decoder(model: nn.Module, directory: Path, architecture: dict[str, Any]
 
 
 def load_decoder(model: nn.Module, directory: str | Path, architecture: dict[str, Any]) -> list[str]:
-    """Load a stage-1 ``decoder.safetensors`` into ``model`` after checking architecture, names and shapes; returns the parts loaded.
+    """Load a stage-1 ``decoder.safetensors`` into ``model`` after checking architecture, names and shapes; returns the
+    parts loaded.
 
     FileNotFoundError when there is none; EncoderMismatchError (naming the file) when it does not fit.
     """
@@ -101,7 +103,8 @@ def load_decoder(model: nn.Module, directory: str | Path, architecture: dict[str
         found = None
     if found != architecture:
         raise EncoderMismatchError(
-            f"{path} was trained for architecture {found}, but this run builds {architecture}{_differences(found, architecture)}"
+            f"{path} was trained for architecture {found}, but this run builds "
+            f"{architecture}{_differences(found, architecture)}"
         )
     by_part: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in state.items():
@@ -151,13 +154,15 @@ def load_encoder(encoder: nn.Module, path: str | Path, architecture: dict[str, A
     found = info.get("architecture")
     if found != architecture:
         raise EncoderMismatchError(
-            f"{weights_path} was pretrained for architecture {found}, but this run builds {architecture}{_differences(found, architecture)}; "
+            f"{weights_path} was pretrained for architecture {found}, but this run builds "
+            f"{architecture}{_differences(found, architecture)}; "
             "pretrain an encoder for this model or point pretrained_encoder= at a matching one"
         )
     expected = info.get("sha256")
     if expected and _sha256(weights_path) != expected:
         raise EncoderMismatchError(
-            f"{weights_path}: sha256 does not match {info_path} (file corrupted or replaced); re-run pretraining or copy the two files together"
+            f"{weights_path}: sha256 does not match {info_path} (file corrupted or replaced); re-run pretraining or "
+            "copy the two files together"
         )
     try:
         state = load_file(str(weights_path))
@@ -186,12 +191,14 @@ def load_checked(
     unexpected = [name for name in state if name not in current]
     if missing or (unexpected and not allow_unexpected):
         raise EncoderMismatchError(
-            f"{source}: tensors do not match the encoder ({len(missing)} missing, e.g. {missing[:5]}; {len(unexpected)} unexpected, e.g. {unexpected[:5]})"
+            f"{source}: tensors do not match the encoder ({len(missing)} missing, e.g. {missing[:5]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:5]})"
         )
     extra_blocks = [name for name in unexpected if _extends_a_sequence(encoder, name)]
     if extra_blocks:
         raise EncoderMismatchError(
-            f"{source}: the file has blocks this encoder lacks (e.g. {extra_blocks[:3]}); it holds the weights of a deeper variant"
+            f"{source}: the file has blocks this encoder lacks (e.g. {extra_blocks[:3]}); it holds the weights of a "
+            "deeper variant"
         )
     encoder.load_state_dict({**current, **{name: tensor for name, tensor in state.items() if name in current}})
     return unexpected
@@ -228,7 +235,8 @@ def load_weights_file(encoder: nn.Module, path: str | Path) -> list[str]:
 
 
 def _extends_a_sequence(module: nn.Module, name: str) -> bool:
-    """Whether ``name`` continues one of the encoder's block sequences past its end (resnet34's layer1.2 in a resnet18)."""
+    """Whether ``name`` continues one of the encoder's block sequences past its end (resnet34's layer1.2 in a
+    resnet18)."""
     for part in name.split(".")[:-1]:
         child = dict(module.named_children()).get(part)
         if child is None:

@@ -132,12 +132,14 @@ class SegmentationModel(nn.Module):
         height, width = images.shape[-2:]
         if height % self.input_multiple or width % self.input_multiple:
             raise ValueError(
-                f"{self.name} needs image sides that are multiples of {self.input_multiple}, got {height}x{width}: set dataset.image_size accordingly"
+                f"{self.name} needs image sides that are multiples of {self.input_multiple}, got {height}x{width}: set "
+                "dataset.image_size accordingly"
             )
 
     @torch.no_grad()
     def calibrate_feature_scale(self, image_batches: Iterable[torch.Tensor]) -> list[float | None]:
-        """Standardise the decoder's inputs from a few training batches (floats in [0, 1]); per level, the share of silent channels."""
+        """Standardise the decoder's inputs from a few training batches (floats in [0, 1]); per level, the share of
+        silent channels."""
         was_training = self.training
         self.eval()
         silent = self.feature_scale.calibrate(self.encoder(self.normalize(images)) for images in image_batches)

@@ -43,7 +43,8 @@ def smp_model(
     std: Sequence[float] = IMAGENET_STD,
     **arch_kwargs: Any,
 ) -> SegmentationModel:
-    """smp's ``arch`` (unet, unetplusplus, fpn, deeplabv3plus, ...) on ``encoder_name`` (resnet34, efficientnet-b0, tu-<timm name>, ...).
+    """smp's ``arch`` (unet, unetplusplus, fpn, deeplabv3plus, ...) on ``encoder_name`` (resnet34, efficientnet-b0,
+    tu-<timm name>, ...).
 
     ``encoder_weights``: None (random init), the name of smp's pretrained weights
     (``imagenet``; downloaded) or a local weights file. ``arch_kwargs`` go to smp's
@@ -56,7 +57,8 @@ def smp_model(
         )
     if not (encoder_name.startswith("tu-") or encoder_name in smp.encoders.get_encoder_names()):
         raise ValueError(
-            f"model.encoder_name={encoder_name} is not an smp encoder; see segmentation_models_pytorch.encoders.get_encoder_names(), or tu-<timm model name>"
+            f"model.encoder_name={encoder_name} is not an smp encoder; see "
+            "segmentation_models_pytorch.encoders.get_encoder_names(), or tu-<timm model name>"
         )
     if len(mean) != int(in_channels) or len(std) != int(in_channels):
         raise ValueError(f"model.mean and model.std need one value per input channel ({in_channels})")
@@ -95,7 +97,8 @@ def smp_model(
 
 
 def load_starting_weights(encoder: nn.Module, encoder_name: str, weights: str, in_channels: int, depth: int) -> str:
-    """A local file when ``weights`` looks like a path, else smp's named weights (downloaded); returns what was loaded."""
+    """A local file when ``weights`` looks like a path, else smp's named weights (downloaded); returns what was
+    loaded."""
     if Path(weights).suffix or "/" in weights or "\\" in weights or Path(weights).expanduser().is_file():
         load_weights_file(encoder, weights)
         return str(Path(weights).expanduser().resolve())
@@ -109,7 +112,8 @@ def download_encoder_state(encoder_name: str, weights: str, in_channels: int = 3
     reason = hub_unreachable_reason()
     if reason:
         raise UserError(
-            f"model.encoder_weights={weights} downloads the {encoder_name} weights, but the Hugging Face hub cannot be reached ({reason}): {OFFLINE_HINT}"
+            f"model.encoder_weights={weights} downloads the {encoder_name} weights, but the Hugging Face hub cannot be "
+            f"reached ({reason}): {OFFLINE_HINT}"
         )
     try:
         with warnings.catch_warnings():

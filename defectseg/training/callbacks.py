@@ -91,7 +91,8 @@ def overlay_grid(
 
 
 class SegmentationPreview(L.Callback):
-    """Every few epochs, a grid of validation photos with true and predicted masks (or a task's own ``preview_grid()``) in TensorBoard."""
+    """Every few epochs, a grid of validation photos with true and predicted masks (or a task's own ``preview_grid()``)
+    in TensorBoard."""
 
     def __init__(self, every_n_epochs: int = 5) -> None:
         self.every_n_epochs = max(1, int(every_n_epochs))
@@ -193,7 +194,8 @@ class FiniteLossGuard(L.Callback):
         last = _last_checkpoint(trainer)
         kept = f"the last good state is {last}" if last and last.is_file() else "no checkpoint was written before it"
         raise NonFiniteLossError(
-            f"training loss became NaN or infinite at epoch {epoch}, batch {batch} (optimizer step {step}); training stopped and {kept}. "
+            f"training loss became NaN or infinite at epoch {epoch}, batch {batch} (optimizer step {step}); training "
+            f"stopped and {kept}. "
             "Try a lower optim.lr, trainer.precision=32-true, or check the data"
         )
 

@@ -73,9 +73,11 @@ def load_checkpoint(
 
 
 def resume_path(cfg: DictConfig, output_dir: Path) -> Path | None:
-    """The checkpoint ``trainer.fit`` resumes from: ``resume=true`` / ``ckpt_path=last`` (this run directory's last.ckpt) or ``ckpt_path=PATH``.
+    """The checkpoint ``trainer.fit`` resumes from: ``resume=true`` / ``ckpt_path=last`` (this run directory's
+    last.ckpt) or ``ckpt_path=PATH``.
 
-    With ``reuse=true`` an interrupted run in the directory (a last.ckpt, no metrics.json) is continued as by ``resume=true``.
+    With ``reuse=true`` an interrupted run in the directory (a last.ckpt, no metrics.json) is continued as by
+    ``resume=true``.
     """
     ckpt_path = cfg.get("ckpt_path")
     if cfg.get("reuse", False) and ckpt_path in (None, "") and (output_dir / CHECKPOINT_DIR / LAST).is_file():
@@ -97,7 +99,8 @@ def resume_path(cfg: DictConfig, output_dir: Path) -> Path | None:
     missing = [key for key in ("state_dict", "loops", "epoch", "global_step") if key not in checkpoint]
     if missing:
         raise UserError(
-            f"{path}: not a training checkpoint (no {', '.join(missing)}); resume needs a last.ckpt or best.ckpt from a training run"
+            f"{path}: not a training checkpoint (no {', '.join(missing)}); resume needs a last.ckpt or best.ckpt from "
+            "a training run"
         )
     log.info("resuming from %s (epoch %s, step %s)", path, checkpoint["epoch"], checkpoint["global_step"])
     return path
@@ -110,7 +113,8 @@ def check_same_config(
     whose: str = "the interrupted run's",
     advice: str = "resume with the first run's overrides, or start a new run from the checkpoint with ckpt_path=PATH",
 ) -> None:
-    """A resume (or a reuse) must stand for what the earlier run trained: same config except how it runs (RESUME_MAY_CHANGE)."""
+    """A resume (or a reuse) must stand for what the earlier run trained: same config except how it runs
+    (RESUME_MAY_CHANGE)."""
     if not previous.is_file():
         return
     before = _flatten(OmegaConf.to_container(OmegaConf.load(previous), resolve=False))
@@ -131,7 +135,8 @@ def check_same_config(
 
 
 def finished_run(cfg: DictConfig, output_dir: Path, weights: str) -> dict[str, Any] | None:
-    """``reuse=true``: the metrics of a finished run of this very config in ``output_dir``, so the caller trains nothing.
+    """``reuse=true``: the metrics of a finished run of this very config in ``output_dir``, so the caller trains
+    nothing.
 
     Finished means ``metrics.json`` and the ``weights`` file beside it. A finished run of another config is refused
     (naming the keys) before anything in the directory is touched; an empty or unfinished directory gives None.
@@ -141,14 +146,18 @@ def finished_run(cfg: DictConfig, output_dir: Path, weights: str) -> dict[str, A
         return None
     if not config_path.is_file():
         raise UserError(
-            f"reuse: {output_dir} holds a finished run but no config.yaml to check it against; choose another hydra.run.dir"
+            f"reuse: {output_dir} holds a finished run but no config.yaml to check it against; choose another "
+            "hydra.run.dir"
         )
     check_same_config(
         config_path,
         cfg,
         action="reuse",
         whose="the finished run's",
-        advice=f"give this config its own directory (hydra.run.dir=..., STAGE1_DIR=... with make), or delete {output_dir} to train it again",
+        advice=(
+            "give this config its own directory (hydra.run.dir=..., STAGE1_DIR=... with make), "
+            f"or delete {output_dir} to train it again"
+        ),
     )
     try:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))

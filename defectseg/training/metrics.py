@@ -63,7 +63,8 @@ class DefectDice(DiceScore):
             return scores
         if index.numel() != scores.numel():
             raise ValueError(
-                f"DefectDice: {index.numel()} image indices for {scores.numel()} images; pass `index` with every update or with none"
+                f"DefectDice: {index.numel()} image indices for {scores.numel()} images; pass `index` with every "
+                "update or with none"
             )
         order = torch.argsort(index, stable=True)
         index, scores = index[order], scores[order]
@@ -99,7 +100,8 @@ class ThresholdSweep(Metric):
         self.add_state("totals", default=[], dist_reduce_fx="cat")
 
     def update(self, probabilities: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        """``probabilities``: Nx1xHxW in [0, 1]; ``target``: Nx1xHxW binary; ``valid``: the pixels scored (None: all)."""
+        """``probabilities``: Nx1xHxW in [0, 1]; ``target``: Nx1xHxW binary; ``valid``: the pixels scored (None:
+        all)."""
         grid = torch.tensor(self.thresholds, device=probabilities.device, dtype=torch.float32)
         truth = target.flatten(1) > 0
         predicted = probabilities.flatten(1).float()[:, None, :] > grid[None, :, None]  # N x T x pixels

@@ -24,7 +24,8 @@ def images_to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 def prepare_network(network: nn.Module, channels_last: bool, compile: bool) -> None:
-    """The fast path both stages share: NHWC weights, and optionally torch.compile in place (state_dict keys unchanged)."""
+    """The fast path both stages share: NHWC weights, and optionally torch.compile in place (state_dict keys
+    unchanged)."""
     if channels_last:
         network.to(memory_format=torch.channels_last)
     if compile:
@@ -309,6 +310,7 @@ class SegmentationTask(L.LightningModule):
         self.tuned_threshold = checkpoint.get(TUNED_THRESHOLD_KEY, self.tuned_threshold)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam over the recipe's groups (decoder, then each encoder level at its rate); TransferSchedule steers them."""
+        """Adam over the recipe's groups (decoder, then each encoder level at its rate); TransferSchedule steers
+        them."""
         groups = parameter_groups(self.model, self.recipe, float(self.hparams.lr))
         return adam(groups, self.hparams.lr, self.hparams.weight_decay)

@@ -70,7 +70,8 @@ def model_arguments(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_datamodule(cfg: DictConfig) -> Any:
-    """The data set, checked against the objective; self-supervision takes any data set's train images (never its labels)."""
+    """The data set, checked against the objective; self-supervision takes any data set's train images (never its
+    labels)."""
     from defectseg.data.datamodules import UnlabelledImageDataModule
 
     name = task_name(cfg)
@@ -87,7 +88,8 @@ def build_datamodule(cfg: DictConfig) -> Any:
             "segmentation": "dataset=folder_seg, real_crack_seg",
         }[name]
         raise UserError(
-            f"pretrain_task={name} needs a {name} data set ({suggestion}...), but dataset={datamodule.name} is a {datamodule.task} set"
+            f"pretrain_task={name} needs a {name} data set ({suggestion}...), but dataset={datamodule.name} is a "
+            f"{datamodule.task} set"
         )
     return datamodule
 
@@ -301,7 +303,8 @@ class MaskedReconstructionTask(L.LightningModule):
         self.log("test/loss", loss, on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
 
     def reconstruction(self, images: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-        """The prediction back in [0, 1] pixels (a normalised-patch prediction gets each patch's true mean and spread)."""
+        """The prediction back in [0, 1] pixels (a normalised-patch prediction gets each patch's true mean and
+        spread)."""
         normalize = self.model.normalize
         if self.hparams.normalize_target:
             p = self.hparams.patch_size

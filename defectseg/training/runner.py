@@ -40,7 +40,8 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: Any, accelerator: str = "auto") -> str | int:
-    """``auto``: bf16 autocast where the hardware runs it natively (≈3x on bf16 CPUs), else fp16 on older GPUs, else fp32."""
+    """``auto``: bf16 autocast where the hardware runs it natively (≈3x on bf16 CPUs), else fp16 on older GPUs, else
+    fp32."""
     if str(precision) != "auto":
         return precision
     on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
@@ -69,7 +70,8 @@ def seed_run(seed: int) -> None:
 
 
 def calibrate_features(model: Any, datamodule: Any, batches: int) -> list[float | None]:
-    """Fix the decoder's input scale from un-augmented training images (see FeatureStandardizer); per level, the share of silent channels.
+    """Fix the decoder's input scale from un-augmented training images (see FeatureStandardizer); per level, the share
+    of silent channels.
 
     Both stages train a decoder on calibrated features: stage 2 always, stage 1 with pretrain_task=segmentation.
     """
@@ -94,7 +96,8 @@ def refuse_ddp_launch_in_multirun(trainer: L.Trainer) -> None:
     ):
         raise UserError(
             "trainer=ddp cannot start its processes inside a Hydra multirun (-m): run each job on its own "
-            "(python -m defectseg.finetune trainer=ddp ...), or sweep with hydra/launcher=slurm, where SLURM starts one process per device"
+            "(python -m defectseg.finetune trainer=ddp ...), or sweep with hydra/launcher=slurm, where SLURM starts "
+            "one process per device"
         )
 
 
@@ -135,7 +138,8 @@ class Run:
             auto_insert_metric_name=False,
         )
         # Lightning 2.6's save_last=True writes last.ckpt only when best.ckpt is written too, so a resume would go back
-        # to the best epoch; a second callback without a monitor writes it after every epoch (after the best one's update).
+        # to the best epoch; a second callback without a monitor writes it after every epoch (after the best one's
+        # update).
         self.last_checkpoint = ModelCheckpoint(
             dirpath=str(self.output_dir / CHECKPOINT_DIR),
             filename=LAST.removesuffix(".ckpt"),
@@ -176,7 +180,8 @@ class Run:
             atomic_write_text(self.output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     def fit(self, task: L.LightningModule, datamodule: L.LightningDataModule) -> None:
-        """``trainer.fit``, resumed when asked; a SIGTERM / Ctrl-C stop becomes a one-line message saying how to resume."""
+        """``trainer.fit``, resumed when asked; a SIGTERM / Ctrl-C stop becomes a one-line message saying how to
+        resume."""
         ckpt_path = str(self.resume_from) if self.resume_from else None
         try:
             self.trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -186,8 +191,10 @@ class Run:
                 raise
             saved = f"saved {self.stop.saved}" if self.stop.saved else "nothing new saved"
             raise RunInterrupted(
-                f"{self.stop.signal_name}: training stopped at epoch {self.trainer.current_epoch}, step {self.trainer.global_step}, {saved}; "
-                f"resume with: python -m defectseg.{self.cfg.get('stage', 'finetune')} resume=true hydra.run.dir={self.output_dir} "
+                f"{self.stop.signal_name}: training stopped at epoch {self.trainer.current_epoch}, step "
+                f"{self.trainer.global_step}, {saved}; "
+                f"resume with: python -m defectseg.{self.cfg.get('stage', 'finetune')} resume=true "
+                f"hydra.run.dir={self.output_dir} "
                 "and the first run's overrides",
                 self.stop.signal_number,
             ) from None
@@ -217,7 +224,8 @@ class Run:
             ]
             if changed:
                 raise UserError(
-                    f"resume: the {'/'.join(changed)} files differ from the interrupted run's ({path}); the data set changed since, so start a new run"
+                    f"resume: the {'/'.join(changed)} files differ from the interrupted run's ({path}); the data set "
+                    "changed since, so start a new run"
                 )
         if self.trainer.is_global_zero:  # under DDP every rank runs the stage; one writes
             datamodule.write_split(path)

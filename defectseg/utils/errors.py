@@ -63,7 +63,8 @@ def user_error_in(error: BaseException) -> BaseException | None:
 
 
 def exit_cleanly_on_user_error(function: F) -> F:
-    """Print ``error: ...`` and exit 2 instead of a stack trace for problems the user can fix (HYDRA_FULL_ERROR=1 shows the trace)."""
+    """Print ``error: ...`` and exit 2 instead of a stack trace for problems the user can fix (HYDRA_FULL_ERROR=1 shows
+    the trace)."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -74,7 +75,8 @@ def exit_cleanly_on_user_error(function: F) -> F:
                 raise
             # Lightning's SIGTERM stop outside fit (Run.fit handles its own): exit as killed, not 0 ("success").
             print(
-                "stopped: SIGTERM after training; its checkpoints are complete: re-run with resume=true and the same hydra.run.dir to finish",
+                "stopped: SIGTERM after training; its checkpoints are complete: re-run with resume=true and the same "
+                "hydra.run.dir to finish",
                 file=sys.stderr,
             )
             raise SystemExit(128 + signal.SIGTERM) from None
