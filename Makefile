@@ -50,7 +50,7 @@ TRANSFER_BUDGETS ?= 25,50,null
 PRETRAIN_ENCODERS = $(1)/pretrain_classification,$(1)/pretrain_segmentation,$(1)/pretrain_self_supervised
 REAL_SKIP = if [ ! -d "$(SHARED_DATASETS)" ]; then echo "$@: skipped, no real data sets at $(SHARED_DATASETS) (set SHARED_DATASETS=DIR)"; exit 0; fi
 
-.PHONY: docs help install demo demo-classes pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real compare-pretrain compare-pretrain-real transfer-real report test tensorboard data bench clean
+.PHONY: docs lint help install demo demo-classes pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real compare-pretrain compare-pretrain-real transfer-real report test tensorboard data bench clean
 
 help:
 	@echo "make demo              both stages on the embedded data, no download, no GPU (minutes on a laptop CPU; its small stage 1"
@@ -80,6 +80,7 @@ help:
 	@echo "make transfer-real     every recipe (TRANSFER_RECIPES) x real set x label budget ($(TRANSFER_BUDGETS)) x seeds from one stage 1 on real crack"
 	@echo "                         photos (reused from TRANSFER_STAGE1_DIR): one report (skips without $(SHARED_DATASETS); hours on a CPU, docs/transfer.md)"
 	@echo "make test              the test suite"
+	@echo "make lint              ruff lint and format check (CI runs it before the tests)"
 	@echo "make bench             training speed vs a bare loop and Keras/TF, tiled predict MP/s and memory -> benchmarks/results.md"
 	@echo "make tensorboard       TensorBoard over outputs/ (HParams tab: every job's recipe, seed, label budget, Dice)"
 	@echo "make docs              the documentation site (docs/) at http://127.0.0.1:8000"
@@ -189,6 +190,11 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# ruff: lint and formatting (configured in pyproject.toml); CI runs it before the tests
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Pass benchmark options in ARGS, e.g. make bench ARGS="--steps 40 --repeats 3 --note 'quiet machine'"
 # and tiled-predict options in PREDICT_ARGS, e.g. PREDICT_ARGS="--layouts grid,fitted --runtimes torch,torch-bf16,onnx"

@@ -409,7 +409,7 @@ def test_stage2_uses_starting_weights_instead_of_a_stage1_encoder(tmp_path: Path
     pretrained = load_pretrained(model, FreezePolicy("encoder"), str(tmp_path / "no_stage1_here"))
     assert pretrained == {"path": str(path.resolve()), "pretrain_task": "resnet18_imagenet.safetensors"}
     assert_same_tensors(before, encoder_state(model))
-    with pytest.raises(UserError, match=r"freeze=scratch trains from random weights.*model.encoder_weights=null"):
+    with pytest.raises(UserError, match=r"transfer=scratch trains from random weights.*model.encoder_weights=null"):
         load_pretrained(model, FreezePolicy("scratch"), None)
 
 
