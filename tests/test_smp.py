@@ -419,7 +419,7 @@ def test_stage2_uses_starting_weights_instead_of_a_stage1_encoder(tmp_path: Path
 def test_job_names_carry_the_model_axes():
     assert (
         job_name(["model=smp_unet_resnet34", "freeze=scratch", "seed=1"])
-        == "freeze=scratch,model=smp_unet_resnet34,seed=1"
+        == "freeze-scratch+model-smp_unet_resnet34+seed-1"
     )
     name = job_name(
         [
@@ -429,7 +429,7 @@ def test_job_names_carry_the_model_axes():
             "model.encoder_weights=/w/r34.safetensors",
         ]
     )
-    assert name == "arch=fpn,encoder=efficientnet-b0,model=smp,weights=w-r34.safetensors"
+    assert name == "arch-fpn+encoder-efficientnet-b0+model-smp+weights-w-r34.safetensors"
 
 
 def test_report_compares_modes_within_each_model(tmp_path: Path):

@@ -50,7 +50,7 @@ def test_multirun_scratch_vs_transfer_produces_report(compose_config, classifica
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").is_dir())
     assert len(jobs) == 2 and all((job / "metrics.json").is_file() for job in jobs)
-    assert any("freeze=scratch" in job.name for job in jobs), "job folders are named by their overrides"
+    assert any("freeze-scratch" in job.name for job in jobs), "job folders are named by their overrides"
 
     report = subprocess.run(
         [sys.executable, "-m", "defectseg.report", str(sweep)], env=env, capture_output=True, text=True, timeout=300

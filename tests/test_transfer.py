@@ -233,4 +233,4 @@ def test_recipes_compose_in_a_multirun_and_are_recorded(segmentation_set, stage1
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
     recorded = {json.loads((job / "metrics.json").read_text())["transfer"]: job.name for job in jobs}
     assert sorted(recorded) == ["frozen_encoder", "gradual", "staged"]
-    assert "transfer=staged" in recorded["staged"], "job folders are named by the recipe"
+    assert "transfer-staged" in recorded["staged"], "job folders are named by the recipe"
