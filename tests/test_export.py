@@ -126,3 +126,20 @@ def test_export_refuses_an_old_opset_and_unknown_formats(compose_config, tmp_pat
         run_export(compose_config("export", [f"checkpoint={run_dir}", "opset=13"]))
     with pytest.raises(UserError, match="formats"):
         run_export(compose_config("export", [f"checkpoint={run_dir}", "formats=[tflite]"]))
+
+
+def test_export_to_an_output_dir_keeps_every_file_of_the_run_there(exported, tmp_path):
+    _, run_dir = exported
+    out = tmp_path / "exported"
+    done = subprocess.run(
+        [sys.executable, "-m", "defectseg.export", f"checkpoint={run_dir}", f"output_dir={out}", "formats=[onnx]"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "model.onnx").is_file()
+    assert (out / ".hydra" / "config.yaml").is_file(), "Hydra's files belong in the directory the user named"
+    assert not (tmp_path / "outputs").exists()
