@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
 
-from defectseg.data import datamodules
+from defectseg.data import datasets
 from defectseg.data.datamodules import SegmentationDataModule, resolve_num_workers
 from defectseg.models import FreezePolicy, unet_paper
 from defectseg.training.modules import SegmentationTask, adam
@@ -22,7 +22,7 @@ from tests.helpers import TINY_TRAINER
     ("cpus", "processes", "workers"), [(2, 1, 0), (4, 1, 2), (16, 1, 8), (64, 1, 8), (16, 4, 2), (16, 8, 0)]
 )
 def test_auto_workers_leave_the_model_its_cores_and_split_them_between_processes(monkeypatch, cpus, processes, workers):
-    monkeypatch.setattr(datamodules.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(datasets.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     assert resolve_num_workers("auto", processes) == workers
     assert resolve_num_workers(3, processes) == 3  # an explicit number is taken as given
 
