@@ -125,7 +125,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"{source} is already an exported model: give a fine-tune run directory or its .ckpt")
     output_dir = make_output_dir(cfg.output_dir, "output_dir")  # before the slow work: a file in the way is one line
     model, info = load_model(source)
-    network = ProbabilityModel(model).eval()
+    network = ProbabilityModel.for_model(model, info).eval()
     images = parity_images(info, cfg.check.sample)
     with torch.no_grad():
         references = [network(torch.from_numpy(batch)).numpy() for batch in images]

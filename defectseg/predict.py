@@ -6,7 +6,9 @@ The model is by default the best checkpoint of the latest fine-tune run (``outpu
 shown to it at the scale its training photos were resized to (``scale=auto``). Writes into the run directory
 (``output_dir=``): ``masks/``, ``overlays/``, optionally ``probabilities/``, ``previews/``, ``predictions.csv`` +
 ``predictions.json`` (rewritten after every photo, so a stopped run loses nothing and a rerun continues) and
-``report.html``. An unreadable photo is named and skipped; the run goes on and exits 1 at the end. An exported
+``report.html``. A model trained with ``dataset.classes`` gives palette masks (0 background, k the k-th class),
+optionally ``class_masks/CLASS/``, one overlay colour per class, each defect measured with its class and
+``defects.csv`` (docs/defect_types.md). An unreadable photo is named and skipped; the run goes on and exits 1 at the end. An exported
 ``.onnx`` model runs in ONNX Runtime: no torch, no Lightning. See docs/predict.md.
 """
 
@@ -28,27 +30,26 @@ import cv2
 import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from tqdm import tqdm
 
 from defectseg.data.readers import IMAGE_EXTENSIONS, DataError, read_image
+from defectseg.inference.classes import ClassDecoder
 from defectseg.inference.measure import add_millimetres, measure_defects, remove_small_components, summarise
 from defectseg.inference.names import input_root, output_names, relative_name
-from defectseg.inference.overlay import draw_overlay
-from defectseg.inference.report_html import write_preview, write_report
-from defectseg.inference.runtime import Segmenter, load_segmenter
+from defectseg.inference.outputs import relative_files, save_class_outputs, save_photo_outputs
+from defectseg.inference.report_html import write_report
+from defectseg.inference.runtime import ModelInfo, Segmenter, load_segmenter
 from defectseg.inference.scale import MillimetresPerPixel, min_area_px, parse_scale, photo_scale
 from defectseg.inference.summary import PredictionSummary, remove_stale_temporaries
-from defectseg.inference.tiling import probability_map
+from defectseg.inference.tiling import probability_maps, resize_maps
 from defectseg.utils.errors import RunInterrupted, UserError, exit_cleanly_on_user_error
-from defectseg.utils.io import atomic_writer
 from defectseg.utils.naming import register_resolvers
 from defectseg.utils.run_directory import make_output_dir
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
-#: every defect's type; one today (binary models), a column of its own so models with classes can fill it
+#: every defect's type with a binary model (a model with classes gives each defect its class's name)
 DEFECT_TYPE = "defect"
 
 
@@ -78,25 +79,6 @@ def collect_inputs(pattern: str, recursive: bool = False) -> list[Path]:
     raise UserError(f"input={pattern}: no such file or folder")
 
 
-def write_png(path: Path, array: np.ndarray) -> None:
-    with atomic_writer(path, binary=True) as handle:
-        Image.fromarray(array).save(handle, format="PNG")
-
-
-def write_probability(path_stem: Path, probability: np.ndarray, kind: str) -> Path | None:
-    """``path_stem`` + ``.png`` or ``.npy``, appended: ``with_suffix`` would cut ``pier.v1`` at its dot."""
-    if kind == "png":
-        path = path_stem.parent / f"{path_stem.name}.png"
-        write_png(path, (probability * 255.0 + 0.5).astype(np.uint8))
-        return path
-    if kind == "npy":
-        path = path_stem.parent / f"{path_stem.name}.npy"
-        with atomic_writer(path, binary=True) as handle:
-            np.save(handle, probability.astype(np.float32))
-        return path
-    return None
-
-
 def model_input(image: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
     """The photo resampled to the scale the model sees it at (area averaging when shrinking, so thin cracks stay)."""
     height, width = image.shape[:2]
@@ -107,16 +89,29 @@ def model_input(image: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
+@dataclass
+class Prediction:
+    """One photo's probabilities (K x H x W), masks and measured defects, at the photo's size."""
+
+    probabilities: np.ndarray
+    #: H x W: bool defect mask (binary model) or uint8 class index (0 background) of a model with classes
+    mask: np.ndarray
+    #: C x H x W bool, one mask per class (None for a binary model)
+    class_masks: np.ndarray | None
+    defects: list[dict[str, Any]]
+    seen: dict[str, Any]
+
+
 def predict_one(
     image: np.ndarray,
     plan: Plan,
     mm_per_px: float | None,
     on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], dict[str, Any]]:
-    """Probability map and binary mask at the photo's size, per-defect measurements, and how the photo was seen."""
+) -> Prediction:
+    """Probabilities and masks at the photo's size, per-defect measurements, and how the photo was seen."""
     height, width = image.shape[:2]
     scale_x, scale_y, why = photo_scale(plan.scale, plan.segmenter.info.input_scale, width, height)
-    probability = probability_map(
+    probabilities = probability_maps(
         model_input(image, scale_x, scale_y),
         plan.segmenter,
         tile_size=plan.tile_size,
@@ -125,49 +120,29 @@ def predict_one(
         multiple=plan.segmenter.info.multiple,
         on_progress=on_progress,
     )
-    if probability.shape != (height, width):
-        probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
+    if probabilities.shape[1:] != (height, width):
+        probabilities = resize_maps(probabilities, height, width)
     min_area = min_area_px(plan.cfg.min_defect_area_px, scale_x, scale_y)
-    mask = remove_small_components(probability > plan.threshold, min_area)
-    defects = [
-        {"type": DEFECT_TYPE, **add_millimetres(d, mm_per_px)}
-        for d in measure_defects(mask, float(plan.cfg.thin_min_elongation))
-    ]
     seen = {
         "scale_x": round(scale_x, 6),
         "scale_y": round(scale_y, 6),
         "scale_from": why,
         "min_defect_area_px": min_area,
     }
-    return probability, mask, defects, seen
-
-
-def save_photo_outputs(
-    output_dir: Path,
-    name: str,
-    image: np.ndarray,
-    probability: np.ndarray,
-    mask: np.ndarray,
-    defects: list[dict[str, Any]],
-    cfg: DictConfig,
-) -> dict[str, Path]:
-    """masks/NAME.png, as configured overlays/NAME.png and probabilities/NAME.(png|npy), and report.html's previews."""
-    files = {"mask": output_dir / "masks" / f"{name}.png"}
-    write_png(files["mask"], mask.astype(np.uint8) * np.uint8(255))
-    overlay = draw_overlay(image, mask, defects, **OmegaConf.to_container(cfg.overlay))
-    if cfg.save.overlay:
-        files["overlay"] = output_dir / "overlays" / f"{name}.png"
-        write_png(files["overlay"], overlay)
-    probability_file = write_probability(
-        output_dir / "probabilities" / name, probability, str(cfg.save.probability or "none")
-    )
-    if probability_file:
-        files["probability"] = probability_file
-    if cfg.save.report:
-        for kind, picture in (("photo", image), ("overlay", overlay)):
-            files[f"preview_{kind}"] = output_dir / "previews" / f"{kind}s" / f"{name}.jpg"
-            write_preview(files[f"preview_{kind}"], picture, int(cfg.report.preview_px))
-    return files
+    thin_min_elongation = float(plan.cfg.thin_min_elongation)
+    if plan.decoder is not None:
+        labels, class_masks = plan.decoder.masks(probabilities, min_area)
+        defects = plan.decoder.measure(class_masks, thin_min_elongation, mm_per_px)
+        return Prediction(probabilities, labels, class_masks, defects, seen)
+    if probabilities.shape[0] != 1:
+        raise ValueError(
+            f"the model predicts {probabilities.shape[0]} channels but records no classes: a binary model has one"
+        )
+    mask = remove_small_components(probabilities[0] > plan.threshold, min_area)
+    defects = [
+        {"type": DEFECT_TYPE, **add_millimetres(d, mm_per_px)} for d in measure_defects(mask, thin_min_elongation)
+    ]
+    return Prediction(probabilities[0], mask, None, defects, seen)
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -176,12 +151,42 @@ def check_settings(cfg: DictConfig) -> None:
             "no input given: set input=PATH (a photo, a folder of photos, or a quoted glob such as "
             "input='photos/*.jpg')"
         )
-    if cfg.threshold is not None and not 0.0 < float(cfg.threshold) < 1.0:
-        raise UserError(f"threshold must lie strictly between 0 and 1, got {cfg.threshold}")
+    threshold = cfg.threshold
+    if threshold is not None and not OmegaConf.is_list(threshold):  # a list (one per class) is checked with the model
+        try:
+            in_range = 0.0 < float(threshold) < 1.0
+        except (TypeError, ValueError):
+            in_range = False
+        if not in_range:
+            raise UserError(f"threshold must lie strictly between 0 and 1, got {threshold}")
     if cfg.save.probability not in ("none", "png", "npy", None, False):
         raise UserError(f"save.probability must be none, png or npy, got {cfg.save.probability}")
+    if not isinstance(cfg.classes.masks, bool):
+        raise UserError(f"classes.masks must be true or false, got {cfg.classes.masks}")
+    linear = cfg.classes.linear
+    if linear is not None and not OmegaConf.is_list(linear):
+        raise UserError(f"classes.linear={linear}: give null (auto) or a list of class names, e.g. [crack,scratch]")
     parse_scale(cfg.scale)
     min_area_px(cfg.min_defect_area_px, 1.0, 1.0)
+
+
+def class_decoder(cfg: DictConfig, info: ModelInfo) -> ClassDecoder | None:
+    """How a model with classes is decoded in this run (None for a binary model, whose class settings must not name
+    classes it does not have)."""
+    threshold = OmegaConf.to_container(cfg.threshold) if OmegaConf.is_list(cfg.threshold) else cfg.threshold
+    linear = OmegaConf.to_container(cfg.classes.linear) if OmegaConf.is_list(cfg.classes.linear) else None
+    if info.classes is None:
+        if isinstance(threshold, list):
+            raise UserError(f"threshold={threshold}: {info.source} is a binary model: give one threshold")
+        if linear:
+            raise UserError(
+                f"classes.linear names {', '.join(map(str, linear))}, but {info.source} is a binary model (no "
+                "classes): leave classes.linear out"
+            )
+        if cfg.classes.masks:
+            log.warning("classes.masks=true: %s is a binary model; its one mask is masks/NAME.png", info.source)
+        return None
+    return ClassDecoder.for_model(info, threshold, linear)
 
 
 @dataclass
@@ -190,12 +195,15 @@ class Plan:
 
     cfg: DictConfig
     segmenter: Segmenter
-    threshold: float
+    #: a binary model's threshold; a multilabel model's per-class list; None for a softmax model
+    threshold: float | list[float] | None
     tile_size: int
     scale: str | float
     mm_per_px: MillimetresPerPixel
     root: Path
     output_dir: Path
+    #: how a model with classes is decoded; None for a binary model
+    decoder: ClassDecoder | None = None
 
 
 class PredictStopped(Exception):
@@ -238,8 +246,9 @@ def signals_ignored() -> Iterator[None]:
             signal.signal(number, handler)
 
 
-def run_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The settings a summary is made with; a rerun into the same folder continues it only if they are the same."""
+def run_settings(cfg: DictConfig, with_classes: bool = False) -> dict[str, Any]:
+    """The settings a summary is made with; a rerun into the same folder continues it only if they are the same
+    (``classes`` only for a model with classes: a binary model's summary is as before classes existed)."""
     keys = (
         "input",
         "recursive",
@@ -251,6 +260,7 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
         "tiling",
         "save",
         "overlay",
+        *(("classes",) if with_classes else ()),
     )
     return {key: OmegaConf.to_container(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in keys}
 
@@ -266,14 +276,28 @@ def prepare(cfg: DictConfig) -> tuple[Plan, PredictionSummary, list[Path], list[
     root = input_root(str(cfg.input), paths)
     segmenter = load_segmenter(cfg.checkpoint, str(cfg.device))
     info = segmenter.info
-    threshold = float(cfg.threshold) if cfg.threshold is not None else info.threshold
+    decoder = class_decoder(cfg, info)
+    threshold: float | list[float] | None = float(cfg.threshold) if cfg.threshold is not None else info.threshold
     threshold_source = "threshold= (given)" if cfg.threshold is not None else info.threshold_source
+    if decoder is not None:
+        threshold = None if decoder.thresholds is None else list(decoder.thresholds)
+        threshold_source = (
+            threshold_source if decoder.multilabel else "none: softmax, each pixel its most probable class"
+        )
     tile_size = int(cfg.tiling.tile_size or info.tile_size or 256)
     for stale in remove_stale_temporaries(output_dir):
         log.info("removed %s (half-written by a run that was killed)", stale)
-    plan = Plan(cfg, segmenter, threshold, tile_size, parse_scale(cfg.scale), mm_per_px, root, output_dir)
+    plan = Plan(cfg, segmenter, threshold, tile_size, parse_scale(cfg.scale), mm_per_px, root, output_dir, decoder)
     model = {**info.to_dict(), "threshold": threshold, "threshold_source": threshold_source, "tile_size": tile_size}
-    summary = PredictionSummary(output_dir, model, run_settings(cfg), [str(p) for p in paths])
+    if decoder is not None:
+        model.update(decoder.describe())
+    summary = PredictionSummary(
+        output_dir,
+        model,
+        run_settings(cfg, with_classes=decoder is not None),
+        [str(p) for p in paths],
+        class_columns=None if decoder is None else decoder.columns(),
+    )
     taken_over = summary.take_over_previous()
     summary.write()  # from the start: a run killed before its first photo still leaves a valid summary
     if plan.scale == "auto" and not info.input_scale:
@@ -283,12 +307,13 @@ def prepare(cfg: DictConfig) -> tuple[Plan, PredictionSummary, list[Path], list[
             info.source,
         )
     log.info(
-        "%d photo(s) -> %s; model %s (%s), threshold %.2f from %s, tiles %d px%s",
+        "%d photo(s) -> %s; model %s (%s)%s, threshold %s from %s, tiles %d px%s",
         len(paths),
         output_dir,
         info.source,
         info.runtime,
-        threshold,
+        "" if decoder is None else f", classes {', '.join(decoder.names)}{' (multilabel)' * decoder.multilabel}",
+        f"{threshold:.2f}" if isinstance(threshold, float) else threshold,
         threshold_source,
         tile_size,
         f"; {taken_over} already done here by an earlier run of the same settings" if taken_over else "",
@@ -376,9 +401,25 @@ def predict_and_save(
         summary.fail(str(path), str(error))
         return
     mm_per_px, mm_from = plan.mm_per_px.lookup(path, relative_name(path, plan.root).as_posix())
-    probability, mask, defects, seen = predict_one(image, plan, mm_per_px, on_progress)
-    files = save_photo_outputs(plan.output_dir, name, image, probability, mask, defects, plan.cfg)
-    height, width = mask.shape
+    done = predict_one(image, plan, mm_per_px, on_progress)
+    defects = done.defects
+    if plan.decoder is None:
+        files = save_photo_outputs(plan.output_dir, name, image, done.probabilities, done.mask, defects, plan.cfg)
+    else:
+        assert done.class_masks is not None
+        files = save_class_outputs(
+            plan.output_dir,
+            name,
+            image,
+            done.probabilities,
+            done.mask,
+            done.class_masks,
+            defects,
+            plan.decoder,
+            plan.cfg,
+        )
+    height, width = done.mask.shape
+    per_class = {} if plan.decoder is None else {"classes": plan.decoder.per_class(defects, (height, width), mm_per_px)}
     summary.add(
         {
             "image": str(path),
@@ -386,13 +427,14 @@ def predict_and_save(
             "name": name,
             "width": width,
             "height": height,
-            **add_millimetres(summarise(defects, mask.shape), mm_per_px),
+            **add_millimetres(summarise(defects, (height, width)), mm_per_px),
+            **per_class,
             "mm_per_px": mm_per_px,
             "mm_per_px_from": mm_from,
-            **seen,
+            **done.seen,
             "threshold": plan.threshold,
             "seconds": round(time.perf_counter() - started, 3),
-            **{kind: file.relative_to(plan.output_dir).as_posix() for kind, file in files.items()},
+            **relative_files(files, plan.output_dir),
             "components": defects,
         }
     )

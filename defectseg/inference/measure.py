@@ -102,10 +102,18 @@ def skeleton_length(skeleton: np.ndarray, component: np.ndarray, distance: np.nd
     return float(length)
 
 
-def measure_component(component: np.ndarray, thin_min_elongation: float = 3.0) -> dict[str, Any]:
-    """Width, and for a thin component length, of one boolean component mask (cropped to its box)."""
+def measure_component(
+    component: np.ndarray, thin_min_elongation: float = 3.0, linear: bool | None = None
+) -> dict[str, Any]:
+    """Width, and for a thin component length, of one boolean component mask (cropped to its box).
+
+    ``linear`` None: thin when elongated (``thin_min_elongation``). True: a linear class (cracks, scratches), always
+    measured for length and width. False: an area-only class (corrosion, pits): no width or length.
+    """
     from skimage.morphology import skeletonize  # only when there is something to measure
 
+    if linear is False:
+        return {"max_width_px": None, "thin": False, "length_px": None, "mean_width_px": None}
     padded = np.pad(component.astype(bool), 1)
     widths = width_map(padded)
     area = int(padded.sum())
@@ -113,7 +121,7 @@ def measure_component(component: np.ndarray, thin_min_elongation: float = 3.0) -
     elongation = area / max(max_width, 1.0) ** 2
     result: dict[str, Any] = {
         "max_width_px": round(max_width, 3),
-        "thin": bool(elongation >= thin_min_elongation),
+        "thin": True if linear else bool(elongation >= thin_min_elongation),
         "length_px": None,
         "mean_width_px": None,
     }
@@ -125,8 +133,12 @@ def measure_component(component: np.ndarray, thin_min_elongation: float = 3.0) -
     return result
 
 
-def measure_defects(mask: np.ndarray, thin_min_elongation: float = 3.0) -> list[dict[str, Any]]:
-    """One dict per 8-connected component, largest first: id (1-based), area, box, centroid, width, length."""
+def measure_defects(
+    mask: np.ndarray, thin_min_elongation: float = 3.0, linear: bool | None = None
+) -> list[dict[str, Any]]:
+    """One dict per 8-connected component, largest first: id (1-based), area, box, centroid, width, length.
+
+    ``linear``: see ``measure_component``."""
     mask = mask.astype(bool)
     if not mask.any():
         return []
@@ -147,7 +159,7 @@ def measure_defects(mask: np.ndarray, thin_min_elongation: float = 3.0) -> list[
                 "area_percent": round(100.0 * area / image_area, 4),
                 "bbox": [x, y, w, h],
                 "centroid": [round(float(centroids[label, 0]), 2), round(float(centroids[label, 1]), 2)],
-                **measure_component(component, thin_min_elongation),
+                **measure_component(component, thin_min_elongation, linear),
             }
         )
     return defects
@@ -164,7 +176,7 @@ def summarise(defects: list[dict[str, Any]], image_shape: tuple[int, int]) -> di
         "defect_area_percent": round(100.0 * area / (image_shape[0] * image_shape[1]), 4),
         "largest_defect_px": max((d["area_px"] for d in defects), default=0),
         "total_length_px": round(sum(d["length_px"] for d in thin), 3),
-        "max_width_px": max((d["max_width_px"] for d in defects), default=0.0),
+        "max_width_px": max((d["max_width_px"] for d in defects if d["max_width_px"] is not None), default=0.0),
     }
 
 

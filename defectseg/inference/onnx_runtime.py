@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from defectseg.inference.runtime import ONNX_METADATA_KEY, ModelInfo
+from defectseg.inference.runtime import CLASS_FIELDS, ONNX_METADATA_KEY, ModelInfo
 from defectseg.utils.errors import UserError
 
 
@@ -36,7 +36,15 @@ class OnnxSegmenter:
         stored = json.loads(metadata) if metadata else {}
         known = {
             k: stored[k]
-            for k in ("threshold", "threshold_source", "tile_size", "multiple", "architecture", "input_scale")
+            for k in (
+                "threshold",
+                "threshold_source",
+                "tile_size",
+                "multiple",
+                "architecture",
+                "input_scale",
+                *CLASS_FIELDS,
+            )
             if k in stored
         }
         self.info = ModelInfo(source=str(path), runtime="onnxruntime", **known)

@@ -64,3 +64,84 @@ def draw_overlay(
             for shade, weight in (((0, 0, 0), thickness + 2), (tuple(int(c) for c in contour_color), thickness)):
                 cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, shade, weight, cv2.LINE_AA)
     return out
+
+
+def draw_class_overlay(
+    image: np.ndarray,
+    class_masks: np.ndarray,
+    defects: Sequence[dict[str, Any]],
+    names: Sequence[str],
+    colors: Sequence[Sequence[int]],
+    alpha: float = 0.45,
+    labels: bool = True,
+    max_labels: int = 50,
+) -> np.ndarray:
+    """A model with classes: each class tinted and outlined in its own colour (``colors``, class order), defects
+    labelled in their class's colour, and below the photo a legend strip naming each class beside its colour.
+
+    The photo keeps its pixel coordinates (the legend is added underneath): (H + legend) x W x 3 uint8 RGB.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay.alpha must lie in [0, 1], got {alpha}")
+    out = image.copy()
+    short_side = min(image.shape[:2])
+    thickness = max(1, short_side // 1000)
+    for mask, color in zip(class_masks, colors):  # a pixel of several classes (multilabel) blends them in turn
+        mask = mask.astype(bool)
+        if not mask.any():
+            continue
+        tint = np.asarray(color, dtype=np.float32)
+        out[mask] = (out[mask].astype(np.float32) * (1.0 - alpha) + tint * alpha + 0.5).astype(np.uint8)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness, lineType=cv2.LINE_AA)
+    color_of = {name: tuple(int(c) for c in color) for name, color in zip(names, colors)}
+    if labels and short_side >= MIN_SIDE_FOR_LABELS:
+        font_scale = max(0.35, short_side / 3000)
+        for defect in list(defects)[: max(0, int(max_labels))]:
+            text = defect_label(defect)
+            (text_width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness + 2)
+            x, y = defect["bbox"][:2]
+            origin = (int(max(0, min(x, image.shape[1] - text_width))), int(max(y - 3, 12 * font_scale + 2)))
+            shade = color_of.get(defect.get("type"), (255, 255, 0))
+            for ink, weight in (((0, 0, 0), thickness + 2), (shade, thickness)):
+                cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, weight, cv2.LINE_AA)
+    return np.concatenate([out, legend_strip(image.shape[1], names, colors)], axis=0)
+
+
+def legend_strip(width: int, names: Sequence[str], colors: Sequence[Sequence[int]]) -> np.ndarray:
+    """A dark strip ``width`` px wide naming each class beside a swatch of its colour, wrapped onto as many rows as
+    the names need (ASCII names; other characters show as '?')."""
+    font_scale = max(0.35, min(1.0, width / 1200))
+    thickness = 1
+    (_, text_height), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+    row_height = text_height + baseline + 8
+    swatch = text_height + baseline
+    entries = []
+    for name in names:
+        text = "".join(c if 32 <= ord(c) < 127 else "?" for c in str(name))
+        (text_width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        entries.append((text, swatch + 4 + text_width + 12))
+    rows, x = 1, 4
+    for _, entry_width in entries:
+        if x > 4 and x + entry_width > width:
+            rows, x = rows + 1, 4
+        x += entry_width
+    strip = np.full((rows * row_height + 4, width, 3), 32, np.uint8)
+    row, x = 0, 4
+    for (text, entry_width), color in zip(entries, colors):
+        if x > 4 and x + entry_width > width:
+            row, x = row + 1, 4
+        top = 4 + row * row_height
+        cv2.rectangle(strip, (x, top), (x + swatch - 1, top + swatch - 1), tuple(int(c) for c in color), cv2.FILLED)
+        cv2.putText(
+            strip,
+            text,
+            (x + swatch + 4, top + text_height),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (255, 255, 255),
+            thickness,
+            cv2.LINE_AA,
+        )
+        x += entry_width
+    return strip

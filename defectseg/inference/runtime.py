@@ -1,7 +1,7 @@
 """Which model to run: a fine-tuned checkpoint (PyTorch) or an exported ONNX file (ONNX Runtime).
 
-Both answer the same call, N x 3 x h x w float32 images in [0, 1] -> N x 1 x h x w
-probabilities, and carry a ``ModelInfo`` (threshold, tile size, size multiple), so the
+Both answer the same call, N x 3 x h x w float32 images in [0, 1] -> N x K x h x w
+probabilities (K = 1 for a binary model, C for a multilabel one, background + C for a softmax one), and carry a ``ModelInfo`` (threshold, tile size, size multiple), so the
 rest of predict does not know which one runs. Nothing here imports torch: an ONNX model
 runs with numpy and onnxruntime alone.
 """
@@ -37,9 +37,31 @@ class ModelInfo:
     architecture: dict[str, Any] = field(default_factory=dict)
     #: how training resized its photos (defectseg.inference.scale.training_input_scale): predict's scale=auto
     input_scale: dict[str, Any] | None = None
+    #: the defect classes of a model trained with dataset.classes (None: binary); a softmax model's output has
+    #: background + one channel per class (channel 0 background), a multilabel one one sigmoid per class
+    classes: list[str] | None = None
+    multilabel: bool = False
+    #: multilabel: one threshold per class (tuned per class by stage 2 when it could)
+    class_thresholds: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Everything; a binary model's without the class fields (its metadata and summaries as before classes)."""
+        info = asdict(self)
+        if self.classes is None:
+            for key in CLASS_FIELDS:
+                info.pop(key)
+        return info
+
+    @property
+    def channels(self) -> int:
+        """Output channels: 1 (binary), C (multilabel) or background + C (softmax)."""
+        if self.classes is None:
+            return 1
+        return len(self.classes) + (0 if self.multilabel else 1)
+
+
+#: ModelInfo's fields that only models with classes have (read back from exported models' metadata)
+CLASS_FIELDS = ("classes", "multilabel", "class_thresholds")
 
 
 class Segmenter(Protocol):

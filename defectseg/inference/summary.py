@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from defectseg.inference.classes import flat_columns
 from defectseg.utils.errors import UserError
 from defectseg.utils.io import atomic_write_json, atomic_writer
 
@@ -49,9 +50,61 @@ CSV_COLUMNS = [
 ]
 #: what ``defectseg.utils.io.atomic_writer`` leaves behind when a process is killed inside a write
 STALE_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
-OUTPUT_FOLDERS = ("masks", "overlays", "probabilities", "previews")
-#: a photo's record names its files under these keys (paths relative to the output folder)
+OUTPUT_FOLDERS = ("masks", "class_masks", "overlays", "probabilities", "previews")
+#: a photo's record names its files under these keys (paths relative to the output folder; the CLASS_ ones as
+#: {class: path})
 FILE_KEYS = ("mask", "overlay", "probability", "preview_photo", "preview_overlay")
+CLASS_FILE_KEYS = ("class_masks", "class_probabilities")
+#: defects.csv (models with classes): one row per defect
+DEFECT_COLUMNS = [
+    "image",
+    "name",
+    "id",
+    "class",
+    "area_px",
+    "area_percent",
+    "length_px",
+    "mean_width_px",
+    "max_width_px",
+    "area_mm2",
+    "length_mm",
+    "mean_width_mm",
+    "max_width_mm",
+    "bbox_x",
+    "bbox_y",
+    "bbox_width",
+    "bbox_height",
+    "centroid_x",
+    "centroid_y",
+]
+
+
+def record_files(record: dict[str, Any]) -> list[str]:
+    """Every file a photo's record names (relative to the output folder)."""
+    files = [record[kind] for kind in FILE_KEYS if record.get(kind)]
+    return files + [path for kind in CLASS_FILE_KEYS for path in (record.get(kind) or {}).values()]
+
+
+def defect_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """defects.csv's rows of one photo: every defect with its class, measurements and box."""
+    rows = []
+    for defect in record.get("components") or []:
+        x, y, w, h = defect["bbox"]
+        rows.append(
+            {
+                "image": record["image"],
+                "name": record.get("name"),
+                "class": defect.get("type"),
+                **defect,
+                "bbox_x": x,
+                "bbox_y": y,
+                "bbox_width": w,
+                "bbox_height": h,
+                "centroid_x": defect["centroid"][0],
+                "centroid_y": defect["centroid"][1],
+            }
+        )
+    return rows
 
 
 def _plain(value: Any) -> Any:
@@ -77,10 +130,23 @@ def remove_stale_temporaries(output_dir: Path) -> list[Path]:
 class PredictionSummary:
     """The photos done so far (records in input order), the failures, and whether the run got through them all."""
 
-    def __init__(self, output_dir: Path, model: dict[str, Any], settings: dict[str, Any], images: Sequence[str]):
+    def __init__(
+        self,
+        output_dir: Path,
+        model: dict[str, Any],
+        settings: dict[str, Any],
+        images: Sequence[str],
+        class_columns: Sequence[str] | None = None,
+    ):
+        """``class_columns``: a model with classes: predictions.csv's per-class columns, and defects.csv is written."""
         self.output_dir = Path(output_dir)
         self.json_path = self.output_dir / "predictions.json"
         self.csv_path = self.output_dir / "predictions.csv"
+        self.defects_csv_path = None if class_columns is None else self.output_dir / "defects.csv"
+        self.columns = list(CSV_COLUMNS)
+        if class_columns is not None:  # after the totals, before the scale and file columns
+            at = self.columns.index("mm_per_px")
+            self.columns[at:at] = list(class_columns)
         self.model, self.settings = _plain(model), _plain(settings)
         self.order = {image: index for index, image in enumerate(images)}
         self.records: dict[str, dict[str, Any]] = {}
@@ -109,7 +175,7 @@ class PredictionSummary:
                 "set another output_dir= (or rerun with the same model and settings to continue that run)"
             )
         for record in previous.get("images") or []:
-            files = [record[kind] for kind in FILE_KEYS if record.get(kind)]
+            files = record_files(record)
             if record.get("image") in self.order and all((self.output_dir / f).is_file() for f in files):
                 self.records[record["image"]] = record
         return len(self.records)
@@ -143,10 +209,15 @@ class PredictionSummary:
         """
         records, failed = self.ordered_records(), self.ordered_failures()
         with atomic_writer(self.csv_path) as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(records)
+            writer.writerows({**r, **flat_columns(r.get("classes") or {})} for r in records)
             writer.writerows({"image": f["image"], "status": "failed", "error": f["error"]} for f in failed)
+        if self.defects_csv_path is not None:
+            with atomic_writer(self.defects_csv_path) as handle:
+                writer = csv.DictWriter(handle, fieldnames=DEFECT_COLUMNS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(row for r in records for row in defect_rows(r))
         atomic_write_json(
             self.json_path,
             {

@@ -172,6 +172,40 @@ def predict_tiled(
     return total[:, :height, :width]
 
 
+def probability_maps(
+    image: np.ndarray,
+    predict: ProbabilityFn,
+    tile_size: int = 256,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    multiple: int = 16,
+    scale: float = 1.0,
+    on_progress: Callable[[int, int], None] | None = None,
+    margin: int | None = None,
+) -> np.ndarray:
+    """Probabilities (C x H x W float32 in [0, 1]) of every output channel, ``scale`` resampling the photo first.
+
+    ``scale`` < 1 shows the model a photo shrunk to the pixel size it was trained at; the
+    probabilities are resized back, so the maps still have the photo's exact size. ``margin``: see ``predict_tiled``.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    height, width = image.shape[:2]
+    resized = image
+    if scale != 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    probabilities = predict_tiled(resized, predict, tile_size, overlap, batch_size, multiple, on_progress, margin)
+    if probabilities.shape[1:] != (height, width):
+        probabilities = resize_maps(probabilities, height, width)
+    return np.clip(probabilities, 0.0, 1.0)
+
+
+def resize_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """C x h x w float32 maps resized (bilinear) to C x ``height`` x ``width``, one channel at a time (any C)."""
+    return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps])
+
+
 def probability_map(
     image: np.ndarray,
     predict: ProbabilityFn,
@@ -183,24 +217,13 @@ def probability_map(
     on_progress: Callable[[int, int], None] | None = None,
     margin: int | None = None,
 ) -> np.ndarray:
-    """Defect probability (H x W float32) of a binary model, ``scale`` resampling the photo first.
-
-    ``scale`` < 1 shows the model a photo shrunk to the pixel size it was trained at; the
-    probabilities are resized back, so the map still has the photo's exact size. ``margin``: see ``predict_tiled``.
-    """
-    if scale <= 0:
-        raise ValueError(f"scale must be positive, got {scale}")
-    height, width = image.shape[:2]
-    resized = image
-    if scale != 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    probabilities = predict_tiled(resized, predict, tile_size, overlap, batch_size, multiple, on_progress, margin)
+    """Defect probability (H x W float32) of a binary model: ``probability_maps``' one channel."""
+    probabilities = probability_maps(
+        image, predict, tile_size, overlap, batch_size, multiple, scale, on_progress, margin
+    )
     if probabilities.shape[0] != 1:
         raise ValueError(
-            f"the model predicts {probabilities.shape[0]} channels; predict handles binary (one-channel) defect models"
+            f"the model predicts {probabilities.shape[0]} channels; probability_map is for binary (one-channel) "
+            "models, probability_maps gives every channel"
         )
-    probability = probabilities[0]
-    if probability.shape != (height, width):
-        probability = cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.clip(probability, 0.0, 1.0)
+    return probabilities[0]

@@ -29,14 +29,24 @@ log = logging.getLogger(__name__)
 
 
 class ProbabilityModel(nn.Module):
-    """Images in [0, 1] -> defect probabilities: what predict runs and what export writes."""
+    """Images in [0, 1] -> defect probabilities: what predict runs and what export writes.
 
-    def __init__(self, model: nn.Module) -> None:
+    A sigmoid per channel (binary and multilabel models), or with ``softmax`` one over the channels (background +
+    one per class: a softmax model's classes are exclusive).
+    """
+
+    def __init__(self, model: nn.Module, softmax: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.softmax = softmax
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(images))
+        logits = self.model(images)
+        return logits.softmax(dim=1) if self.softmax else torch.sigmoid(logits)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, info: ModelInfo) -> ProbabilityModel:
+        return cls(model, softmax=info.classes is not None and not info.multilabel)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -109,17 +119,29 @@ def checkpoint_threshold(checkpoint: dict[str, Any]) -> tuple[float, str]:
     return DEFAULT_THRESHOLD, "default"
 
 
+def checkpoint_classes(checkpoint: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """A model trained with dataset.classes: its class names, multilabel, and per-class thresholds (multilabel: the
+    ones stage 2 tuned per class, else the training threshold for each); {} for a binary model."""
+    hyper = checkpoint.get("hyper_parameters") or {}
+    classes = hyper.get("classes")
+    if not classes:
+        return {}
+    multilabel = bool(hyper.get("multilabel", False))
+    thresholds = None
+    if multilabel:
+        tuned = (checkpoint.get(TUNED_THRESHOLD_KEY) or {}).get("best_threshold_per_class")
+        if tuned and len(tuned) == len(classes):
+            thresholds = [float(t) for t in tuned]
+        else:
+            thresholds = [float(hyper.get("threshold", threshold))] * len(classes)
+    return {"classes": [str(c) for c in classes], "multilabel": multilabel, "class_thresholds": thresholds}
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     """The fine-tuned network (eval mode, on the CPU) and what predict needs to know about it."""
     path = Path(path)
     cfg = run_config(path)
     checkpoint = read_checkpoint(path)
-    classes = (checkpoint.get("hyper_parameters") or {}).get("classes")
-    if classes:  # dataset.classes: C (+1) output channels, which predict's masks and measures do not read yet
-        raise UserError(
-            f"{path}: a multi-class model ({', '.join(map(str, classes))}); "
-            "predict and export handle binary models only so far (docs/defect_types.md)"
-        )
     model = instantiate(cfg.model)
     prefix = "model."
     state = {key[len(prefix) :]: value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)}
@@ -131,6 +153,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
         ) from error
     model.eval()
     threshold, source = checkpoint_threshold(checkpoint)
+    classes = checkpoint_classes(checkpoint, threshold)
+    if classes.get("multilabel") and (checkpoint.get(TUNED_THRESHOLD_KEY) or {}).get("best_threshold_per_class"):
+        source = "tuned per class on validation Dice"
     tile_size = OmegaConf.select(cfg, "dataset.image_size")
     info = ModelInfo(
         source=str(path.resolve()),
@@ -141,6 +166,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
         multiple=size_multiple(model),
         architecture=dict(getattr(model, "architecture", {}) or {}),
         input_scale=recorded_input_scale(path, cfg),
+        **classes,
     )
     return model, info
 
@@ -148,7 +174,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
 class TorchSegmenter:
     def __init__(self, model: nn.Module, info: ModelInfo, device: str = "auto") -> None:
         self.device = resolve_device(device)
-        self.network = ProbabilityModel(model).to(self.device).eval()
+        self.network = ProbabilityModel.for_model(model, info).to(self.device).eval()
         self.info = info
 
     @classmethod
