@@ -8,8 +8,8 @@ shown to it at the scale its training photos were resized to (``scale=auto``). W
 ``predictions.json`` (rewritten after every photo, so a stopped run loses nothing and a rerun continues) and
 ``report.html``. A model trained with ``dataset.classes`` gives palette masks (0 background, k the k-th class),
 optionally ``class_masks/CLASS/``, one overlay colour per class, each defect measured with its class and
-``defects.csv`` (docs/defect_types.md). An unreadable photo is named and skipped; the run goes on and exits 1 at the end. An exported
-``.onnx`` model runs in ONNX Runtime: no torch, no Lightning. See docs/predict.md.
+``defects.csv`` (docs/defect_types.md). An unreadable photo is named and skipped; the run goes on and exits 1 at the
+end. An exported ``.onnx`` model runs in ONNX Runtime: no torch, no Lightning. See docs/predict.md.
 """
 
 from __future__ import annotations

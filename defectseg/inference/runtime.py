@@ -1,9 +1,9 @@
 """Which model to run: a fine-tuned checkpoint (PyTorch) or an exported ONNX file (ONNX Runtime).
 
-Both answer the same call, N x 3 x h x w float32 images in [0, 1] -> N x K x h x w
-probabilities (K = 1 for a binary model, C for a multilabel one, background + C for a softmax one), and carry a ``ModelInfo`` (threshold, tile size, size multiple), so the
-rest of predict does not know which one runs. Nothing here imports torch: an ONNX model
-runs with numpy and onnxruntime alone.
+Both answer the same call, N x 3 x h x w float32 images in [0, 1] -> N x K x h x w probabilities (K = 1 for a
+binary model, C for a multilabel one, background + C for a softmax one), and carry a ``ModelInfo`` (threshold, tile
+size, size multiple, classes), so the rest of predict does not know which one runs. Nothing here imports torch: an
+ONNX model runs with numpy and onnxruntime alone.
 """
 
 from __future__ import annotations
