@@ -34,6 +34,7 @@ th[data-order=desc]::after{content:" \\25BC"}td.text,th.text{text-align:left}
 .pair{display:flex;gap:12px;flex-wrap:wrap}.pair figure{margin:0;flex:1 1 420px;max-width:49%}
 .pair img{width:100%;height:auto;border:1px solid #d0d7de}figcaption{font-size:13px;color:#57606a}
 .failed td{color:#cf222e}
+.swatch{display:inline-block;width:12px;height:12px;margin-right:6px;vertical-align:middle;border:1px solid #57606a}
 """
 SCRIPT = """
 document.querySelectorAll('table.sortable th').forEach(function (th) {
@@ -102,8 +103,12 @@ def _anchor(record: dict[str, Any]) -> str:
     return "photo-" + "".join(c if c.isalnum() else "-" for c in str(record.get("name", record["image"])))
 
 
-def type_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per defect type: photos it is in, count, total area and crack length (in mm only if every photo has a scale)."""
+def type_summary(
+    records: list[dict[str, Any]], classes: list[str] | None = None, linear: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Per defect type: photos it is in, count, total area and crack length (in mm only if every photo has a scale).
+
+    A model with ``classes``: every class in the model's order, found or not; length only for its ``linear`` ones."""
     by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
     photos: dict[str, set[str]] = defaultdict(set)
     for record in records:
@@ -111,7 +116,9 @@ def type_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             by_type[str(defect.get("type", "defect"))].append(defect)
             photos[str(defect.get("type", "defect"))].add(record["image"])
     rows = []
-    for name, defects in sorted(by_type.items()):
+    names = sorted(by_type) if classes is None else list(classes)
+    for name in names:
+        defects = by_type.get(name, [])
         thin = [d for d in defects if d.get("length_px") is not None]
         rows.append(
             {
@@ -128,7 +135,18 @@ def type_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 else round(sum(d["length_mm"] for d in thin), 3),
             }
         )
+        if classes is not None and name not in (linear or []):  # an area-only class has no length
+            rows[-1]["length_px"] = rows[-1]["length_mm"] = None
     return rows
+
+
+def _type_cell(name: str, colors: dict[str, list[int]]) -> str:
+    """The type's name, after a swatch of its overlay colour when it has one (models with classes)."""
+    color = colors.get(name)
+    if not color:
+        return _text(name)
+    hex_color = "#" + "".join(f"{int(c):02x}" for c in color)
+    return f'<td class="text"><span class="swatch" style="background:{hex_color}"></span>{html.escape(name)}</td>'
 
 
 def render(summary: PredictionSummary, title: str) -> str:
@@ -165,19 +183,21 @@ def render(summary: PredictionSummary, title: str) -> str:
         parts.append(f'<p class="warn">{len(failed)} photo(s) could not be read (listed at the end).</p>')
 
     parts.append("<h2>Defect types</h2>")
+    colors = model.get("class_colors") or {}
     type_rows = [
         "<tr>"
-        + _text(t["type"])
+        + _type_cell(t["type"], colors)
         + "".join(_cell(t[k]) for k in ("photos", "defects", "area_px"))
         + (_cell(t["area_mm2"], 2) if with_mm else "")
         + _cell(t["length_px"])
         + (_cell(t["length_mm"], 2) if with_mm else "")
         + "</tr>"
-        for t in type_summary(records)
+        for t in type_summary(records, model.get("classes"), model.get("linear_classes"))
     ]
-    type_headers = [("type", True), ("photos", False), ("defects", False), ("area (px)", False)]
+    type_headers = [("class" if colors else "type", True), ("photos", False), ("defects", False), ("area (px)", False)]
     type_headers += [("area (mm²)", False)] if with_mm else []
-    type_headers += [("crack length (px)", False)] + ([("crack length (mm)", False)] if with_mm else [])
+    length = "length" if colors else "crack length"
+    type_headers += [(f"{length} (px)", False)] + ([(f"{length} (mm)", False)] if with_mm else [])
     parts.append(_table(type_headers, type_rows) if type_rows else "<p>No defect found.</p>")
 
     parts.append("<h2>Photos</h2>")
