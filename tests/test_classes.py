@@ -475,12 +475,10 @@ def test_report_has_dice_per_class_and_per_class_gains_with_cis(tmp_path):
     assert all(r["classes"] == ",".join(CLASSES) for r in result["rows"])
 
 
-def test_predict_and_export_refuse_a_multiclass_model_in_one_line(compose_config, tmp_path):
+def test_predict_and_export_read_the_classes_of_a_multiclass_model(compose_config, tmp_path):
     from defectseg.inference.torch_runtime import load_model
-    from defectseg.utils.errors import UserError
 
     root = write_class_set(tmp_path / "set")
     metrics = run_finetune(compose_config("finetune", classes_overrides(root)))
-    with pytest.raises(UserError, match="multi-class model") as caught:
-        load_model(metrics["checkpoint"])
-    assert "\n" not in str(caught.value)
+    _model, info = load_model(metrics["checkpoint"])
+    assert info.classes == list(CLASSES) and info.multilabel is False and info.channels == len(CLASSES) + 1

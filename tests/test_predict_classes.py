@@ -332,3 +332,65 @@ def test_tiles_blend_every_channel():
     assert tiled.shape == (4, 160, 200)
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     assert probability_maps(image, SoftmaxStandIn(), tile_size=48, multiple=16, scale=0.5).shape == (4, 160, 200)
+
+
+# --- end to end: stage 1 -> stage 2 with classes -> predict -> export -> predict with the ONNX model --------------
+
+
+def test_end_to_end_stage1_stage2_with_classes_predict_and_export(compose_config, classification_set, tmp_path):
+    import onnxruntime as ort
+
+    from defectseg.export import run_export
+    from defectseg.finetune import run_finetune
+    from defectseg.pretrain import run_pretrain
+    from tests.helpers import stage1_overrides
+    from tests.test_classes import classes_overrides, write_class_set
+
+    small = "model.channels=[8,16,32]"
+    run_pretrain(compose_config("pretrain", [*stage1_overrides(classification_set), small], run_name="s1"))
+    class_set = write_class_set(tmp_path / "class_set")
+    metrics = run_finetune(compose_config("finetune", [*classes_overrides(class_set, "encoder"), small], run_name="s2"))
+    assert metrics["classes"] == ["crack", "corrosion"] and metrics["pretrained_encoder"]
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, size in enumerate(((32, 32), (45, 70))):
+        Image.fromarray(class_photo()[: size[0], : size[1]] if i else class_photo()[::5, ::5]).save(photos / f"{i}.png")
+    cfg = compose_config("predict", [f"input={photos}", "progress=false", "save.probability=npy"], run_name="pred")
+    summary = run_predict(cfg)
+    assert summary["predicted"] == 2 and summary["threshold"] is None  # softmax: argmax, no threshold
+    out = Path(cfg.output_dir)
+    saved = json.loads((out / "predictions.json").read_text())
+    assert saved["model"]["classes"] == ["crack", "corrosion"] and saved["model"]["runtime"] == "torch"
+    probabilities = np.load(out / "probabilities" / "1.npy")
+    assert probabilities.shape == (3, 45, 70)  # background + 2 classes, blended over the tiles
+    np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-4)
+    mask = np.asarray(Image.open(out / "masks" / "1.png"))
+    assert mask.shape == (45, 70) and set(np.unique(mask).tolist()) <= {0, 1, 2}
+    assert (out / "defects.csv").is_file()
+
+    export_cfg = compose_config("export", [f"checkpoint={metrics['output_dir']}"], run_name="exp")
+    report = run_export(export_cfg)
+    for name in ("onnx", "torchscript"):
+        assert report["exported"][name]["ok"], report["exported"][name]
+    assert report["check"]["shapes"][0] == [1, 3, 32, 32]
+    onnx_path = report["exported"]["onnx"]["path"]
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    stored = json.loads(session.get_modelmeta().custom_metadata_map["defectseg"])
+    assert stored["classes"] == ["crack", "corrosion"] and stored["multilabel"] is False
+    assert stored["class_thresholds"] is None
+    output = session.run(None, {"images": np.random.default_rng(0).random((2, 3, 32, 48), dtype=np.float32)})[0]
+    assert output.shape == (2, 3, 32, 48)  # N x (background + C) x H x W
+
+    onnx_cfg = compose_config(
+        "predict", [f"input={photos}", "progress=false", f"checkpoint={onnx_path}"], run_name="pred_onnx"
+    )
+    run_predict(onnx_cfg)
+    onnx_out = Path(onnx_cfg.output_dir)
+    assert json.loads((onnx_out / "predictions.json").read_text())["model"]["runtime"] == "onnxruntime"
+    for name in ("0", "1"):
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(onnx_out / "masks" / f"{name}.png")),
+            np.asarray(Image.open(out / "masks" / f"{name}.png")),
+        )
+    assert (onnx_out / "defects.csv").read_text().replace(str(onnx_out), "") == (out / "defects.csv").read_text()

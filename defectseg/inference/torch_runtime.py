@@ -142,7 +142,13 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     path = Path(path)
     cfg = run_config(path)
     checkpoint = read_checkpoint(path)
-    model = instantiate(cfg.model)
+    threshold, source = checkpoint_threshold(checkpoint)
+    classes = checkpoint_classes(checkpoint, threshold)
+    if classes:  # stage 2 gave the model its channels from dataset.classes (finetune.build_model), as here
+        channels = len(classes["classes"]) + (0 if classes["multilabel"] else 1)
+        model = instantiate(cfg.model, num_classes=channels)
+    else:
+        model = instantiate(cfg.model)
     prefix = "model."
     state = {key[len(prefix) :]: value for key, value in checkpoint["state_dict"].items() if key.startswith(prefix)}
     try:
@@ -152,8 +158,6 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
             f"{path}: its weights do not fit the model in its run's config ({str(error).splitlines()[0]})"
         ) from error
     model.eval()
-    threshold, source = checkpoint_threshold(checkpoint)
-    classes = checkpoint_classes(checkpoint, threshold)
     if classes.get("multilabel") and (checkpoint.get(TUNED_THRESHOLD_KEY) or {}).get("best_threshold_per_class"):
         source = "tuned per class on validation Dice"
     tile_size = OmegaConf.select(cfg, "dataset.image_size")
