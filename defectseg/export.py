@@ -3,9 +3,10 @@
     python -m defectseg.export [checkpoint=RUN_DIR|CKPT] [formats=[onnx]] [opset=18] [check.sample=PHOTO]
 
 The exported graph takes N x 3 x H x W float32 images in [0, 1] (H, W multiples of the
-model's size multiple; predict pads to them) and returns defect probabilities; input
-normalisation and the sigmoid are inside. Predict's settings (tuned threshold, tile size,
-size multiple) travel in the ONNX metadata and TorchScript's extra files. After writing,
+model's size multiple; predict pads to them) and returns defect probabilities, N x K x H x W: K = 1 for a
+binary model, background + C (softmax inside) or C (multilabel: sigmoids) for a model with classes; input
+normalisation is inside. Predict's settings (tuned threshold, tile size, size multiple, the classes, multilabel and
+per-class thresholds) travel in the ONNX metadata and TorchScript's extra files. After writing,
 the export runs ONNX Runtime (and the TorchScript module) against PyTorch on two sample
 shapes and says whether they agree within ``check.atol``; exit 1 if not.
 """
