@@ -394,3 +394,54 @@ def test_end_to_end_stage1_stage2_with_classes_predict_and_export(compose_config
             np.asarray(Image.open(out / "masks" / f"{name}.png")),
         )
     assert (onnx_out / "defects.csv").read_text().replace(str(onnx_out), "") == (out / "defects.csv").read_text()
+
+
+def test_multilabel_export_carries_the_per_class_thresholds(compose_config, tmp_path):
+    """A multilabel run made by hand (two sigmoid channels, thresholds tuned per class): ONNX gives N x C x H x W
+    within the parity check, carries the thresholds, and predicts the same class masks as the checkpoint."""
+    import onnxruntime as ort
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from defectseg.export import run_export
+    from defectseg.training.metrics import TUNED_THRESHOLD_KEY
+
+    model_cfg = {"_target_": "defectseg.models.unet_paper", "in_channels": 3, "channels": [4, 8, 16], "num_classes": 1}
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"model": model_cfg, "dataset": {"image_size": 32}}), run_dir / "config.yaml")
+    torch.manual_seed(0)
+    model = instantiate(model_cfg, num_classes=2)
+    checkpoint = {
+        "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
+        "hyper_parameters": {"threshold": 0.5, "classes": ["crack", "pit"], "multilabel": True},
+        TUNED_THRESHOLD_KEY: {"best_threshold_per_class": [0.45, 0.55]},
+    }
+    torch.save(checkpoint, run_dir / "checkpoints" / "best.ckpt")
+
+    report = run_export(compose_config("export", [f"checkpoint={run_dir}", "formats=[onnx]"], run_name="exp"))
+    assert report["exported"]["onnx"]["ok"] and report["model"]["class_thresholds"] == [0.45, 0.55]
+    session = ort.InferenceSession(report["exported"]["onnx"]["path"], providers=["CPUExecutionProvider"])
+    stored = json.loads(session.get_modelmeta().custom_metadata_map["defectseg"])
+    assert stored["multilabel"] is True and stored["class_thresholds"] == [0.45, 0.55]
+    assert session.run(None, {"images": np.zeros((1, 3, 32, 32), np.float32)})[0].shape == (1, 2, 32, 32)
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(class_photo()[:60, :90]).save(photos / "p.png")
+    masks = {}
+    for name, model_path in (("ckpt", run_dir), ("onnx", report["exported"]["onnx"]["path"])):
+        cfg = compose_config(
+            "predict",
+            [f"input={photos}", "progress=false", f"checkpoint={model_path}", "classes.masks=true"],
+            run_name=name,
+        )
+        run_predict(cfg)
+        summary = json.loads((Path(cfg.output_dir) / "predictions.json").read_text())
+        assert summary["model"]["class_thresholds"] == [0.45, 0.55]
+        masks[name] = [
+            np.asarray(Image.open(Path(cfg.output_dir) / "class_masks" / c / "p.png")) for c in ("crack", "pit")
+        ]
+    for from_checkpoint, from_onnx in zip(masks["ckpt"], masks["onnx"]):
+        np.testing.assert_array_equal(from_checkpoint, from_onnx)
