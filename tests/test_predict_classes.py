@@ -196,6 +196,7 @@ def test_measurements_per_class_in_csv_json_and_defects_csv(compose_config, monk
 
     report = (out / "report.html").read_text()
     assert report.count('class="swatch"') == 3 and "background:#56b4e9" in report  # corrosion's sky blue
+    assert "classes crack, corrosion, pit (softmax)" in report
 
 
 def test_overlay_has_one_colour_per_class_and_a_legend_below(compose_config, monkeypatch, tmp_path):

@@ -127,12 +127,15 @@ class ClassDecoder:
             winner = probabilities.argmax(axis=0)
             raw = winner[None] == np.arange(1, len(self.names) + 1)[:, None, None]
         class_masks = np.stack([remove_small_components(m, min_area_px) for m in raw])
+        labels = np.zeros(probabilities.shape[1:], np.uint8)
         if self.multilabel:  # the index mask shows the most probable of a pixel's classes
-            scores = np.where(class_masks, probabilities, -1.0)
-            labels = np.where(class_masks.any(axis=0), scores.argmax(axis=0) + 1, 0)
+            scores = np.where(class_masks, probabilities, np.float32(-1.0))
+            best = scores.argmax(axis=0).astype(np.uint8) + np.uint8(1)
+            labels[class_masks.any(axis=0)] = best[class_masks.any(axis=0)]
         else:
-            labels = (class_masks * np.arange(1, len(self.names) + 1)[:, None, None]).sum(axis=0)
-        return labels.astype(np.uint8), class_masks
+            for k, mask in enumerate(class_masks, start=1):
+                labels[mask] = k
+        return labels, class_masks
 
     def measure(
         self, class_masks: np.ndarray, thin_min_elongation: float, mm_per_px: float | None

@@ -149,6 +149,14 @@ def _type_cell(name: str, colors: dict[str, list[int]]) -> str:
     return f'<td class="text"><span class="swatch" style="background:{hex_color}"></span>{html.escape(name)}</td>'
 
 
+def _model_line(model: dict[str, Any]) -> str:
+    """How pixels became defects: the threshold (binary), or the classes and how they are picked."""
+    if not model.get("classes"):
+        return f"threshold {model.get('threshold')} ({model.get('threshold_source')})"
+    how = f"multilabel, thresholds {model.get('class_thresholds')}" if model.get("multilabel") else "softmax"
+    return f"classes {', '.join(model['classes'])} ({how})"
+
+
 def render(summary: PredictionSummary, title: str) -> str:
     records, failed = summary.ordered_records(), summary.ordered_failures()
     model, settings = summary.model, summary.settings
@@ -167,7 +175,7 @@ def render(summary: PredictionSummary, title: str) -> str:
                 f"{len(records)} of {len(summary.order)} photo(s) predicted",
                 f"written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
                 f"model {model.get('source')} ({model.get('runtime')})",
-                f"threshold {model.get('threshold')} ({model.get('threshold_source')})",
+                _model_line(model),
                 f"scale {settings.get('scale')}",
                 f"min defect area {settings.get('min_defect_area_px')}",
             )
