@@ -41,7 +41,7 @@ from defectseg.inference.report_html import write_report
 from defectseg.inference.runtime import ModelInfo, Segmenter, load_segmenter
 from defectseg.inference.scale import MillimetresPerPixel, min_area_px, parse_scale, photo_scale
 from defectseg.inference.summary import PredictionSummary, remove_stale_temporaries
-from defectseg.inference.tiling import probability_maps, resize_maps
+from defectseg.inference.tiling import MAX_TILE, probability_maps, resize_maps
 from defectseg.utils.errors import RunInterrupted, UserError, exit_cleanly_on_user_error
 from defectseg.utils.naming import register_resolvers
 from defectseg.utils.run_directory import make_output_dir
@@ -119,6 +119,7 @@ def predict_one(
         batch_size=int(plan.cfg.tiling.batch_size),
         multiple=plan.segmenter.info.multiple,
         on_progress=on_progress,
+        margin=plan.margin,
     )
     if probabilities.shape[1:] != (height, width):
         probabilities = resize_maps(probabilities, height, width)
@@ -189,6 +190,22 @@ def class_decoder(cfg: DictConfig, info: ModelInfo) -> ClassDecoder | None:
     return ClassDecoder.for_model(info, threshold, linear)
 
 
+def tile_layout(tiling: DictConfig, trained_size: int | None) -> tuple[int, int | None]:
+    """(tile size, margin) for probability_map from the tiling settings.
+
+    fitted (default): as few tiles as cover the photo, each at most tiling.tile_size px (default MAX_TILE), neighbours
+    sharing tiling.margin px: a fully convolutional network does the same work per pixel at any tile size, so large
+    tiles only remove pixels computed twice and per-tile overhead. grid: tiles of tiling.tile_size px (default: the
+    trained size) sharing tiling.overlap of a tile, the layout of earlier versions.
+    """
+    layout = str(tiling.get("layout", "fitted"))
+    if layout == "fitted":
+        return int(tiling.tile_size or MAX_TILE), int(tiling.get("margin", 128))
+    if layout == "grid":
+        return int(tiling.tile_size or trained_size or 256), None
+    raise UserError(f"tiling.layout must be fitted or grid, got {layout!r}")
+
+
 @dataclass
 class Plan:
     """What every photo of one run is predicted with."""
@@ -198,6 +215,7 @@ class Plan:
     #: a binary model's threshold; a multilabel model's per-class list; None for a softmax model
     threshold: float | list[float] | None
     tile_size: int
+    margin: int | None  # px neighbouring tiles share (the fitted layout); None: the grid layout
     scale: str | float
     mm_per_px: MillimetresPerPixel
     root: Path
@@ -258,6 +276,7 @@ def run_settings(cfg: DictConfig, with_classes: bool = False) -> dict[str, Any]:
         "min_defect_area_px",
         "thin_min_elongation",
         "tiling",
+        "precision",
         "save",
         "overlay",
         *(("classes",) if with_classes else ()),
@@ -274,7 +293,7 @@ def prepare(cfg: DictConfig) -> tuple[Plan, PredictionSummary, list[Path], list[
     if not paths:
         raise UserError(f"input={cfg.input}: holds no photos outside output_dir={output_dir}")
     root = input_root(str(cfg.input), paths)
-    segmenter = load_segmenter(cfg.checkpoint, str(cfg.device))
+    segmenter = load_segmenter(cfg.checkpoint, str(cfg.device), str(cfg.get("precision", "32")))
     info = segmenter.info
     decoder = class_decoder(cfg, info)
     threshold: float | list[float] | None = float(cfg.threshold) if cfg.threshold is not None else info.threshold
@@ -284,11 +303,14 @@ def prepare(cfg: DictConfig) -> tuple[Plan, PredictionSummary, list[Path], list[
         threshold_source = (
             threshold_source if decoder.multilabel else "none: softmax, each pixel its most probable class"
         )
-    tile_size = int(cfg.tiling.tile_size or info.tile_size or 256)
+    tile_size, margin = tile_layout(cfg.tiling, info.tile_size)
     for stale in remove_stale_temporaries(output_dir):
         log.info("removed %s (half-written by a run that was killed)", stale)
-    plan = Plan(cfg, segmenter, threshold, tile_size, parse_scale(cfg.scale), mm_per_px, root, output_dir, decoder)
-    model = {**info.to_dict(), "threshold": threshold, "threshold_source": threshold_source, "tile_size": tile_size}
+    plan = Plan(
+        cfg, segmenter, threshold, tile_size, margin, parse_scale(cfg.scale), mm_per_px, root, output_dir, decoder
+    )
+    model = {**info.to_dict(), "threshold": threshold, "threshold_source": threshold_source}
+    model |= {"tile_size": tile_size, "tile_margin": margin}
     if decoder is not None:
         model.update(decoder.describe())
     summary = PredictionSummary(

@@ -209,7 +209,8 @@ def test_end_to_end_from_a_tiny_finetune_run(compose_config, segmentation_set, t
         assert Image.open(out / "overlays" / f"{name}.png").size == size[::-1]
     report = json.loads((out / "predictions.json").read_text())
     assert (
-        report["model"]["tile_size"] == 32
+        report["model"]["tile_size"] == 1024  # the fitted layout: one tile per photo this small
+        and report["model"]["tile_margin"] == 128
         and report["model"]["runtime"] == "torch"
         and report["model"]["multiple"] == 4
     )
@@ -227,3 +228,36 @@ def test_end_to_end_from_a_tiny_finetune_run(compose_config, segmentation_set, t
     assert {(r["scale_x"], r["scale_y"]) for r in report["images"]} == {(1.0, 1.0)}
     assert Path(report["model"]["source"]) == (run_dir / "checkpoints" / "best.ckpt").resolve()
     assert {Path(r["image"]).stem for r in report["images"]} == set(sizes)
+
+
+def test_tile_layout_defaults_and_refusal():
+    """fitted: tiles up to 1024 px sharing the margin; grid: the trained size, as earlier versions tiled."""
+    from omegaconf import OmegaConf
+
+    from defectseg.predict import tile_layout
+
+    tiling = OmegaConf.create({"layout": "fitted", "tile_size": None, "margin": 96, "overlap": 0.25})
+    assert tile_layout(tiling, 128) == (1024, 96)
+    assert tile_layout(OmegaConf.merge(tiling, {"tile_size": 512}), 128) == (512, 96)
+    assert tile_layout(OmegaConf.merge(tiling, {"layout": "grid"}), 128) == (128, None)
+    assert tile_layout(OmegaConf.merge(tiling, {"layout": "grid"}), None) == (256, None)
+    with pytest.raises(UserError, match=r"tiling\.layout"):
+        tile_layout(OmegaConf.merge(tiling, {"layout": "mosaic"}), 128)
+
+
+def test_bf16_precision_runs_channels_last_under_autocast_and_stays_close_to_fp32():
+    torch.manual_seed(0)
+    model = unet_paper(channels=(4, 8, 16)).eval()
+    info = ModelInfo(source="tiny", runtime="torch", multiple=model.encoder.reduction)
+    fp32 = TorchSegmenter(model, info, device="cpu")
+    images = photo(32, 48).transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+    reference = fp32(images)
+    bf16 = TorchSegmenter(model, info, device="cpu", precision="bf16")
+    fast = bf16(images)
+    assert fast.dtype == np.float32 and fast.shape == reference.shape
+    assert 0 < np.abs(fast - reference).max() < 0.05  # bf16 really ran (not bit-equal), yet close
+    assert next(bf16.network.parameters()).is_contiguous(memory_format=torch.channels_last) or any(
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in bf16.network.parameters()
+    )
+    with pytest.raises(UserError, match="precision must be one of 32, bf16"):
+        TorchSegmenter(model, info, device="cpu", precision="fp16")

@@ -91,13 +91,15 @@ def resolve_model_path(location: str | Path | None) -> Path:
     raise UserError(f"no fine-tuned model at {path}: {hint}")
 
 
-def load_segmenter(location: str | Path | None, device: str = "auto") -> Segmenter:
+def load_segmenter(location: str | Path | None, device: str = "auto", precision: str = "32") -> Segmenter:
     """The model behind ``location``; ONNX files run in ONNX Runtime (no torch import), the rest in PyTorch."""
     path = resolve_model_path(location)
     if path.suffix.lower() == ".onnx":
+        if str(precision) != "32":
+            raise UserError(f"precision={precision} applies to PyTorch checkpoints; {path.name} runs in ONNX Runtime")
         from defectseg.inference.onnx_runtime import OnnxSegmenter
 
         return OnnxSegmenter(path, device)
     from defectseg.inference.torch_runtime import TorchSegmenter
 
-    return TorchSegmenter.from_checkpoint(path, device)
+    return TorchSegmenter.from_checkpoint(path, device, precision)
