@@ -230,6 +230,26 @@ def test_classes_loss_ignores_void_pixels_and_weights_classes():
     assert frequency_weights([100, 400, 0]) == [2.0, 0.5, 1.0] or frequency_weights([100, 400, 0])[2] == 1.0
 
 
+def test_classes_dice_term_is_over_the_batch_and_ignores_classes_it_lacks():
+    """One defect type per photo: a class absent from an image must not be pushed to zero by the Dice term."""
+    target = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    target[0, 0, 2:6, 2:6] = 1  # image 0 holds class 1 only, image 1 class 2 only
+    target[1, 0, 1:3, 1:7] = 2
+    dice_only = ClassesLoss(3, ce_weight=0.0)
+    logits = torch.zeros(2, 4, 8, 8, requires_grad=True)
+    dice_only(logits, target).backward()
+    # raising class 1's logit where image 0 has it lowers the loss; class 3 (in no image) gets no Dice gradient
+    assert logits.grad[0, 1, 3, 3] < 0
+    # predicting background everywhere costs the whole Dice term (per image, the absent classes scored it 1/3)
+    nothing = torch.full((2, 4, 8, 8), -20.0)
+    nothing[:, 0] = 20.0
+    assert float(dice_only(nothing, target)) > 0.95
+    perfect = torch.full((2, 4, 8, 8), -20.0)
+    for k in range(3):
+        perfect[:, k][target[:, 0] == k] = 20.0
+    assert float(dice_only(perfect, target)) == pytest.approx(0.0, abs=1e-4)
+
+
 def test_binary_loss_is_unchanged_without_ignored_pixels_and_ignores_void():
     torch.manual_seed(1)
     logits = torch.randn(2, 1, 4, 4)

@@ -75,8 +75,8 @@ def class_targets(target: torch.Tensor, num_classes: int, multilabel: bool) -> t
 
 class ClassesLoss(nn.Module):
     """Several classes: cross-entropy over background + C (softmax; ``multilabel``: BCE per class) + soft Dice
-    per class, averaged over the C defect classes. ``class_weights``: one per class (background weighs 1),
-    scaling its cross-entropy (BCE) term; the Dice term weighs the classes alike."""
+    per class over the batch, averaged over the defect classes present in it. ``class_weights``: one per class
+    (background weighs 1), scaling its cross-entropy (BCE) term; the Dice term weighs the classes alike."""
 
     def __init__(
         self,
@@ -121,12 +121,17 @@ class ClassesLoss(nn.Module):
                 ce = F.cross_entropy(logits, labels, weight=self.weights, ignore_index=IGNORE)
                 loss = loss + self.ce_weight * (ce if bool(valid.any()) else logits.sum() * 0)
         if self.dice_weight:
+            # One Dice per class over the whole batch, averaged over the classes the batch holds (as smp's DiceLoss).
+            # Per image, a class absent from it scores best by predicting nothing: with one defect type per photo
+            # (magnetic_tile) C - 1 of every C terms pushed each class to zero and the model predicted background only.
             keep = valid.float()
             probabilities, layers = probabilities * keep, layers * keep
-            intersection = (probabilities * layers).flatten(2).sum(dim=2)
-            total = probabilities.flatten(2).sum(dim=2) + layers.flatten(2).sum(dim=2)
-            dice = (2.0 * intersection + self.smooth) / (total + self.smooth)  # N x C
-            loss = loss + self.dice_weight * (1.0 - dice).mean()
+            dims = (0, 2, 3)
+            intersection = (probabilities * layers).sum(dim=dims)
+            truth = layers.sum(dim=dims)
+            dice = (2.0 * intersection + self.smooth) / (probabilities.sum(dim=dims) + truth + self.smooth)  # C
+            present = (truth > 0).float()
+            loss = loss + self.dice_weight * ((1.0 - dice) * present).sum() / present.sum().clamp_min(1)
         return loss
 
 
