@@ -212,8 +212,8 @@ class Plan:
 
     cfg: DictConfig
     segmenter: Segmenter
-    #: a binary model's threshold; a multilabel model's per-class list; None for a softmax model
-    threshold: float | list[float] | None
+    #: a binary model's threshold (a softmax model's on 1 - p(background)); a multilabel model's per-class list
+    threshold: float | list[float]
     tile_size: int
     margin: int | None  # px neighbouring tiles share (the fitted layout); None: the grid layout
     scale: str | float
@@ -299,10 +299,7 @@ def prepare(cfg: DictConfig) -> tuple[Plan, PredictionSummary, list[Path], list[
     threshold: float | list[float] | None = float(cfg.threshold) if cfg.threshold is not None else info.threshold
     threshold_source = "threshold= (given)" if cfg.threshold is not None else info.threshold_source
     if decoder is not None:
-        threshold = None if decoder.thresholds is None else list(decoder.thresholds)
-        threshold_source = (
-            threshold_source if decoder.multilabel else "none: softmax, each pixel its most probable class"
-        )
+        threshold = list(decoder.thresholds) if decoder.multilabel else decoder.thresholds[0]
     tile_size, margin = tile_layout(cfg.tiling, info.tile_size)
     for stale in remove_stale_temporaries(output_dir):
         log.info("removed %s (half-written by a run that was killed)", stale)

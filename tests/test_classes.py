@@ -243,7 +243,7 @@ def test_classes_dice_term_is_over_the_batch_and_ignores_classes_it_lacks():
     # predicting background everywhere costs the whole Dice term (per image, the absent classes scored it 1/3)
     nothing = torch.full((2, 4, 8, 8), -20.0)
     nothing[:, 0] = 20.0
-    assert float(dice_only(nothing, target)) > 0.95
+    assert float(dice_only(nothing, target)) > 0.9
     perfect = torch.full((2, 4, 8, 8), -20.0)
     for k in range(3):
         perfect[:, k][target[:, 0] == k] = 20.0

@@ -189,7 +189,7 @@ def test_measurements_per_class_in_csv_json_and_defects_csv(compose_config, monk
 
     summary = json.loads((out / "predictions.json").read_text())
     model = summary["model"]
-    assert model["classes"] == CLASSES and model["multilabel"] is False and model["threshold"] is None
+    assert model["classes"] == CLASSES and model["multilabel"] is False and model["threshold"] == 0.5
     assert model["linear_classes"] == ["crack"] and model["mask_values"] == {"crack": 1, "corrosion": 2, "pit": 3}
     assert model["channels"] == ["background", *CLASSES]
     per_class = summary["images"][0]["classes"]
@@ -230,7 +230,7 @@ def test_linear_classes_are_measured_for_length_the_others_for_area(compose_conf
     ("override", "message"),
     [
         ("classes.linear=[crack,rust]", r"classes\.linear names rust.*crack, corrosion, pit"),
-        ("threshold=0.4", r"threshold=0\.4: a softmax model"),
+        ("threshold=[0.4,0.5]", r"threshold=\[0\.4, 0\.5\]: a softmax model .* takes one defect threshold"),
         ("classes.linear=crack", r"classes\.linear=crack: give null"),
         ("classes.masks=maybe", r"classes\.masks must be true or false"),
     ],
@@ -362,9 +362,12 @@ def test_end_to_end_stage1_stage2_with_classes_predict_and_export(compose_config
         Image.fromarray(class_photo()[: size[0], : size[1]] if i else class_photo()[::5, ::5]).save(photos / f"{i}.png")
     cfg = compose_config("predict", [f"input={photos}", "progress=false", "save.probability=npy"], run_name="pred")
     summary = run_predict(cfg)
-    assert summary["predicted"] == 2 and summary["threshold"] is None  # softmax: argmax, no threshold
+    assert summary["predicted"] == 2
     out = Path(cfg.output_dir)
     saved = json.loads((out / "predictions.json").read_text())
+    # softmax: the defect threshold stage 2 tuned on validation, as its test Dice was measured
+    assert summary["threshold"] == metrics["best_threshold"] and 0 < metrics["best_threshold"] < 1
+    assert saved["model"]["threshold_source"].startswith("tuned on validation Dice")
     assert saved["model"]["classes"] == ["crack", "corrosion"] and saved["model"]["runtime"] == "torch"
     probabilities = np.load(out / "probabilities" / "1.npy")
     assert probabilities.shape == (3, 45, 70)  # background + 2 classes, blended over the tiles
@@ -449,3 +452,22 @@ def test_multilabel_export_carries_the_per_class_thresholds(compose_config, tmp_
         ]
     for from_checkpoint, from_onnx in zip(masks["ckpt"], masks["onnx"]):
         np.testing.assert_array_equal(from_checkpoint, from_onnx)
+
+
+def test_softmax_defect_threshold_finds_a_faint_class_argmax_misses():
+    """1 - p(background) above the tuned threshold, of the most probable class: a class below the background still
+    shows (what a model trained on few labels gives rare types), and t = 0.5 keeps argmax's answer here."""
+    from defectseg.inference.classes import ClassDecoder
+
+    probabilities = np.zeros((4, 2, 3), np.float32)
+    probabilities[0] = [[0.9, 0.6, 0.3], [0.9, 0.9, 0.9]]  # background
+    probabilities[1] = [[0.05, 0.3, 0.4], [0.05, 0.05, 0.05]]  # crack
+    probabilities[2] = [[0.05, 0.1, 0.3], [0.05, 0.05, 0.05]]  # corrosion
+    probabilities[3] = 1.0 - probabilities[:3].sum(axis=0)  # pit
+    info = ModelInfo(source="softmax", runtime="numpy", threshold=0.35, classes=CLASSES)
+    tuned = ClassDecoder.for_model(info, None, None)
+    labels, _ = tuned.masks(probabilities)
+    assert labels.tolist() == [[0, 1, 1], [0, 0, 0]]
+    argmax_like, _ = ClassDecoder.for_model(info, 0.5, None).masks(probabilities)
+    assert argmax_like.tolist() == [[0, 0, 1], [0, 0, 0]]
+    assert (probabilities.argmax(axis=0) == argmax_like).all()

@@ -1,7 +1,7 @@
 """Models with defect classes (``dataset.classes``): from C-channel probabilities to class masks and defects per class.
 
-- **softmax** models (the default: background + C channels) give every pixel the most probable channel (argmax);
-  there is no threshold.
+- **softmax** models (the default: background + C channels) mark a defect where 1 - p(background) is above the
+  defect threshold stage 2 tuned on validation (``threshold=`` overrides it), of the pixel's most probable class.
 - **multilabel** models (``dataset.multilabel=true``: one sigmoid per class) mark a class where its probability is
   above its own threshold (the one stage 2 tuned per class, unless ``threshold=`` is given), so a pixel may carry
   several classes; the index mask then shows the most probable of them, the per-class masks keep every one.
@@ -64,17 +64,19 @@ def resolve_linear(setting: Any, classes: Sequence[str]) -> frozenset[str]:
     return frozenset(str(name) for name in setting)
 
 
-def resolve_thresholds(setting: Any, info: ModelInfo) -> list[float] | None:
+def resolve_thresholds(setting: Any, info: ModelInfo) -> list[float]:
     """Per-class thresholds of a multilabel model (``threshold=``: one for all, or a list, one per class; null: the
-    model's own); None for a softmax model, which refuses ``threshold=`` (it takes each pixel's most probable class)."""
+    model's own); a softmax model's one defect threshold (``threshold=`` one value; null: the tuned one)."""
     classes = info.classes or []
     if not info.multilabel:
-        if setting is not None:
+        if setting is None:
+            return [float(info.threshold)]
+        if not isinstance(setting, (int, float)) or not 0.0 < float(setting) < 1.0:
             raise UserError(
-                f"threshold={setting}: a softmax model (classes {', '.join(classes)}) gives each pixel its most "
-                "probable class, with no threshold; threshold= is for binary and multilabel models"
+                f"threshold={setting}: a softmax model (classes {', '.join(classes)}) takes one defect threshold "
+                "strictly between 0 and 1 (a pixel is a defect where 1 - p(background) is above it)"
             )
-        return None
+        return [float(setting)]
     if setting is None:
         return [float(t) for t in (info.class_thresholds or [info.threshold] * len(classes))]
     values = [setting] * len(classes) if isinstance(setting, (int, float)) else list(setting)
@@ -91,16 +93,15 @@ class ClassDecoder:
 
     names: tuple[str, ...]
     multilabel: bool
-    thresholds: tuple[float, ...] | None
+    #: multilabel: one per class; softmax: the one defect threshold on 1 - p(background)
+    thresholds: tuple[float, ...]
     linear: frozenset[str]
 
     @classmethod
     def for_model(cls, info: ModelInfo, threshold: Any, linear: Any) -> ClassDecoder:
         names = tuple(info.classes or ())
         thresholds = resolve_thresholds(threshold, info)
-        return cls(
-            names, info.multilabel, None if thresholds is None else tuple(thresholds), resolve_linear(linear, names)
-        )
+        return cls(names, info.multilabel, tuple(thresholds), resolve_linear(linear, names))
 
     @property
     def colors(self) -> list[tuple[int, int, int]]:
@@ -121,10 +122,9 @@ class ClassDecoder:
                 f"{'multilabel' if self.multilabel else 'softmax'} model of {len(self.names)} classes has {expected}"
             )
         if self.multilabel:
-            assert self.thresholds is not None
             raw = probabilities > np.asarray(self.thresholds, np.float32)[:, None, None]
         else:
-            winner = probabilities.argmax(axis=0)
+            winner = np.where(1.0 - probabilities[0] > self.thresholds[0], probabilities[1:].argmax(axis=0) + 1, 0)
             raw = winner[None] == np.arange(1, len(self.names) + 1)[:, None, None]
         class_masks = np.stack([remove_small_components(m, min_area_px) for m in raw])
         labels = np.zeros(probabilities.shape[1:], np.uint8)
@@ -183,7 +183,7 @@ class ClassDecoder:
     def describe(self) -> dict[str, Any]:
         """What predictions.json's ``model`` records about the classes of a run (beside ``classes``, ``multilabel``)."""
         return {
-            "class_thresholds": None if self.thresholds is None else list(self.thresholds),
+            "class_thresholds": list(self.thresholds) if self.multilabel else None,
             "linear_classes": [name for name in self.names if name in self.linear],
             "class_colors": {name: list(color) for name, color in zip(self.names, self.colors)},
             "mask_values": {name: k for k, name in enumerate(self.names, start=1)},

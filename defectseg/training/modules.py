@@ -14,7 +14,7 @@ from torchmetrics.classification import AUROC, Accuracy
 
 from defectseg.models.freeze import TransferRecipe, parameter_groups
 from defectseg.training.losses import IGNORE, BCEDiceLoss, ClassesLoss, class_targets
-from defectseg.training.metrics import TUNED_THRESHOLD_KEY, ClassDice, DefectDice, ThresholdSweep
+from defectseg.training.metrics import TUNED_THRESHOLD_KEY, ClassDice, ClassThresholdSweep, DefectDice, ThresholdSweep
 
 
 def images_to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -162,13 +162,13 @@ class SegmentationTask(L.LightningModule):
             self.loss = ClassesLoss(len(self.classes), multilabel, bce_weight, dice_weight, class_weights)
             self.val_dice = ClassDice(len(self.classes), empty_score=empty_score)
             self.test_dice = ClassDice(len(self.classes), empty_score=empty_score)
-            sweeps = len(self.classes) if multilabel else 0  # softmax picks by argmax: no threshold to tune
+            sweeps = len(self.classes) if multilabel else 1  # softmax: one defect threshold over all classes
         self.test_dice_per_image: list[float] = []
         self.test_dice_per_class: dict[str, float | None] = {}
         self.test_dice_per_image_per_class: dict[str, list[float | None]] = {}
         # Dice over a grid of thresholds (one per class when multilabel): the best on val is stored with each checkpoint
-        self.val_threshold_sweeps = nn.ModuleList(ThresholdSweep(empty_score=empty_score) for _ in range(sweeps))
-        self.test_threshold_sweeps = nn.ModuleList(ThresholdSweep(empty_score=empty_score) for _ in range(sweeps))
+        self.val_threshold_sweeps = nn.ModuleList(self._sweep(empty_score) for _ in range(sweeps))
+        self.test_threshold_sweeps = nn.ModuleList(self._sweep(empty_score) for _ in range(sweeps))
         self.tuned_threshold: dict[str, Any] | None = None
         self.test_dice_by_threshold: dict[float, float] = {}
         self.preview: dict[str, torch.Tensor] | None = None
@@ -185,6 +185,15 @@ class SegmentationTask(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images_to_float(images, self.hparams.channels_last))
+
+    @property
+    def softmax_classes(self) -> bool:
+        return self.classes is not None and not self.hparams.multilabel
+
+    def _sweep(self, empty_score: float) -> ThresholdSweep | ClassThresholdSweep:
+        if self.softmax_classes:
+            return ClassThresholdSweep(len(self.classes))
+        return ThresholdSweep(empty_score=empty_score)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["image"]), batch["mask"])
@@ -224,10 +233,17 @@ class SegmentationTask(L.LightningModule):
             defect = probabilities.amax(dim=1, keepdim=True)
         else:
             probabilities = logits.softmax(dim=1)
-            winner = probabilities.argmax(dim=1, keepdim=True)
+            sweeps[0].update(probabilities, truth, valid)
+            defect = 1.0 - probabilities[:, :1]
+            # test: at the defect threshold tuned on validation (restored with the best checkpoint), as predict decodes
+            tuned = (self.tuned_threshold or {}).get("best_threshold") if prefix == "test" else None
+            winner = probabilities[:, 1:].argmax(dim=1, keepdim=True) + 1
+            if tuned is None:
+                winner = torch.where(probabilities[:, :1] >= probabilities.amax(dim=1, keepdim=True), 0, winner)
+            else:
+                winner = torch.where(defect > float(tuned), winner, 0)
             labels = torch.arange(1, len(self.classes) + 1, device=logits.device).view(1, -1, 1, 1)
             predicted = (winner == labels) & valid
-            defect = 1.0 - probabilities[:, :1]
         dice.update(predicted, truth, index=batch.get("index"))
         return defect
 
@@ -255,11 +271,19 @@ class SegmentationTask(L.LightningModule):
         return values
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/dice", self.val_dice.compute(), prog_bar=True, sync_dist=False)
-        if self.classes is not None:
-            self._log_per_class("val", self.val_dice)
-        self.val_dice.reset()
         self.tuned_threshold = self._tune(self.val_threshold_sweeps)
+        if self.softmax_classes and self.tuned_threshold:
+            # the epoch's Dice is at the defect threshold tuned on it: what this checkpoint is tested and used at
+            self.log("val/dice", self.tuned_threshold["val_dice_at_best_threshold"], prog_bar=True, sync_dist=False)
+            per_class = self.tuned_threshold["val_dice_per_class_at_best_threshold"]
+            for name, value in zip(self.classes, per_class):
+                if value is not None:
+                    self.log(f"val/dice/{name}", value, sync_dist=False)
+        else:
+            self.log("val/dice", self.val_dice.compute(), prog_bar=True, sync_dist=False)
+            if self.classes is not None:
+                self._log_per_class("val", self.val_dice)
+        self.val_dice.reset()
         for sweep in self.val_threshold_sweeps:
             sweep.reset()
         if self.tuned_threshold and "best_threshold" in self.tuned_threshold:
@@ -267,8 +291,9 @@ class SegmentationTask(L.LightningModule):
             self.log("val/dice_at_best_threshold", self.tuned_threshold["val_dice_at_best_threshold"])
 
     def _tune(self, sweeps: nn.ModuleList) -> dict[str, Any] | None:
-        """Binary: the best threshold and its Dice. Multilabel: one per class (plain lists: weights-only loading)."""
-        if self.classes is None:
+        """Binary and softmax classes: the best (defect) threshold and its Dice. Multilabel: one per class (plain lists:
+        weights-only loading)."""
+        if self.classes is None or self.softmax_classes:
             return sweeps[0].best(prefer=self.hparams.threshold)
         if not len(sweeps):
             return None
@@ -294,7 +319,7 @@ class SegmentationTask(L.LightningModule):
             self.test_dice_per_class = self._log_per_class("test", self.test_dice)
         self.log("test/dice", self.test_dice.compute())
         self.test_dice.reset()
-        if self.classes is None:
+        if self.classes is None or self.softmax_classes:
             self.test_dice_by_threshold = dict(
                 zip(self.test_threshold_sweep.thresholds, self.test_threshold_sweep.compute().tolist())
             )
