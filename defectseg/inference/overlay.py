@@ -3,7 +3,7 @@ labelled with their size (length and width of a crack, area of the rest; in mm w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -54,16 +54,32 @@ def draw_overlay(
     thickness = max(1, short_side // 1000)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(out, contours, -1, tuple(int(c) for c in contour_color), thickness, lineType=cv2.LINE_AA)
-    if labels and short_side >= MIN_SIDE_FOR_LABELS:
-        font_scale = max(0.35, short_side / 3000)
-        for defect in list(defects)[: max(0, int(max_labels))]:
-            text = defect_label(defect)
-            (text_width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness + 2)
-            x, y = defect["bbox"][:2]
-            origin = (int(max(0, min(x, image.shape[1] - text_width))), int(max(y - 3, 12 * font_scale + 2)))
-            for shade, weight in (((0, 0, 0), thickness + 2), (tuple(int(c) for c in contour_color), thickness)):
-                cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, shade, weight, cv2.LINE_AA)
+    if labels:
+        ink = tuple(int(c) for c in contour_color)
+        draw_labels(out, defects, max_labels, thickness, lambda defect: ink)
     return out
+
+
+def draw_labels(
+    out: np.ndarray,
+    defects: Sequence[dict[str, Any]],
+    max_labels: int,
+    thickness: int,
+    ink_of: Callable[[dict[str, Any]], tuple[int, ...]],
+) -> None:
+    """Number and size of the largest defects, in place, each in ``ink_of(defect)`` on a black outline (photos of
+    MIN_SIDE_FOR_LABELS px and more)."""
+    short_side = min(out.shape[:2])
+    if short_side < MIN_SIDE_FOR_LABELS:
+        return
+    font_scale = max(0.35, short_side / 3000)
+    for defect in list(defects)[: max(0, int(max_labels))]:
+        text = defect_label(defect)
+        (text_width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness + 2)
+        x, y = defect["bbox"][:2]
+        origin = (int(max(0, min(x, out.shape[1] - text_width))), int(max(y - 3, 12 * font_scale + 2)))
+        for ink, weight in (((0, 0, 0), thickness + 2), (ink_of(defect), thickness)):
+            cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, weight, cv2.LINE_AA)
 
 
 def draw_class_overlay(
@@ -95,16 +111,8 @@ def draw_class_overlay(
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness, lineType=cv2.LINE_AA)
     color_of = {name: tuple(int(c) for c in color) for name, color in zip(names, colors)}
-    if labels and short_side >= MIN_SIDE_FOR_LABELS:
-        font_scale = max(0.35, short_side / 3000)
-        for defect in list(defects)[: max(0, int(max_labels))]:
-            text = defect_label(defect)
-            (text_width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness + 2)
-            x, y = defect["bbox"][:2]
-            origin = (int(max(0, min(x, image.shape[1] - text_width))), int(max(y - 3, 12 * font_scale + 2)))
-            shade = color_of.get(defect.get("type"), (255, 255, 0))
-            for ink, weight in (((0, 0, 0), thickness + 2), (shade, thickness)):
-                cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, weight, cv2.LINE_AA)
+    if labels:
+        draw_labels(out, defects, max_labels, thickness, lambda defect: color_of.get(defect.get("type"), (255, 255, 0)))
     return np.concatenate([out, legend_strip(image.shape[1], names, colors)], axis=0)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -206,21 +207,9 @@ def resize_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps])
 
 
-def probability_map(
-    image: np.ndarray,
-    predict: ProbabilityFn,
-    tile_size: int = 256,
-    overlap: float = 0.25,
-    batch_size: int = 4,
-    multiple: int = 16,
-    scale: float = 1.0,
-    on_progress: Callable[[int, int], None] | None = None,
-    margin: int | None = None,
-) -> np.ndarray:
-    """Defect probability (H x W float32) of a binary model: ``probability_maps``' one channel."""
-    probabilities = probability_maps(
-        image, predict, tile_size, overlap, batch_size, multiple, scale, on_progress, margin
-    )
+def probability_map(image: np.ndarray, predict: ProbabilityFn, **settings: Any) -> np.ndarray:
+    """Defect probability (H x W float32) of a binary model: ``probability_maps``' one channel (same settings)."""
+    probabilities = probability_maps(image, predict, **settings)
     if probabilities.shape[0] != 1:
         raise ValueError(
             f"the model predicts {probabilities.shape[0]} channels; probability_map is for binary (one-channel) "
