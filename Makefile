@@ -102,7 +102,7 @@ demo: $(STAMP)
 # The same small stage 1, then scratch vs full fine-tuning with one output per defect kind; the report shows Dice per class.
 demo-classes: $(STAMP)
 	$(PY) -m defectseg.pretrain experiment=quick $(SMALL_STAGE1) hydra.run.dir=$(DEMO_CLASSES_DIR)/pretrain $(ARGS)
-	$(PY) -m defectseg.finetune -m experiment=quick freeze=scratch,none 'dataset.classes=$(STEEL_CLASSES)' pretrained_encoder=$(DEMO_CLASSES_DIR)/pretrain hydra.sweep.dir=$(DEMO_CLASSES_DIR)/finetune $(ARGS)
+	$(PY) -m defectseg.finetune -m experiment=quick transfer=scratch,full_finetune 'dataset.classes=$(STEEL_CLASSES)' pretrained_encoder=$(DEMO_CLASSES_DIR)/pretrain hydra.sweep.dir=$(DEMO_CLASSES_DIR)/finetune $(ARGS)
 	$(PY) -m defectseg.report $(DEMO_CLASSES_DIR)/finetune
 
 pretrain: $(STAMP)
