@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from defectseg.utils.errors import UserError
+from defectseg.utils.errors import ConfigError
 
 Check = Callable[[Any], "str | None"]
 
@@ -200,13 +201,16 @@ PASSED_BY_CODE = {"trainer": {"callbacks", "logger", "default_root_dir", "plugin
 def validate_config(cfg: DictConfig, stage: str) -> None:
     """Raise one UserError listing every problem, or return quietly."""
     schema = SCHEMAS[stage]
-    values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    try:
+        values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as error:  # an interpolation naming no key, a resolver failing
+        raise ConfigError(f"config: {error}".splitlines()[0]) from None
     problems: list[str] = []
     _check_section(values, schema, "", problems)
     _check_across(values, problems)
     if problems:
         listed = "\n  ".join(problems)
-        raise UserError(f"config: {len(problems)} problem(s), nothing was run:\n  {listed}")
+        raise ConfigError(f"config: {len(problems)} problem(s), nothing was run:\n  {listed}")
 
 
 def _check_section(values: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, problems: list[str]) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from defectseg.data import readers
 from defectseg.data.readers import DataError
+from defectseg.utils.errors import ConfigError
 
 IGNORE = 255
 MAX_MULTILABEL = 7
@@ -42,30 +43,30 @@ class ClassSpec:
 
     def __post_init__(self) -> None:
         if not self.names:
-            raise ValueError("dataset.classes is empty: name at least one defect class, or null for binary")
+            raise ConfigError("dataset.classes is empty: name at least one defect class, or null for binary")
         bad = [n for n in self.names if not isinstance(n, str) or not n.strip()]
         if bad:
-            raise ValueError(f"dataset.classes: every class needs a name (a non-empty string), got {bad}")
+            raise ConfigError(f"dataset.classes: every class needs a name (a non-empty string), got {bad}")
         duplicates = sorted({n for n in self.names if self.names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"dataset.classes names {duplicates} twice")
+            raise ConfigError(f"dataset.classes names {duplicates} twice")
         if "background" in self.names:
-            raise ValueError("dataset.classes: 'background' is implicit (label 0); list only the defect classes")
+            raise ConfigError("dataset.classes: 'background' is implicit (label 0); list only the defect classes")
         if self.multilabel and len(self.names) > MAX_MULTILABEL:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset.multilabel=true supports at most {MAX_MULTILABEL} classes, got {len(self.names)}"
             )
         if len(self.names) >= IGNORE:
-            raise ValueError(f"dataset.classes: at most {IGNORE - 1} classes, got {len(self.names)}")
+            raise ConfigError(f"dataset.classes: at most {IGNORE - 1} classes, got {len(self.names)}")
 
     @classmethod
     def from_config(cls, classes: Sequence[str] | None, multilabel: bool = False) -> ClassSpec | None:
         if classes is None:
             if multilabel:
-                raise ValueError("dataset.multilabel=true needs dataset.classes (the names of the classes)")
+                raise ConfigError("dataset.multilabel=true needs dataset.classes (the names of the classes)")
             return None
         if isinstance(classes, str):
-            raise ValueError(f"dataset.classes must be a list of names, got the string {classes!r}")
+            raise ConfigError(f"dataset.classes must be a list of names, got the string {classes!r}")
         return cls(tuple(str(name) for name in classes), bool(multilabel))
 
     @property
@@ -115,7 +116,7 @@ def parse_color(value: object, where: str) -> tuple[int, int, int]:
         and all(isinstance(v, int) and 0 <= v <= 255 for v in value)
     ):
         return tuple(int(v) for v in value)  # type: ignore[return-value]
-    raise ValueError(f"{where}={value!r} is not a colour: write [r, g, b] (0..255) or '#rrggbb'")
+    raise ConfigError(f"{where}={value!r} is not a colour: write [r, g, b] (0..255) or '#rrggbb'")
 
 
 def decode_indices(
@@ -200,11 +201,11 @@ class ImageClasses:
         self, source: str, separator: str = "__", csv_file: str | None = None, aliases: Mapping[str, str] | None = None
     ) -> None:
         if source not in CLASS_SOURCES:
-            raise ValueError(f"dataset.layout.class_from={source!r} is not one of {list(CLASS_SOURCES)}")
+            raise ConfigError(f"dataset.layout.class_from={source!r} is not one of {list(CLASS_SOURCES)}")
         if source == "csv" and not csv_file:
-            raise ValueError("dataset.layout.class_from=csv needs dataset.layout.class_csv (a file with stem,class)")
+            raise ConfigError("dataset.layout.class_from=csv needs dataset.layout.class_csv (a file with stem,class)")
         if source == "prefix" and not separator:
-            raise ValueError("dataset.layout.class_separator is empty: the prefix would be the whole name")
+            raise ConfigError("dataset.layout.class_separator is empty: the prefix would be the whole name")
         self.source, self.separator, self.csv_file = source, separator, csv_file
         self.aliases = {str(k): str(v) for k, v in dict(aliases or {}).items()}
         self._tables: dict[Path, dict[str, str]] = {}
@@ -300,19 +301,19 @@ class MaskValues:
 
     def __post_init__(self) -> None:
         if self.mode not in MASK_VALUE_MODES:
-            raise ValueError(f"dataset.layout.mask_values={self.mode!r} is not one of {list(MASK_VALUE_MODES)}")
+            raise ConfigError(f"dataset.layout.mask_values={self.mode!r} is not one of {list(MASK_VALUE_MODES)}")
         if self.void_as not in VOID_AS:
-            raise ValueError(f"dataset.layout.void_as={self.void_as!r} must be one of {list(VOID_AS)}")
+            raise ConfigError(f"dataset.layout.void_as={self.void_as!r} must be one of {list(VOID_AS)}")
         if self.mode == "binary" and (
             self.keep_classes is not None or self.void_value is not None or self.class_values is not None
         ):
-            raise ValueError(
+            raise ConfigError(
                 "dataset.layout.keep_classes / void_value / class_values need mask_values=classes (class-index masks)"
             )
         if self.mode != "colors" and self.colors is not None:
-            raise ValueError("dataset.layout.colors needs mask_values=colors (colour masks)")
+            raise ConfigError("dataset.layout.colors needs mask_values=colors (colour masks)")
         if self.mode == "colors" and not self.colors:
-            raise ValueError("dataset.layout.mask_values=colors needs dataset.layout.colors: {class name: [r, g, b]}")
+            raise ConfigError("dataset.layout.mask_values=colors needs dataset.layout.colors: {class name: [r, g, b]}")
 
     @classmethod
     def from_options(
@@ -347,21 +348,23 @@ class MaskValues:
         """These options for a run with ``spec`` (None: binary), checked against the declared classes."""
         if spec is None:
             if self.mode == "colors":
-                raise ValueError(
+                raise ConfigError(
                     "dataset.layout.mask_values=colors needs dataset.classes (the names the colours stand for)"
                 )
             if self.class_values is not None:
-                raise ValueError("dataset.layout.class_values needs dataset.classes (the classes the values stand for)")
+                raise ConfigError(
+                    "dataset.layout.class_values needs dataset.classes (the classes the values stand for)"
+                )
             return replace(self, spec=None)
         if self.keep_classes is not None:
-            raise ValueError(
+            raise ConfigError(
                 "dataset.layout.keep_classes merges classes into one defect (binary runs); with dataset.classes, "
                 "list each class's mask value in dataset.layout.class_values instead"
             )
         if self.void_as == "defect":
-            raise ValueError("dataset.layout.void_as=defect is for binary runs; with dataset.classes use ignore")
+            raise ConfigError("dataset.layout.void_as=defect is for binary runs; with dataset.classes use ignore")
         if self.class_values is not None and len(self.class_values) != spec.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset.layout.class_values={list(self.class_values)} gives {len(self.class_values)} values "
                 f"for {spec.num_classes} classes {list(spec.names)}"
             )
@@ -369,7 +372,7 @@ class MaskValues:
             names = [name for name, _ in self.colors]
             missing, unknown = sorted(set(spec.names) - set(names)), sorted(set(names) - set(spec.names))
             if missing or unknown:
-                raise ValueError(
+                raise ConfigError(
                     f"dataset.layout.colors names {names}, dataset.classes {list(spec.names)}"
                     + (f": no colour for {missing}" if missing else "")
                     + (f": {unknown} are not classes" if unknown else "")

@@ -33,6 +33,7 @@ from defectseg.data.datasets import (
 from defectseg.data.layouts import FolderLayout, Layout, Sample
 from defectseg.data.splits import cap_train_split, group_keys, split_indices, subset_for_budget
 from defectseg.data.transforms import build_transform
+from defectseg.utils.errors import ConfigError
 from defectseg.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,14 @@ class _FolderDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if on_error not in validation.ON_ERROR:
-            raise ValueError(f"dataset.on_error must be one of {', '.join(validation.ON_ERROR)}, got {on_error!r}")
+            raise ConfigError(f"dataset.on_error must be one of {', '.join(validation.ON_ERROR)}, got {on_error!r}")
         if int(image_size) < 16:
-            raise ValueError(f"dataset.image_size must be at least 16, got {image_size}")
+            raise ConfigError(f"dataset.image_size must be at least 16, got {image_size}")
         if int(batch_size) < 1:
-            raise ValueError(f"dataset.batch_size must be at least 1, got {batch_size}")
+            raise ConfigError(f"dataset.batch_size must be at least 1, got {batch_size}")
         self.roots = [Path(r).expanduser() for r in ([root] if isinstance(root, (str, Path)) else root)]
         if not self.roots:
-            raise ValueError("dataset.root names no folder")
+            raise ConfigError("dataset.root names no folder")
         self.root: Path | list[Path] = self.roots[0] if len(self.roots) == 1 else self.roots
         self.name = name
         self.image_size = int(image_size)
@@ -84,14 +85,14 @@ class _FolderDataModule(L.LightningDataModule):
         self.split_seed = int(split_seed)
         self.split_groups = split_groups or None
         if train_split_size is not None and int(train_split_size) < 1:
-            raise ValueError(f"dataset.train_split_size must be at least 1 or null, got {train_split_size}")
+            raise ConfigError(f"dataset.train_split_size must be at least 1 or null, got {train_split_size}")
         self.train_split_size = None if train_split_size is None else int(train_split_size)
         self.grouped_images = 0  # images that split_groups put in a group (the rest are one group each)
         self.cache = ImageCache(self.image_size, enabled=bool(cache))
         self.augment = dict(augment or {})
         self.synthetic = dict(synthetic) if synthetic else None
         if samples_per_epoch is not None and int(samples_per_epoch) < 1:
-            raise ValueError(f"dataset.samples_per_epoch must be at least 1 or null, got {samples_per_epoch}")
+            raise ConfigError(f"dataset.samples_per_epoch must be at least 1 or null, got {samples_per_epoch}")
         self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
         self.grayscale = bool(grayscale)
         self.on_error = on_error
@@ -147,7 +148,7 @@ class _FolderDataModule(L.LightningDataModule):
                 synthetic.CRACK_SEGMENTATION: synthetic.ensure_crack_segmentation,
             }
             if kind not in ensure:
-                raise ValueError(f"dataset.synthetic.kind={kind!r} is not one of {sorted(ensure)}")
+                raise ConfigError(f"dataset.synthetic.kind={kind!r} is not one of {sorted(ensure)}")
             ensure[kind](self.root, **params)
 
     def _split(self, labels: Sequence[int], paths: Sequence[Path]) -> dict[str, list[int]]:
@@ -251,7 +252,7 @@ class _FolderDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if len(self.datasets.get("test", ())) == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {self.name!r} has no test images (dataset.split_fractions={list(self.split_fractions)}, or "
                 "the set's own split has no test part)"
             )
@@ -314,7 +315,7 @@ class ClassificationDataModule(_FolderDataModule):
                 per_split.setdefault(split, []).extend(split_samples)
                 self.source_of.update({str(path): source for path, _ in split_samples})
         if self.split_groups and not self.grouped_images:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset.split_groups={self.split_groups!r} matches no file name in {[str(r) for r in self.roots]}"
             )
         return per_split, []
@@ -367,7 +368,7 @@ class SegmentationDataModule(_FolderDataModule):
     ) -> None:
         super().__init__(*args, **kwargs)
         if layout is not None and (image_dir, mask_dir, mask_suffix) != ("images", "masks", ""):
-            raise ValueError(
+            raise ConfigError(
                 "dataset.image_dir / mask_dir / mask_suffix describe the images/ + masks/ layout; "
                 "with dataset.layout set, use its own options (dataset.layout.*)"
             )
@@ -384,7 +385,7 @@ class SegmentationDataModule(_FolderDataModule):
         from defectseg.data.synthetic import SYNTHETIC_CLASSES
 
         if list(self.labels.names) != list(SYNTHETIC_CLASSES):
-            raise ValueError(
+            raise ConfigError(
                 f"dataset.classes={list(self.labels.names)}: the embedded steel set paints the classes "
                 f"{list(SYNTHETIC_CLASSES)} (in this order); declare those, or dataset.classes=null for binary"
             )
@@ -397,7 +398,7 @@ class SegmentationDataModule(_FolderDataModule):
     def class_statistics(self, split: str = "train") -> dict[str, Any]:
         """Pixels and images per class in one split (after setup), from the cached label maps."""
         if self.labels is None:
-            raise ValueError("class statistics need dataset.classes")
+            raise ConfigError("class statistics need dataset.classes")
         dataset = self.datasets[split]
         maps = (self.cache.pair(*sample)[1] for sample in dataset.pairs)
         pixels, images, background = class_pixel_counts(maps, self.labels)
@@ -465,26 +466,26 @@ class UnlabelledImageDataModule(_FolderDataModule):
 
         entries = list(sources.items()) if isinstance(sources, Mapping) else [(None, entry) for entry in sources]
         if not entries:
-            raise ValueError("dataset.sources names no source")
+            raise ConfigError("dataset.sources names no source")
         self.sources: list[tuple[str, _FolderDataModule, tuple[str, ...]]] = []
         for key, entry in entries:
             where = f"dataset.sources.{key}" if key is not None else f"dataset.sources[{len(self.sources)}]"
             if not isinstance(entry, Mapping) or entry.get("dataset") is None:
-                raise ValueError(
+                raise ConfigError(
                     f"{where}: must hold dataset: (a dataset config) and optionally splits: [train, ...], got {entry!r}"
                 )
             module = entry["dataset"]
             if isinstance(module, Mapping):
                 module = instantiate(module)
             if not isinstance(module, _FolderDataModule):
-                raise ValueError(
+                raise ConfigError(
                     f"{where}.dataset: expected a dataset config (a DataModule of defectseg.data.datamodules), got "
                     f"{type(module).__name__}"
                 )
             splits = tuple(entry.get("splits") or ("train",))
             unknown = sorted(set(splits) - {"train", "val", "test"})
             if unknown:
-                raise ValueError(f"{where}.splits: {unknown} are not splits (train, val, test)")
+                raise ConfigError(f"{where}.splits: {unknown} are not splits (train, val, test)")
             self.sources.append((str(key if key is not None else module.name), module, splits))
         super().__init__(
             root=[

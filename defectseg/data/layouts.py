@@ -29,6 +29,7 @@ from defectseg.data import readers
 from defectseg.data.classes import MASK_VALUE_MODES, VOID_AS, ClassSpec, ImageClasses, Mask, MaskFile, MaskValues
 from defectseg.data.readers import IMAGE_EXTENSIONS, SPLITS, DataError
 from defectseg.data.validation import Problem
+from defectseg.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,9 @@ class Layout:
         """Read masks for a run with these classes (None: binary); a layout that cannot label them says why."""
         self.values = self.values.bind(spec)
         if spec is None and self.image_classes is not None:
-            raise ValueError("dataset.layout.class_from labels images by class: it needs dataset.classes")
+            raise ConfigError("dataset.layout.class_from labels images by class: it needs dataset.classes")
         if spec is not None and self.values.mode == "binary" and self.image_classes is None:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset.classes={list(spec.names)} with binary masks: say where each image's class is "
                 "(dataset.layout.class_from=folder|prefix|csv), or read class-index masks (mask_values=classes) "
                 "or colour masks (mask_values=colors); see docs/defect_types.md"
@@ -182,12 +183,12 @@ class PatternLayout(Layout):
         try:
             mask_pattern.format(stem="x", name="x.jpg", ext=".jpg")
         except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset.layout.mask_pattern={mask_pattern!r}: only {{stem}}, {{name}} and {{ext}} "
                 f"can be filled in ({error})"
             ) from None
         if "{" not in mask_pattern:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset.layout.mask_pattern={mask_pattern!r} names no {{stem}} or {{name}}: "
                 "every image would share one mask"
             )
@@ -264,9 +265,9 @@ class VocLayout(Layout):
         self.split_files = None if split_files is None else {str(k): str(v) for k, v in dict(split_files).items()}
         unknown = sorted(set(self.split_files or ()) - set(SPLITS))
         if unknown:
-            raise ValueError(f"dataset.layout.split_files: {unknown} are not splits ({list(SPLITS)})")
+            raise ConfigError(f"dataset.layout.split_files: {unknown} are not splits ({list(SPLITS)})")
         if self.split_files is not None and not {"train", "val"} <= set(self.split_files):
-            raise ValueError(f"dataset.layout.split_files={self.split_files} must name at least train and val lists")
+            raise ConfigError(f"dataset.layout.split_files={self.split_files} must name at least train and val lists")
 
     def scan(self, root: Path) -> LayoutScan:
         root = Path(root)
@@ -454,14 +455,14 @@ class SeverstalLayout(Layout):
 
     def bind(self, spec: ClassSpec | None) -> None:
         if spec is None and self.class_values is not None:
-            raise ValueError("dataset.layout.class_values needs dataset.classes (the classes the ClassIds stand for)")
+            raise ConfigError("dataset.layout.class_values needs dataset.classes (the classes the ClassIds stand for)")
         if spec is not None and self.keep_classes is not None:
-            raise ValueError(
+            raise ConfigError(
                 "dataset.layout.keep_classes merges ClassIds into one defect (binary runs); with dataset.classes, "
                 "list each class's ClassId in dataset.layout.class_values instead"
             )
         if spec is not None and self.class_values is not None and len(self.class_values) != spec.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset.layout.class_values={list(self.class_values)} gives {len(self.class_values)} ClassIds "
                 f"for {spec.num_classes} classes {list(spec.names)}"
             )

@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from defectseg.utils.errors import UserError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data set problem a user can fix: the message names the file or folder.
 
     ``kind`` sorts problems in reports (``unreadable``, ``unsupported``, ``mask_size``,

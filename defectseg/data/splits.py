@@ -12,17 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
+from defectseg.utils.errors import ConfigError
+
 SPLIT_NAMES = ("train", "val", "test")
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     if len(fractions) != 3:
-        raise ValueError(f"dataset.split_fractions must hold three numbers (train, val, test), got {list(fractions)}")
+        raise ConfigError(f"dataset.split_fractions must hold three numbers (train, val, test), got {list(fractions)}")
     train, val, test = (float(f) for f in fractions)
     if min(train, val, test) < 0 or abs(train + val + test - 1.0) > 1e-6:
-        raise ValueError(f"dataset.split_fractions={list(fractions)} must be non-negative and sum to 1")
+        raise ConfigError(f"dataset.split_fractions={list(fractions)} must be non-negative and sum to 1")
     if train <= 0 or val <= 0:
-        raise ValueError(f"dataset.split_fractions={list(fractions)} leaves no training or validation images")
+        raise ConfigError(f"dataset.split_fractions={list(fractions)} leaves no training or validation images")
     return train, val, test
 
 
@@ -65,7 +67,7 @@ def subset_for_budget(indices: Sequence[int], budget: int | None, seed: int) -> 
     if budget is None or budget >= len(indices):
         return indices
     if budget < 1:
-        raise ValueError(f"dataset.max_train_images must be at least 1, got {budget}")
+        raise ConfigError(f"dataset.max_train_images must be at least 1, got {budget}")
     order = np.random.default_rng([seed, 7919]).permutation(len(indices))
     return sorted(indices[i] for i in order[:budget])
 
@@ -83,7 +85,7 @@ def group_keys(paths: Sequence[str | Path], pattern: str | None, require_match: 
     try:
         regex = re.compile(pattern)
     except re.error as error:
-        raise ValueError(f"dataset.split_groups={pattern!r} is not a valid regular expression ({error})") from None
+        raise ConfigError(f"dataset.split_groups={pattern!r} is not a valid regular expression ({error})") from None
     keys, matched = [], 0
     for path in paths:
         stem = Path(path).stem
@@ -94,7 +96,7 @@ def group_keys(paths: Sequence[str | Path], pattern: str | None, require_match: 
         else:
             keys.append("file:" + str(path))
     if require_match and paths and not matched:
-        raise ValueError(f"dataset.split_groups={pattern!r} matches no file name (e.g. {Path(paths[0]).stem!r})")
+        raise ConfigError(f"dataset.split_groups={pattern!r} matches no file name (e.g. {Path(paths[0]).stem!r})")
     return keys
 
 
@@ -155,7 +157,7 @@ def cap_train_split(
     if train_size is None or train_size >= len(splits["train"]):
         return splits
     if train_size < 1:
-        raise ValueError(f"dataset.train_split_size must be at least 1 or null, got {train_size}")
+        raise ConfigError(f"dataset.train_split_size must be at least 1 or null, got {train_size}")
     if groups is None:
         keep = subset_for_budget(splits["train"], train_size, seed)
     else:

@@ -9,6 +9,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from defectseg.utils.errors import ConfigError
+
 #: photos smaller than this (shorter side, px) get no numbers: they would hide the defects
 MIN_SIDE_FOR_LABELS = 128
 
@@ -45,7 +47,7 @@ def draw_overlay(
     more would hide the photo.
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"overlay.alpha must lie in [0, 1], got {alpha}")
+        raise ConfigError(f"overlay.alpha must lie in [0, 1], got {alpha}")
     mask = mask.astype(bool)
     out = image.copy()
     tint = np.asarray(color, dtype=np.float32)

@@ -19,6 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from defectseg.utils.errors import ConfigError
+
 #: N x 3 x h x w float32 images in [0, 1] -> N x C x h x w float32 probabilities
 ProbabilityFn = Callable[[np.ndarray], np.ndarray]
 
@@ -120,9 +122,9 @@ def predict_tiled(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"predict_tiled expects an HxWx3 uint8 image, got shape {image.shape} dtype {image.dtype}")
     if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"tiling.overlap must lie in [0, 1), got {overlap}")
+        raise ConfigError(f"tiling.overlap must lie in [0, 1), got {overlap}")
     if int(tile_size) < 1 or int(batch_size) < 1 or int(multiple) < 1 or (margin is not None and int(margin) < 0):
-        raise ValueError(
+        raise ConfigError(
             f"tiling.tile_size ({tile_size}), tiling.batch_size ({batch_size}) and the model's size multiple "
             f"({multiple}) must be positive, the tiling margin ({margin}) not negative"
         )
@@ -190,7 +192,7 @@ def probability_maps(
     probabilities are resized back, so the maps still have the photo's exact size. ``margin``: see ``predict_tiled``.
     """
     if scale <= 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+        raise ConfigError(f"scale must be positive, got {scale}")
     height, width = image.shape[:2]
     resized = image
     if scale != 1.0:

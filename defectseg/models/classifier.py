@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from defectseg.utils.errors import ConfigError
+
 
 class GlobalPool(nn.Module):
     """``avg``, ``max`` or ``avgmax`` (both, concatenated).
@@ -19,7 +21,7 @@ class GlobalPool(nn.Module):
     def __init__(self, mode: str = "avgmax") -> None:
         super().__init__()
         if mode not in ("avg", "max", "avgmax"):
-            raise ValueError(f"head.pooling must be avg, max or avgmax, got {mode!r}")
+            raise ConfigError(f"head.pooling must be avg, max or avgmax, got {mode!r}")
         self.mode = mode
 
     @property

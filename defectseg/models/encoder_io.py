@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
+from defectseg.utils.errors import MissingFileError, UserError
 from defectseg.utils.io import atomic_write_text, atomic_writer
 from defectseg.utils.safe_load import torch_load_safely
 
@@ -35,7 +36,7 @@ FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-class EncoderMismatchError(ValueError):
+class EncoderMismatchError(UserError, ValueError):
     """The encoder file was written for another architecture than the one being built."""
 
 
@@ -90,7 +91,7 @@ def load_decoder(model: nn.Module, directory: str | Path, architecture: dict[str
     """
     path = Path(directory).expanduser() / DECODER_WEIGHTS_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no {DECODER_WEIGHTS_NAME} in {path.parent}")
+        raise MissingFileError(f"no {DECODER_WEIGHTS_NAME} in {path.parent}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -133,7 +134,7 @@ def resolve_encoder_path(path: str | Path) -> Path:
     if path.is_dir():
         path = path / WEIGHTS_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no pretrained encoder at {path}")
+        raise MissingFileError(f"no pretrained encoder at {path}")
     return path
 
 
@@ -213,7 +214,7 @@ def load_weights_file(encoder: nn.Module, path: str | Path) -> list[str]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"model.encoder_weights: no weights file at {path}")
+        raise MissingFileError(f"model.encoder_weights: no weights file at {path}")
     if path.suffix == ".safetensors":
         try:
             state: Any = load_file(str(path))

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from defectseg.models.segmentation import SegmentationModel
+from defectseg.utils.errors import ConfigError
 
 MODES = ("scratch", "encoder", "none", "partial")
 
@@ -38,9 +39,9 @@ class FreezePolicy:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"transfer.freeze={self.mode!r} is not one of {', '.join(MODES)}")
+            raise ConfigError(f"transfer.freeze={self.mode!r} is not one of {', '.join(MODES)}")
         if self.mode == "partial" and (self.depth is None or int(self.depth) < 1):
-            raise ValueError(
+            raise ConfigError(
                 "transfer.freeze_depth must be a positive number of encoder levels for transfer.freeze=partial, "
                 f"got {self.depth!r}"
             )
@@ -54,7 +55,7 @@ class FreezePolicy:
             return encoder_depth
         if self.mode == "partial":
             if int(self.depth) > encoder_depth:
-                raise ValueError(f"transfer.freeze_depth={self.depth} exceeds the encoder's {encoder_depth} levels")
+                raise ConfigError(f"transfer.freeze_depth={self.depth} exceeds the encoder's {encoder_depth} levels")
             return int(self.depth)
         return 0
 
@@ -114,18 +115,18 @@ class TransferRecipe:
         for key in ("unfreeze_at", "unfreeze_every", "warmup"):
             value = getattr(self, key)
             if value is not None and not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"transfer.{key} is a share of the run between 0 and 1, got {value!r}")
+                raise ConfigError(f"transfer.{key} is a share of the run between 0 and 1, got {value!r}")
         if self.unfreeze_every is not None and (self.unfreeze_at is None or float(self.unfreeze_every) <= 0):
-            raise ValueError(
+            raise ConfigError(
                 "transfer.unfreeze_every (gradual unfreezing) needs transfer.unfreeze_at and a positive share"
             )
         if self.unfreeze_at is not None and self.freeze not in ("encoder", "partial"):
-            raise ValueError(
+            raise ConfigError(
                 f"transfer.unfreeze_at unfreezes frozen levels, but transfer.freeze={self.freeze} freezes none"
             )
         for key in ("encoder_lr_scale", "level_lr_decay"):
             if not float(getattr(self, key)) > 0:
-                raise ValueError(f"transfer.{key} must be positive, got {getattr(self, key)!r}")
+                raise ConfigError(f"transfer.{key} must be positive, got {getattr(self, key)!r}")
 
     @classmethod
     def from_config(cls, section: Any) -> TransferRecipe:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from defectseg.models.unet_paper import PaperUNetDecoder, PaperUNetEncoder
+from defectseg.utils.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -131,7 +132,7 @@ class SegmentationModel(nn.Module):
         """A clear message instead of a shape error deep inside the decoder."""
         height, width = images.shape[-2:]
         if height % self.input_multiple or width % self.input_multiple:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.name} needs image sides that are multiples of {self.input_multiple}, got {height}x{width}: set "
                 "dataset.image_size accordingly"
             )

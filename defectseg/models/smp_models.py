@@ -21,7 +21,7 @@ from torch import nn
 
 from defectseg.models.encoder_io import load_checked, load_weights_file
 from defectseg.models.segmentation import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
-from defectseg.utils.errors import UserError
+from defectseg.utils.errors import ConfigError, UserError
 
 #: Seconds to wait for the hub before saying it is unreachable; its client would retry for ~30 s.
 HUB_CONNECT_TIMEOUT = 3.0
@@ -52,16 +52,16 @@ def smp_model(
     """
     arch = str(arch).lower()
     if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
-        raise ValueError(
+        raise ConfigError(
             f"model.arch={arch} is not an smp architecture; choose one of {', '.join(smp.MODEL_ARCHITECTURES_MAPPING)}"
         )
     if not (encoder_name.startswith("tu-") or encoder_name in smp.encoders.get_encoder_names()):
-        raise ValueError(
+        raise ConfigError(
             f"model.encoder_name={encoder_name} is not an smp encoder; see "
             "segmentation_models_pytorch.encoders.get_encoder_names(), or tu-<timm model name>"
         )
     if len(mean) != int(in_channels) or len(std) != int(in_channels):
-        raise ValueError(f"model.mean and model.std need one value per input channel ({in_channels})")
+        raise ConfigError(f"model.mean and model.std need one value per input channel ({in_channels})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # smp's notice on timm- encoder names
         network = smp.create_model(

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from defectseg.utils.errors import ConfigError
+
 IGNORE = 255  # defectseg.data.classes.IGNORE (not imported: the loss must not pull in the data readers)
 
 
@@ -94,7 +96,7 @@ class ClassesLoss(nn.Module):
         weights = torch.ones(self.num_classes)
         if class_weights is not None:
             if len(class_weights) != self.num_classes or any(float(w) < 0 for w in class_weights):
-                raise ValueError(
+                raise ConfigError(
                     f"task.class_weights needs {self.num_classes} non-negative weights (one per class), "
                     f"got {list(class_weights)}"
                 )

@@ -15,6 +15,7 @@ from torchmetrics.classification import AUROC, Accuracy
 from defectseg.models.freeze import TransferRecipe, parameter_groups
 from defectseg.training.losses import IGNORE, BCEDiceLoss, ClassesLoss, class_targets
 from defectseg.training.metrics import TUNED_THRESHOLD_KEY, ClassDice, ClassThresholdSweep, DefectDice, ThresholdSweep
+from defectseg.utils.errors import ConfigError
 
 
 def images_to_float(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -149,7 +150,7 @@ class SegmentationTask(L.LightningModule):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
         if classes is None and (multilabel or class_weights is not None):
-            raise ValueError("task.class_weights and dataset.multilabel need dataset.classes")
+            raise ConfigError("task.class_weights and dataset.multilabel need dataset.classes")
         self.save_hyperparameters(ignore=["model"], logger=False)
         self.model = model
         self.classes = None if classes is None else [str(c) for c in classes]

@@ -35,7 +35,7 @@ from defectseg.training.modules import (
     prepare_network,
 )
 from defectseg.training.runner import calibrate_features
-from defectseg.utils.errors import UserError
+from defectseg.utils.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +241,9 @@ class MaskedReconstructionTask(L.LightningModule):
         super().__init__()
         check_learning_rate(lr)
         if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"pretrain_task.mask_ratio must lie strictly between 0 and 1, got {mask_ratio}")
+            raise ConfigError(f"pretrain_task.mask_ratio must lie strictly between 0 and 1, got {mask_ratio}")
         if patch_size < 1:
-            raise ValueError(f"pretrain_task.patch_size must be at least 1, got {patch_size}")
+            raise ConfigError(f"pretrain_task.patch_size must be at least 1, got {patch_size}")
         self.save_hyperparameters(ignore=["model"], logger=False)
         self.model = model
         self.mask_token = nn.Parameter(torch.zeros(1, RECONSTRUCTION_CHANNELS, 1, 1))
@@ -265,7 +265,7 @@ class MaskedReconstructionTask(L.LightningModule):
         b, _, h, w = images.shape
         p = self.hparams.patch_size
         if h % p or w % p:
-            raise ValueError(f"pretrain_task.patch_size={p} must divide the image size {h}x{w} (dataset.image_size)")
+            raise ConfigError(f"pretrain_task.patch_size={p} must divide the image size {h}x{w} (dataset.image_size)")
         return random_patch_mask(b, h, w, p, self.hparams.mask_ratio, generator=generator, device=images.device)
 
     def _step(

@@ -1,4 +1,10 @@
-"""Errors a user can fix, and the entry-point guard that prints them as one clear line."""
+"""Errors a user can fix, and the entry-point guard that prints them as one clear line.
+
+Only our own types get the one-line treatment: ``UserError`` and its subclasses (``ConfigError`` for a config
+value, ``MissingFileError`` for a path the user gave, ``defectseg.data.readers.DataError`` for a data set,
+``defectseg.models.encoder_io.EncoderMismatchError`` for stage-1 weights). Any other exception is a bug of ours
+and keeps its traceback. Raise the narrowest type that fits, with a message naming the key, file or folder.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from typing import Any, TypeVar
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class UserError(RuntimeError):
+class UserError(Exception):
     """Something the user must do differently (run a stage first, fix a path or a key)."""
 
     label = "error"
@@ -22,6 +28,18 @@ class UserError(RuntimeError):
 
 class UnsafeFileError(UserError):
     """A file whose pickle would run code when loaded: refused before any of it runs (defectseg.utils.safe_load)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config key holds a value the code cannot use; the message starts with the key (``optim.lr: ...``)."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named (or a stage they must run first) is not there."""
+
+
+class FolderInUseError(UserError, FileExistsError):
+    """A folder the user named holds files of theirs that this run would have to overwrite."""
 
 
 class RunInterrupted(UserError):
@@ -34,37 +52,20 @@ class RunInterrupted(UserError):
         self.exit_code = 128 + int(signal_number)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    from omegaconf.errors import OmegaConfBaseException
-
-    from defectseg.data.readers import DataError
-    from defectseg.models.encoder_io import EncoderMismatchError
-
-    return (
-        UserError,
-        DataError,
-        EncoderMismatchError,
-        OmegaConfBaseException,
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-    )
-
-
-def user_error_in(error: BaseException) -> BaseException | None:
+def user_error_in(error: BaseException) -> UserError | None:
     """The user error itself, also when Hydra's instantiate wrapped it (a model or data module refusing its config)."""
     from hydra.errors import InstantiationException
 
     while isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
-    if isinstance(error, UserError):  # before user_errors(), which imports torch: slow, and absent where ONNX runs
-        return error
-    return error if isinstance(error, user_errors()) else None
+    return error if isinstance(error, UserError) else None
 
 
 def exit_cleanly_on_user_error(function: F) -> F:
-    """Print ``error: ...`` and exit 2 instead of a stack trace for problems the user can fix (HYDRA_FULL_ERROR=1 shows
-    the trace)."""
+    """Print ``error: ...`` and exit 2 instead of a stack trace for problems the user can fix.
+
+    HYDRA_FULL_ERROR=1 shows the trace of those too.
+    """
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -75,8 +76,8 @@ def exit_cleanly_on_user_error(function: F) -> F:
                 raise
             # Lightning's SIGTERM stop outside fit (Run.fit handles its own): exit as killed, not 0 ("success").
             print(
-                "stopped: SIGTERM after training; its checkpoints are complete: re-run with resume=true and the same "
-                "hydra.run.dir to finish",
+                "stopped: SIGTERM after training; its checkpoints are complete: "
+                "re-run with resume=true and the same hydra.run.dir to finish",
                 file=sys.stderr,
             )
             raise SystemExit(128 + signal.SIGTERM) from None
@@ -85,7 +86,7 @@ def exit_cleanly_on_user_error(function: F) -> F:
             if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             logging.getLogger("defectseg").debug("user error", exc_info=True)
-            print(f"{getattr(cause, 'label', 'error')}: {cause}", file=sys.stderr)
-            raise SystemExit(getattr(cause, "exit_code", 2)) from None
+            print(f"{cause.label}: {cause}", file=sys.stderr)
+            raise SystemExit(cause.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -27,6 +27,7 @@ from PIL import Image
 from defectseg.data.synthetic.concrete import concrete_sample
 from defectseg.data.synthetic.render import Array
 from defectseg.data.synthetic.steel import check_conditions, check_defect_set, steel_labelled
+from defectseg.utils.errors import ConfigError, FolderInUseError
 
 log = logging.getLogger(__package__)  # "defectseg.data.synthetic", whichever module of the package logs
 
@@ -134,11 +135,11 @@ def _run_jobs(
 
 def _check_params(n: int, size: int, seed: int, what: str) -> None:
     if int(n) < 1:
-        raise ValueError(f"{what} must be at least 1, got {n}")
+        raise ConfigError(f"{what} must be at least 1, got {n}")
     if int(size) < 16:
-        raise ValueError(f"size must be at least 16 px, got {size}")
+        raise ConfigError(f"size must be at least 16 px, got {size}")
     if int(seed) < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        raise ConfigError(f"seed must be a non-negative integer, got {seed}")
 
 
 def _start_writing(root: Path, subdirs: Iterable[str]) -> None:
@@ -330,7 +331,7 @@ def _ensure(
         return root
     if root.exists() and not _replaceable(root, generator, subdirs):
         # never delete what this module did not write: it may be someone's real data
-        raise FileExistsError(
+        raise FolderInUseError(
             f"dataset.root={root}: the data set chosen is the embedded one, which generates its {generator} photos "
             f"there, but the folder holds other files (no matching {MANIFEST_NAME}). To read your own photos there, "
             "name their layout: dataset=folder_seg (images/ + masks/) or dataset=folder_cls (a folder per class), "

@@ -30,6 +30,7 @@ from defectseg.data.synthetic.render import (
     tidy_alpha,
     to_uint8,
 )
+from defectseg.utils.errors import ConfigError
 
 _STEEL_KINDS = ("brushed", "painted", "rusty")
 DEFECT_KINDS = ("crack", "corrosion", "pits", "scratch")
@@ -52,12 +53,12 @@ _FIELD_SEVERITY = (0.3, 1.0)  # contrast of a defect, from faint (early, dirty, 
 
 def check_conditions(conditions: str) -> None:
     if conditions not in CONDITIONS:
-        raise ValueError(f"conditions must be one of {', '.join(CONDITIONS)}, got {conditions!r}")
+        raise ConfigError(f"conditions must be one of {', '.join(CONDITIONS)}, got {conditions!r}")
 
 
 def check_defect_set(defect_set: str) -> None:
     if defect_set not in DEFECT_SETS:
-        raise ValueError(f"defect_set must be one of {', '.join(DEFECT_SETS)}, got {defect_set!r}")
+        raise ConfigError(f"defect_set must be one of {', '.join(DEFECT_SETS)}, got {defect_set!r}")
 
 
 _PAINTS = np.array(
