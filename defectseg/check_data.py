@@ -13,13 +13,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from defectseg.config_validation import validate_config
+from defectseg.config import validate_config
+from defectseg.config.entry import entry_point
 from defectseg.data.validation import check_dataset, format_report
-from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
+from defectseg.utils.errors import UserError
 from defectseg.utils.io import atomic_write_json, atomic_write_text
 from defectseg.utils.naming import register_resolvers
 
@@ -47,8 +47,7 @@ def run_check_data(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="check_data")
-@exit_cleanly_on_user_error
+@entry_point("check_data")
 def main(cfg: DictConfig) -> None:
     run_check_data(cfg)
 

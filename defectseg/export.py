@@ -21,17 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from defectseg.config import validate_config
+from defectseg.config.entry import entry_point
 from defectseg.data.readers import read_image
 from defectseg.inference.onnx_runtime import OnnxSegmenter
 from defectseg.inference.runtime import ONNX_METADATA_KEY, ModelInfo, resolve_model_path
 from defectseg.inference.tiling import round_up
 from defectseg.inference.torch_runtime import ProbabilityModel, load_model
-from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
+from defectseg.utils.errors import UserError
 from defectseg.utils.io import atomic_write_bytes, atomic_write_json
 from defectseg.utils.naming import register_resolvers
 from defectseg.utils.run_directory import make_output_dir
@@ -115,6 +116,7 @@ def largest_difference(run: Any, images: list[np.ndarray], references: list[np.n
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
+    validate_config(cfg, "export")
     formats = [str(f) for f in cfg.formats]
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
@@ -179,8 +181,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
-@exit_cleanly_on_user_error
+@entry_point("export")
 def main(cfg: DictConfig) -> None:
     report = run_export(cfg)
     bad = [name for name, result in report["exported"].items() if not result["ok"]]

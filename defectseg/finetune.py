@@ -13,11 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from defectseg.config_validation import validate_config
+from defectseg.config import validate_config
+from defectseg.config.entry import entry_point
 from defectseg.data.classes import ClassSpec
 from defectseg.inference.scale import training_input_scale
 from defectseg.models import FreezePolicy, parameter_counts
@@ -27,7 +27,7 @@ from defectseg.training.losses import frequency_weights
 from defectseg.training.modules import SegmentationTask
 from defectseg.training.runner import Run, calibrate_features, seed_run
 from defectseg.training.transfer_schedule import TransferSchedule
-from defectseg.utils.errors import UserError, exit_cleanly_on_user_error
+from defectseg.utils.errors import UserError
 from defectseg.utils.io import atomic_write_json, point_latest
 from defectseg.utils.naming import register_resolvers
 
@@ -294,8 +294,7 @@ def _or_nan(value: float | None) -> float:
     return float("nan") if value is None else value  # a Dice of 0.0 is a result, not a missing one
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")
-@exit_cleanly_on_user_error
+@entry_point("finetune")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_finetune(cfg)
     return metrics.get("best_val_dice")

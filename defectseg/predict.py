@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from defectseg.config import validate_config
+from defectseg.config.entry import entry_point
 from defectseg.data.readers import IMAGE_EXTENSIONS, DataError, read_image
 from defectseg.inference.classes import ClassDecoder
 from defectseg.inference.measure import add_millimetres, measure_defects, remove_small_components, summarise
@@ -42,7 +43,7 @@ from defectseg.inference.runtime import ModelInfo, Segmenter, load_segmenter
 from defectseg.inference.scale import MillimetresPerPixel, min_area_px, parse_scale, photo_scale
 from defectseg.inference.summary import PredictionSummary, remove_stale_temporaries
 from defectseg.inference.tiling import MAX_TILE, probability_maps, resize_maps
-from defectseg.utils.errors import RunInterrupted, UserError, exit_cleanly_on_user_error
+from defectseg.utils.errors import RunInterrupted, UserError
 from defectseg.utils.naming import register_resolvers
 from defectseg.utils.run_directory import make_output_dir
 
@@ -144,31 +145,6 @@ def predict_one(
         {"type": DEFECT_TYPE, **add_millimetres(d, mm_per_px)} for d in measure_defects(mask, thin_min_elongation)
     ]
     return Prediction(probabilities[0], mask, None, defects, seen)
-
-
-def check_settings(cfg: DictConfig) -> None:
-    if OmegaConf.is_missing(cfg, "input") or not cfg.input:
-        raise UserError(
-            "no input given: set input=PATH (a photo, a folder of photos, or a quoted glob such as "
-            "input='photos/*.jpg')"
-        )
-    threshold = cfg.threshold
-    if threshold is not None and not OmegaConf.is_list(threshold):  # a list (one per class) is checked with the model
-        try:
-            in_range = 0.0 < float(threshold) < 1.0
-        except (TypeError, ValueError):
-            in_range = False
-        if not in_range:
-            raise UserError(f"threshold must lie strictly between 0 and 1, got {threshold}")
-    if cfg.save.probability not in ("none", "png", "npy", None, False):
-        raise UserError(f"save.probability must be none, png or npy, got {cfg.save.probability}")
-    if not isinstance(cfg.classes.masks, bool):
-        raise UserError(f"classes.masks must be true or false, got {cfg.classes.masks}")
-    linear = cfg.classes.linear
-    if linear is not None and not OmegaConf.is_list(linear):
-        raise UserError(f"classes.linear={linear}: give null (auto) or a list of class names, e.g. [crack,scratch]")
-    parse_scale(cfg.scale)
-    min_area_px(cfg.min_defect_area_px, 1.0, 1.0)
 
 
 def class_decoder(cfg: DictConfig, info: ModelInfo) -> ClassDecoder | None:
@@ -364,7 +340,7 @@ def predict_all(plan: Plan, summary: PredictionSummary, paths: list[Path], names
 
 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
-    check_settings(cfg)
+    validate_config(cfg, "predict")
     summary: PredictionSummary | None = None
     try:
         with stop_on_signals():
@@ -459,8 +435,7 @@ def predict_and_save(
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
-@exit_cleanly_on_user_error
+@entry_point("predict")
 def main(cfg: DictConfig) -> None:
     summary = run_predict(cfg)
     if summary["failed"]:

@@ -18,11 +18,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from defectseg.config_validation import validate_config
+from defectseg.config import validate_config
+from defectseg.config.entry import entry_point
 from defectseg.models import parameter_counts
 from defectseg.models.encoder_io import WEIGHTS_NAME as ENCODER_WEIGHTS_NAME
 from defectseg.models.encoder_io import save_encoder
@@ -30,7 +30,6 @@ from defectseg.models.segmentation import relative_weight_change
 from defectseg.training.checkpoints import finished_run
 from defectseg.training.pretraining import build_datamodule, build_objective, model_arguments
 from defectseg.training.runner import Run, seed_run
-from defectseg.utils.errors import exit_cleanly_on_user_error
 from defectseg.utils.io import atomic_write_json, point_latest
 from defectseg.utils.naming import register_resolvers
 
@@ -240,8 +239,7 @@ def _epochs_on_command_line() -> bool:
     return any(str(o).lstrip("+").partition("=")[0] == "trainer.max_epochs" for o in overrides)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="pretrain")
-@exit_cleanly_on_user_error
+@entry_point("pretrain")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_pretrain(cfg)
     return metrics.get("best_val_loss")

@@ -13,6 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from defectseg.config import register
 from tests.helpers import CONF_DIR, write_classification_set, write_segmentation_set
 
 
@@ -32,6 +33,7 @@ def compose_config(tmp_path: Path) -> Callable[..., DictConfig]:
 
     def _compose(config_name: str, overrides: list[str] | None = None, run_name: str = "run") -> DictConfig:
         GlobalHydra.instance().clear()
+        register()  # conf/<stage>.yaml extends <stage>_schema
         with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
             cfg = compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)

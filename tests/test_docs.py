@@ -22,6 +22,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from defectseg.config import register
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -131,10 +133,11 @@ COMMANDS = documented_commands()
 
 
 def _config_name(module: str) -> str | None:
-    """The config name the module's @hydra.main composes, or None for a module without one (report, synthetic)."""
+    """The config name the module's @entry_point (or @hydra.main) composes; None without one (report, synthetic)."""
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin, f"no module {module}"
-    match = re.search(r"@hydra\.main\([^)]*config_name=\"(\w+)\"", Path(spec.origin).read_text(encoding="utf-8"))
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    match = re.search(r"@(?:hydra\.main\([^)]*config_name=|entry_point\()\"(\w+)\"", source)
     return match.group(1) if match else None
 
 
@@ -158,6 +161,7 @@ def _one_value_at_a_time(overrides: list[str]) -> list[list[str]]:
 
 def _compose(config_name: str, overrides: list[str]) -> None:
     GlobalHydra.instance().clear()
+    register()  # the stage configs extend their schemas (defectseg/config/schemas.py)
     try:
         with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
             for run in _one_value_at_a_time(overrides):

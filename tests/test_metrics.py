@@ -181,9 +181,3 @@ def test_weights_select_the_terms(target):
     assert float(BCEDiceLoss(1.0, 0.0)(logits, target)) == pytest.approx(bce)
     assert float(BCEDiceLoss(0.0, 1.0)(logits, target)) == pytest.approx(dice)
     assert float(BCEDiceLoss(2.0, 0.5)(logits, target)) == pytest.approx(2 * bce + 0.5 * dice)
-
-
-@pytest.mark.parametrize("bce,dice", [(-1.0, 1.0), (1.0, -0.5), (0.0, 0.0)])
-def test_invalid_weights_raise(bce, dice):
-    with pytest.raises(ValueError, match="weight"):
-        BCEDiceLoss(bce_weight=bce, dice_weight=dice)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from defectseg.config_validation import validate_config
+from defectseg.config import validate_config
 from defectseg.data import layouts, readers
 from defectseg.data.datamodules import ClassificationDataModule, SegmentationDataModule, UnlabelledImageDataModule
 from defectseg.finetune import run_finetune

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, WeightedRandomSampler
 
+from defectseg.config.schemas import Augment
 from defectseg.data import readers, validation
 from defectseg.data.classes import ClassSpec, class_pixel_counts
 from defectseg.data.datasets import (
@@ -57,7 +58,7 @@ class _FolderDataModule(L.LightningDataModule):
         split_groups: str | None = None,
         train_split_size: int | None = None,
         cache: bool = True,
-        augment: dict[str, Any] | None = None,
+        augment: Augment | Mapping[str, Any] | None = None,  # keys: defectseg/config/schemas.py
         synthetic: dict[str, Any] | None = None,
         samples_per_epoch: int | None = None,
         grayscale: bool = False,

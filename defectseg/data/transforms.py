@@ -6,7 +6,7 @@ training step moves them to the device, where the float conversion is cheap.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import albumentations as A
@@ -14,13 +14,15 @@ import cv2
 import numpy as np
 import torch
 
+from defectseg.config.schemas import Augment
+
 Transform = Callable[..., dict[str, Any]]
 
 
 def build_transform(
     image_size: int,
     train: bool,
-    augment: dict[str, Any] | None = None,
+    augment: Mapping[str, Any] | None = None,
     grayscale: bool = False,
     label_maps: bool = False,
 ) -> A.Compose:
@@ -30,7 +32,7 @@ def build_transform(
     mixing grey and colour sources or measuring how much a model relies on colour.
     ``label_maps``: masks hold class labels (``defectseg.data.classes``): resized by nearest neighbour only.
     """
-    augment = dict(augment or {})
+    settings = Augment(**dict(augment or {}))  # keys and defaults: defectseg/config/schemas.py
     steps: list[A.BasicTransform] = [
         A.Resize(
             image_size,
@@ -40,20 +42,14 @@ def build_transform(
             area_for_downscale="image" if label_maps else "image_mask",
         )
     ]
-    if train and augment.get("enabled", True):
+    if train and settings.enabled:
         steps += [
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
             A.RandomRotate90(p=0.5),
-            A.RandomBrightnessContrast(
-                brightness_limit=augment.get("brightness", 0.2), contrast_limit=augment.get("contrast", 0.2), p=0.5
-            ),
-            A.GaussNoise(std_range=(0.01, float(augment.get("noise_std", 0.04))), p=float(augment.get("noise_p", 0.2))),
-            A.GaussianBlur(
-                blur_limit=(3, 3),
-                sigma_limit=(0.3, float(augment.get("blur_sigma", 1.0))),
-                p=float(augment.get("blur_p", 0.1)),
-            ),
+            A.RandomBrightnessContrast(brightness_limit=settings.brightness, contrast_limit=settings.contrast, p=0.5),
+            A.GaussNoise(std_range=(0.01, float(settings.noise_std)), p=float(settings.noise_p)),
+            A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.3, float(settings.blur_sigma)), p=float(settings.blur_p)),
         ]
     if grayscale:  # last, so colour noise from the augmentations cannot bring colour back
         steps.append(A.ToGray(num_output_channels=3, p=1.0))

@@ -25,7 +25,7 @@ from typing import Any
 
 from PIL import Image
 
-from defectseg.utils.errors import UserError
+from defectseg.utils.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def parse_scale(setting: Any) -> str | float:
     except ValueError:
         value = math.nan
     if not value > 0 or math.isinf(value):
-        raise UserError(f"scale must be auto, fit or a positive factor (e.g. scale=0.25), got {setting}")
+        raise ConfigError(f"scale must be auto, fit or a positive factor (e.g. scale=0.25), got {setting}")
     return value
 
 
@@ -100,7 +100,7 @@ def min_area_px(setting: Any, scale_x: float, scale_y: float) -> int:
     except (TypeError, ValueError):
         value = -1
     if value < 0:
-        raise UserError(f"min_defect_area_px must be auto or a whole number of pixels >= 0, got {setting}")
+        raise ConfigError(f"min_defect_area_px must be auto or a whole number of pixels >= 0, got {setting}")
     return value
 
 
@@ -114,7 +114,7 @@ class MillimetresPerPixel:
     def __init__(self, default: Any, table: str | Path | None) -> None:
         self.default = None if default is None else float(default)
         if self.default is not None and not self.default > 0:
-            raise UserError(f"mm_per_px must be positive (millimetres per pixel), got {default}")
+            raise ConfigError(f"mm_per_px must be positive (millimetres per pixel), got {default}")
         self.by_path: dict[str, float] = {}
         self.by_name: dict[str, float | None] = {}
         self.file = Path(str(table)).expanduser() if table else None

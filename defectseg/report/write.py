@@ -22,6 +22,7 @@ from defectseg.report.tables import (
     markdown_report,
     markdown_table,
 )
+from defectseg.utils.errors import UserError
 from defectseg.utils.io import atomic_write_text
 
 USAGE = """Aggregate a Hydra multirun comparison sweep (scratch vs transfer) into the paper's Table 1.
@@ -34,8 +35,8 @@ sweep still gives an honest report.
 """
 
 
-class ReportError(RuntimeError):
-    """Raised when no report can be made (missing sweep dir, no finished job)."""
+class ReportError(UserError, RuntimeError):
+    """Raised when no report can be made (missing sweep dir, no finished job): one line, like every user error."""
 
 
 def write_report(
@@ -102,9 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = write_report(args.sweep_dir, args.out, plots=not args.no_plots)
-    except ReportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except UserError as exc:  # the one-line treatment of every entry point (defectseg.utils.errors)
+        print(f"{exc.label}: {exc}", file=sys.stderr)
+        return exc.exit_code
     print(result["table"], end="")
     missing = result["missing"]
     if missing:

@@ -28,19 +28,12 @@ def soft_dice_loss(
     return (1.0 - (2.0 * intersection + smooth) / (total + smooth)).mean()
 
 
-def _check_weights(first: float, dice_weight: float, first_name: str) -> None:
-    if first < 0 or dice_weight < 0 or first + dice_weight == 0:
-        raise ValueError(
-            f"loss weights must be non-negative and not both zero ({first_name}={first}, dice_weight={dice_weight})"
-        )
-
-
 class BCEDiceLoss(nn.Module):
-    """The binary loss; a batch without ignored pixels takes exactly the path it always took."""
+    """Weights: non-negative, not both zero (checked with the config: defectseg/config/schemas.py and rules.py;
+    a batch without ignored pixels takes exactly the path it always took)."""
 
     def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0) -> None:
         super().__init__()
-        _check_weights(bce_weight, dice_weight, "bce_weight")
         self.bce_weight = bce_weight
         self.dice_weight = dice_weight
         self.smooth = smooth
@@ -90,7 +83,6 @@ class ClassesLoss(nn.Module):
         smooth: float = 1.0,
     ) -> None:
         super().__init__()
-        _check_weights(ce_weight, dice_weight, "bce_weight")
         self.num_classes, self.multilabel = int(num_classes), bool(multilabel)
         self.ce_weight, self.dice_weight, self.smooth = ce_weight, dice_weight, smooth
         weights = torch.ones(self.num_classes)

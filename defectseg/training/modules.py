@@ -38,12 +38,6 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def check_learning_rate(lr: float) -> None:
-    """Every task's optimiser takes optim.lr: one message for a bad one, before any work."""
-    if lr <= 0:
-        raise ValueError(f"optim.lr must be positive, got {lr}")
-
-
 def adam(module: nn.Module | list[dict[str, Any]], lr: float, weight_decay: float) -> torch.optim.Adam:
     """The paper's Adam over a module's trainable parameters (or given parameter groups), fused into one
     kernel on CPU and CUDA: the default per-tensor update of unet_paper's 7.8M parameters is hundreds
@@ -73,7 +67,6 @@ class ClassificationTask(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        check_learning_rate(lr)
         self.save_hyperparameters(ignore=["network"], logger=False)
         self.network = network
         self.binary = num_classes == 2
@@ -145,10 +138,7 @@ class SegmentationTask(L.LightningModule):
         transfer: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        check_learning_rate(lr)
         self.recipe = TransferRecipe.from_config(transfer or {"name": "full_finetune", "freeze": "none"})
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
         if classes is None and (multilabel or class_weights is not None):
             raise ConfigError("task.class_weights and dataset.multilabel need dataset.classes")
         self.save_hyperparameters(ignore=["model"], logger=False)

@@ -30,7 +30,6 @@ from defectseg.training.modules import (
     ClassificationTask,
     SegmentationTask,
     adam,
-    check_learning_rate,
     images_to_float,
     prepare_network,
 )
@@ -239,11 +238,6 @@ class MaskedReconstructionTask(L.LightningModule):
         preview_images: int = 4,
     ) -> None:
         super().__init__()
-        check_learning_rate(lr)
-        if not 0.0 < mask_ratio < 1.0:
-            raise ConfigError(f"pretrain_task.mask_ratio must lie strictly between 0 and 1, got {mask_ratio}")
-        if patch_size < 1:
-            raise ConfigError(f"pretrain_task.patch_size must be at least 1, got {patch_size}")
         self.save_hyperparameters(ignore=["model"], logger=False)
         self.model = model
         self.mask_token = nn.Parameter(torch.zeros(1, RECONSTRUCTION_CHANNELS, 1, 1))

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Set beside HYDRA_FULL_ERROR=1 by defectseg.config.entry, which needs Hydra to raise; the user did not ask for traces.
+FORCED_FULL_ERROR = "DEFECTSEG_FORCED_HYDRA_FULL_ERROR"
 
 
 class UserError(Exception):
@@ -83,7 +85,7 @@ def exit_cleanly_on_user_error(function: F) -> F:
             raise SystemExit(128 + signal.SIGTERM) from None
         except Exception as error:
             cause = user_error_in(error)
-            if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if cause is None or (os.environ.get("HYDRA_FULL_ERROR") == "1" and FORCED_FULL_ERROR not in os.environ):
                 raise
             logging.getLogger("defectseg").debug("user error", exc_info=True)
             print(f"{cause.label}: {cause}", file=sys.stderr)
