@@ -20,6 +20,7 @@ def check(values: Mapping[str, Any], problems: list[str]) -> None:
         patches_fit_image,
         loss_weights,
         one_starting_point,
+        train_steps_sizes_stage_1,
     ):
         rule(values, problems)
 
@@ -115,4 +116,12 @@ def one_starting_point(values: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(
             f"resume, ckpt_path: resume=true continues this run directory's last.ckpt, ckpt_path={ckpt_path} "
             "another checkpoint; set one of them"
+        )
+
+
+def train_steps_sizes_stage_1(values: Mapping[str, Any], problems: list[str]) -> None:
+    if values.get("stage") == "finetune" and values.get("train_steps") is not None:
+        problems.append(
+            f"train_steps={values['train_steps']}: sizes stage 1 (defectseg.pretrain) in optimiser steps; "
+            "stage 2 is sized by trainer.max_epochs"
         )

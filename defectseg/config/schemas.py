@@ -153,6 +153,9 @@ class TrainingStage:
     resume: bool = MISSING  # continue this run directory's last.ckpt
     ckpt_path: str | None = None  # or continue from a checkpoint: last (= resume=true) or PATH
     stage1_synthetic_per_class: int = checked(at_least(1), STAGE1_SYNTHETIC_PER_CLASS)
+    # stage 1's length in optimiser steps (whole epochs); null: trainer.max_epochs. An experiment keys it by stage
+    # (finetune: null); stage 2 refuses a number (rules.train_steps_sizes_stage_1).
+    train_steps: int | None = checked(at_least(1), None)
     optim: Optim = field(default_factory=Optim)
     paths: Paths = field(default_factory=Paths)
     model: Any = builds()
@@ -232,8 +235,6 @@ class Transfer:
 @dataclass
 class Pretrain(TrainingStage):
     reuse: bool = MISSING  # use a finished stage 1 of this config in hydra.run.dir instead of training
-    # stage 1's length in optimiser steps (whole epochs); null: trainer.max_epochs
-    train_steps: int | None = checked(at_least(1), None)
     transfer: Transfer | None = None  # stage 2's recipe, present when experiment=paper picks it; stage 1 ignores it
     head: Head = field(default_factory=Head)
     pretrain_task: Any = field(default=MISSING, metadata={"schema_by_name": PRETRAIN_TASKS})
