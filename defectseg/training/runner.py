@@ -18,10 +18,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from defectseg.training.callbacks import EpochHistory, FiniteLossGuard, GracefulStop, TrainingClock
-from defectseg.training.checkpoints import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, check_same_config, resume_path
+from defectseg.training.callbacks import EpochHistory, GracefulStop, TrainingClock
+from defectseg.training.checkpoints import AtomicCheckpointIO, check_same_config, resume_path
 from defectseg.training.progress import EpochLines, OneBar
-from defectseg.utils.errors import RunInterrupted, UserError
+from defectseg.utils.errors import ConfigError, RunInterrupted, UserError
 from defectseg.utils.io import atomic_write_text
 from defectseg.utils.logs import interactive, quiet_third_party
 from defectseg.utils.run_directory import claim_run_directory, is_first_process
@@ -101,6 +101,21 @@ def refuse_ddp_launch_in_multirun(trainer: L.Trainer) -> None:
         )
 
 
+def build_callbacks(cfg: DictConfig) -> dict[str, L.Callback]:
+    """The trainer's callbacks from ``cfg.callbacks`` (conf/callbacks/), by name, in config order."""
+    return {str(name): instantiate(node) for name, node in (cfg.get("callbacks") or {}).items() if node is not None}
+
+
+def required_callback(callbacks: dict[str, L.Callback], name: str, kind: type) -> Any:
+    found = callbacks.get(name)
+    if not isinstance(found, kind):
+        raise ConfigError(
+            f"callbacks.{name}: a training run needs a {kind.__name__} here (conf/callbacks/required.yaml), "
+            f"got {type(found).__name__ if found is not None else 'none'}"
+        )
+    return found
+
+
 class Run:
     """One training run's trainer, its bookkeeping callbacks and the files it writes."""
 
@@ -126,45 +141,25 @@ class Run:
         accelerator = str(cfg.trainer.get("accelerator", "auto"))
         self.precision = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
         self.device = device_name(accelerator)
-        self.clock = TrainingClock()
-        self.history = EpochHistory()
         self.monitor, self.mode = monitor, mode
-        self.checkpoint = ModelCheckpoint(
-            dirpath=str(self.output_dir / CHECKPOINT_DIR),
-            filename="best",
-            monitor=monitor,
-            mode=mode,
-            save_top_k=1,
-            auto_insert_metric_name=False,
-        )
-        # Lightning 2.6's save_last=True writes last.ckpt only when best.ckpt is written too, so a resume would go back
-        # to the best epoch; a second callback without a monitor writes it after every epoch (after the best one's
-        # update).
-        self.last_checkpoint = ModelCheckpoint(
-            dirpath=str(self.output_dir / CHECKPOINT_DIR),
-            filename=LAST.removesuffix(".ckpt"),
-            monitor=None,
-            save_top_k=1,
-            save_on_train_epoch_end=True,
-            enable_version_counter=False,
-        )
-        self.stop = GracefulStop()
-        callbacks = [
-            *extra_callbacks,
-            self.checkpoint,
-            self.last_checkpoint,
-            self.clock,
-            self.history,
-            FiniteLossGuard(),
-            self.stop,
-        ]
+        configured = build_callbacks(cfg)
+        self.checkpoint: ModelCheckpoint = required_callback(configured, "best_checkpoint", ModelCheckpoint)
+        self.last_checkpoint: ModelCheckpoint = required_callback(configured, "last_checkpoint", ModelCheckpoint)
+        self.clock: TrainingClock = required_callback(configured, "clock", TrainingClock)
+        self.history: EpochHistory = required_callback(configured, "history", EpochHistory)
+        self.stop: GracefulStop = required_callback(configured, "graceful_stop", GracefulStop)
+        if (self.checkpoint.monitor, self.checkpoint.mode) != (monitor, mode):
+            raise ConfigError(
+                f"callbacks.best_checkpoint: this stage selects the best epoch by {monitor} ({mode}), "
+                f"not {self.checkpoint.monitor} ({self.checkpoint.mode})"
+            )
+        callbacks = [*extra_callbacks, *configured.values()]
         show_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and interactive()
         if show_bar:
             # Refreshing the bar reads the logged loss back from the device (a sync on GPUs): as often as the logger.
             callbacks.append(OneBar(refresh_rate=int(cfg.trainer.get("log_every_n_steps") or 50)))
         elif cfg.trainer.get("enable_progress_bar", True):
             callbacks.append(EpochLines())  # a file or a pipe: plain lines instead of a bar
-        callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         self.logger = instantiate(cfg.logger) if cfg.get("logger") else False
         self.trainer: L.Trainer = instantiate(
             cfg.trainer,
