@@ -49,10 +49,9 @@ def exported(tmp_path_factory):
     """One export shared by the tests below (conf/export.yaml's own settings; exporting takes seconds)."""
     root = tmp_path_factory.mktemp("export")
     run_dir = write_tiny_run(root / "finetune" / "tiny")
-    cfg = OmegaConf.merge(
-        OmegaConf.load(REPO / "conf" / "export.yaml"),
-        {"checkpoint": str(run_dir), "output_dir": str(root / "exported")},
-    )
+    settings = OmegaConf.load(REPO / "conf" / "export.yaml")
+    settings.pop("defaults")  # composed by Hydra: the schema and paths
+    cfg = OmegaConf.merge(settings, {"checkpoint": str(run_dir), "output_dir": str(root / "exported")})
     return run_export(cfg), run_dir
 
 

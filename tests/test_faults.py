@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
@@ -64,9 +64,16 @@ def _best_ckpt(folder: Path) -> Path:
     return _run_dir_with_config(folder) / "checkpoints" / "best.ckpt"
 
 
+def _settings(stage: str) -> DictConfig:
+    """conf/<stage>.yaml's own keys (its defaults list, the schema and paths, is Hydra's to compose)."""
+    settings = OmegaConf.load(REPO / "conf" / f"{stage}.yaml")
+    settings.pop("defaults")
+    return settings
+
+
 def _export(path: Path) -> None:
     cfg = OmegaConf.merge(
-        OmegaConf.load(REPO / "conf" / "export.yaml"),
+        _settings("export"),
         {"checkpoint": str(path.parent.parent), "output_dir": str(path.parent.parent.parent / "exported")},
     )
     run_export(cfg)
@@ -380,14 +387,12 @@ OUTPUT_DIRS: dict[str, Callable[[Path, Path, Callable], object]] = {
     ),
     "predict_output_dir": lambda file, tmp, compose: run_predict(
         OmegaConf.merge(
-            OmegaConf.load(REPO / "conf" / "predict.yaml"),
+            _settings("predict"),
             {"input": str(_photo(tmp)), "checkpoint": str(_tiny_run(tmp)), "output_dir": str(file), "progress": False},
         )
     ),
     "export_output_dir": lambda file, tmp, compose: run_export(
-        OmegaConf.merge(
-            OmegaConf.load(REPO / "conf" / "export.yaml"), {"checkpoint": str(_tiny_run(tmp)), "output_dir": str(file)}
-        )
+        OmegaConf.merge(_settings("export"), {"checkpoint": str(_tiny_run(tmp)), "output_dir": str(file)})
     ),
     "below_a_file": lambda file, tmp, compose: make_output_dir(file / "sub", "output_dir"),
 }
