@@ -137,7 +137,7 @@ def predict_one(
         defects = plan.decoder.measure(class_masks, thin_min_elongation, mm_per_px)
         return Prediction(probabilities, labels, class_masks, defects, seen)
     if probabilities.shape[0] != 1:
-        raise ValueError(
+        raise UserError(
             f"the model predicts {probabilities.shape[0]} channels but records no classes: a binary model has one"
         )
     mask = remove_small_components(probabilities[0] > plan.threshold, min_area)

@@ -100,7 +100,7 @@ def draw_class_overlay(
     The photo keeps its pixel coordinates (the legend is added underneath): (H + legend) x W x 3 uint8 RGB.
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"overlay.alpha must lie in [0, 1], got {alpha}")
+        raise ConfigError(f"overlay.alpha must lie in [0, 1], got {alpha}")
     out = image.copy()
     short_side = min(image.shape[:2])
     thickness = max(1, short_side // 1000)
