@@ -177,7 +177,9 @@ def test_every_transfer_recipe_and_old_freeze_name_is_valid(compose_config, choi
             r"^tiling\.overlaps: unknown key \(did you mean tiling\.overlap\?\)$",
         ),
         ("predict", "input=x threshold=abc", r"^threshold: must be a number between 0 and 1 \(or a list"),
-        ("predict", "input=x classes.masks=maybe", r"^classes\.masks: Value 'maybe' is not a valid bool"),
+        ("predict", "input=x classes.masks=maybe", r"^classes\.masks must be true or false, got maybe$"),
+        ("predict", "input=x classes.linear=crack", r"^classes\.linear=crack: give null \(auto\) or a list"),
+        ("predict", "input=x save.overlay=maybe", r"^save\.overlay: expected true/false, got 'maybe'$"),
         (
             "predict",
             "input=x classes.lineer=[crack]",

@@ -29,6 +29,8 @@ from defectseg.utils.errors import FORCED_FULL_ERROR, exit_cleanly_on_user_error
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # the repository's conf/, however the stage was started
 COMPOSITION_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException)
+# OmegaConf's type names in a conversion error, as the rest of the validation says them
+EXPECTED = {"Integer": "an integer", "Float": "a number", "Boolean": "true/false", "bool": "true/false"}
 
 
 def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
@@ -76,8 +78,9 @@ def composition_problem(error: Exception) -> str:
         return unknown_key(str(cause.full_key), str(cause.key), known_keys(cause.parent_node))
     if isinstance(cause, ValidationError) and cause.full_key:
         wrong = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", first_line(cause.msg))
+        wrong = wrong or re.match(r"Value '(.*)' is not a valid (bool)", first_line(cause.msg))
         if wrong:
-            expected = {"Integer": "an integer", "Float": "a number", "Boolean": "true/false"}.get(wrong.group(2))
+            expected = EXPECTED.get(wrong.group(2))
             return f"{cause.full_key}: expected {expected or wrong.group(2)}, got {wrong.group(1)!r}"
         return f"{cause.full_key}: {first_line(cause.msg)}"
     if isinstance(cause, OmegaConfBaseException):

@@ -297,12 +297,20 @@ class Overlay:
     max_labels: int = checked(at_least(0))
 
 
+def _linear_classes(value: Any) -> None:
+    from defectseg.inference.classes import resolve_linear
+
+    if not isinstance(value, list):  # a list's names are checked against the model's classes
+        resolve_linear(value, ())
+
+
 @dataclass
 class PredictClasses:
     """Models trained with dataset.classes; the class names are checked against the model's (inference/classes.py)."""
 
-    masks: bool = MISSING  # also class_masks/CLASS/NAME.png
-    linear: list[str] | None = None  # classes measured for length and width; null: names with crack or scratch
+    masks: Any = checked(lambda v: None if isinstance(v, bool) else f"classes.masks must be true or false, got {v}")
+    # classes measured for length and width; null: names with crack or scratch
+    linear: Any = checked(raises(_linear_classes), None)
 
 
 def _predict_threshold(value: Any) -> str | None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from defectseg.inference.measure import add_millimetres, measure_defects, remove_small_components
 from defectseg.inference.runtime import ModelInfo
-from defectseg.utils.errors import UserError
+from defectseg.utils.errors import ConfigError, UserError
 
 #: Okabe & Ito's colour-blind-safe palette, black left out (index masks use it for the background)
 OKABE_ITO = (
@@ -54,7 +54,7 @@ def resolve_linear(setting: Any, classes: Sequence[str]) -> frozenset[str]:
     if setting is None:
         return frozenset(c for c in classes if any(word in c.lower() for word in LINEAR_WORDS))
     if isinstance(setting, str) or not isinstance(setting, Sequence):
-        raise UserError(f"classes.linear={setting}: give null (auto) or a list of class names, e.g. [crack,scratch]")
+        raise ConfigError(f"classes.linear={setting}: give null (auto) or a list of class names, e.g. [crack,scratch]")
     unknown = [str(name) for name in setting if str(name) not in classes]
     if unknown:
         raise UserError(
