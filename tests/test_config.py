@@ -169,8 +169,8 @@ def test_every_transfer_recipe_and_old_freeze_name_is_valid(compose_config, choi
             "+callbacks.extra._target_=no_such_module.Callback",
             r"^callbacks\.extra\._target_: cannot import 'no_such_module\.Callback'",
         ),
-        ("predict", "threshold=1.5", r"^threshold: must lie strictly between 0 and 1, got 1\.5$"),
-        ("predict", "input=x save.probability=tif", r"^save\.probability: must be one of none, png, npy"),
+        ("predict", "threshold=1.5", r"^threshold must lie strictly between 0 and 1, got 1\.5$"),
+        ("predict", "input=x save.probability=tif", r"^save\.probability must be none, png or npy, got tif$"),
         (
             "predict",
             "input=x tiling.overlaps=0.5",

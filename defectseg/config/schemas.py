@@ -54,10 +54,6 @@ def between(low: float, high: float, strict: bool = False) -> Check:
     return check
 
 
-def one_of(*choices: Any) -> Check:
-    return lambda value: None if value in choices else f"must be one of {', '.join(map(str, choices))}, got {value!r}"
-
-
 probability_threshold = between(0, 1, strict=True)  # task.threshold, pretrain_task.threshold, predict's threshold
 
 
@@ -278,7 +274,9 @@ class Tiling:
 @dataclass
 class SaveOutputs:
     overlay: bool = MISSING
-    probability: str | None = checked(one_of("none", "png", "npy"), None)
+    probability: str | None = checked(
+        lambda v: None if v in ("none", "png", "npy") else f"save.probability must be none, png or npy, got {v}", None
+    )
     report: bool = MISSING  # report.html
 
 
@@ -318,7 +316,8 @@ def _predict_threshold(value: Any) -> str | None:
         return None  # one per class: inference/classes.py's resolve_thresholds checks them against the model
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return f"must be a number between 0 and 1 (or a list, one per class), got {value!r}"
-    return probability_threshold(value)
+    problem = probability_threshold(value)
+    return problem and f"threshold {problem}"  # as predict has always said it
 
 
 @dataclass
