@@ -43,7 +43,7 @@ from defectseg.inference.runtime import ModelInfo, Segmenter, load_segmenter
 from defectseg.inference.scale import MillimetresPerPixel, min_area_px, parse_scale, photo_scale
 from defectseg.inference.summary import PredictionSummary, remove_stale_temporaries
 from defectseg.inference.tiling import MAX_TILE, probability_maps, resize_maps
-from defectseg.utils.errors import RunInterrupted, UserError
+from defectseg.utils.errors import ConfigError, RunInterrupted, UserError
 from defectseg.utils.naming import register_resolvers
 from defectseg.utils.run_directory import make_output_dir
 
@@ -179,7 +179,7 @@ def tile_layout(tiling: DictConfig, trained_size: int | None) -> tuple[int, int 
         return int(tiling.tile_size or MAX_TILE), int(tiling.get("margin", 128))
     if layout == "grid":
         return int(tiling.tile_size or trained_size or 256), None
-    raise UserError(f"tiling.layout must be fitted or grid, got {layout!r}")
+    raise ConfigError(f"tiling.layout must be fitted or grid, got {layout!r}")
 
 
 @dataclass

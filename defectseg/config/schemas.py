@@ -264,9 +264,17 @@ class Finetune(TrainingStage):
 # ---- using a model ------------------------------------------------------------------------------------------------
 
 
+def _tile_layout(value: Any) -> None:
+    from defectseg.predict import tile_layout
+
+    tile_layout(OmegaConf.create({"layout": value, "tile_size": None, "margin": 0}), None)
+
+
 @dataclass
 class Tiling:
+    layout: str = checked(raises(_tile_layout))  # fitted | grid
     tile_size: int | None = checked(at_least(1), None)
+    margin: int = checked(at_least(0))  # fitted: px neighbouring tiles share
     overlap: float = checked(lambda v: None if 0 <= v < 1 else f"must lie in [0, 1), got {v}")
     batch_size: int = checked(at_least(1))
 
@@ -335,6 +343,7 @@ class Predict:
     checkpoint: str | None = None
     output_dir: str | None = MISSING  # null under --cfg job --resolve (no run yet)
     device: str = MISSING
+    precision: str = MISSING  # 32 | bf16, checked where a PyTorch checkpoint is loaded (inference/torch_runtime.py)
     # null: the model's own; a multilabel model: one for all classes or a list, one per class (checked with the model)
     threshold: Any = checked(_predict_threshold, None)
     scale: Any = checked(raises(_scale))  # auto | fit | a positive factor
