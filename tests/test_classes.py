@@ -469,15 +469,16 @@ def test_report_has_dice_per_class_and_per_class_gains_with_cis(tmp_path):
 
     sweep = tmp_path / "sweep"
     write_multirun(sweep, ["freeze=scratch,none", "seed=0,1"])
-    per_image = {  # crack gains 0.2 on every image where it is; corrosion is equal
-        "scratch": {"crack": [0.5, 0.4, None, 0.6], "corrosion": [0.7, None, 0.7, 0.7]},
-        "none": {"crack": [0.7, 0.6, None, 0.8], "corrosion": [0.7, None, 0.7, 0.7]},
+    per_image = {  # crack gains 0.2 on every image where it is; corrosion is equal; pit: one image where both
+        # score it (+0.4), and a false positive only transfer predicts, which must not enter the paired gain
+        "scratch": {"crack": [0.5, 0.4, None, 0.6], "corrosion": [0.7, None, 0.7, 0.7], "pit": [0.5, None, None, None]},
+        "none": {"crack": [0.7, 0.6, None, 0.8], "corrosion": [0.7, None, 0.7, 0.7], "pit": [0.9, 0.0, None, None]},
     }
     job = 0
     for mode in ("scratch", "none"):
         for seed in (0, 1):
             m = job_metrics(mode, seed, 0.6)
-            m["classes"] = list(CLASSES)
+            m["classes"] = [*CLASSES, "pit"]
             m["test_dice_per_image_per_class"] = per_image[mode]
             m["test_dice_per_class"] = {
                 name: float(np.mean([v for v in values if v is not None])) for name, values in per_image[mode].items()
@@ -492,7 +493,9 @@ def test_report_has_dice_per_class_and_per_class_gains_with_cis(tmp_path):
     assert float(rows[("transfer-full fine-tuning", "crack")]["gain_abs"]) == pytest.approx(0.2)
     assert rows[("transfer-full fine-tuning", "crack")]["boot_n_images"] == "3"
     assert rows[("transfer-full fine-tuning", "corrosion")]["verdict"] == "not significant"
-    assert all(r["classes"] == ",".join(CLASSES) for r in result["rows"])
+    pit = rows[("transfer-full fine-tuning", "pit")]  # class Dice 0.45 vs 0.5, yet +0.4 where both score it
+    assert float(pit["gain_abs"]) == pytest.approx(0.4) and float(pit["boot_ci_low"]) == pytest.approx(0.4)
+    assert all(r["classes"] == ",".join([*CLASSES, "pit"]) for r in result["rows"])
 
 
 def test_predict_and_export_read_the_classes_of_a_multiclass_model(compose_config, tmp_path):

@@ -1,6 +1,9 @@
 """Dice per defect class (runs with ``dataset.classes``): per row and class the mean over seeds, and for each
-transfer row the gain over its scratch reference with a paired bootstrap CI over the test images that hold the
-class in either run (an image with the class in neither says nothing about it)."""
+transfer row the gain over its scratch reference: the mean per-image difference over the test images where both
+runs score the class (in the truth, or predicted by both), with its paired bootstrap CI. An image with the class in
+neither says nothing about it; one where only one run predicts it would compare a score with nothing. The gain is
+therefore not the difference of the two rows' class Dice (each averages over its own images), but always lies in
+its CI."""
 
 from __future__ import annotations
 
@@ -86,14 +89,16 @@ def class_rows(
             if ref is not None:
                 base = [finite((r.get("test_dice_per_class") or {}).get(name)) for r in ref["_runs"]]
                 base = [v for v in base if v is not None]
-                if values and base:
+                if values and base:  # without per-image scores: the difference of the class Dice
                     entry["gain_abs"] = float(np.mean(values) - np.mean(base))
                 mine, theirs = _per_image(row["_runs"], name), _per_image(ref["_runs"], name)
                 if mine is not None and theirs is not None and mine.size == theirs.size:
                     both = ~np.isnan(mine) & ~np.isnan(theirs)
                     if both.any():
-                        low, high = paired_bootstrap_ci(mine[both] - theirs[both], n_resamples=n_resamples, seed=seed)
+                        differences = mine[both] - theirs[both]
+                        low, high = paired_bootstrap_ci(differences, n_resamples=n_resamples, seed=seed)
                         entry.update(boot_ci_low=low, boot_ci_high=high, boot_n_images=int(both.sum()))
+                        entry["gain_abs"] = float(differences.mean())
                         entry["verdict"] = VERDICT_GAIN if low > 0 else VERDICT_LOSS if high < 0 else VERDICT_NS
             out.append(entry)
     return out
@@ -114,8 +119,9 @@ def markdown_class_table(entries: Sequence[dict[str, Any]]) -> str:
     lines = [
         "## Dice per class",
         "",
-        "Test Dice per class, mean ± std over seeds; transfer rows add the gain over scratch and the paired bootstrap "
-        "95% CI of the per-image difference over the test images holding the class (* when it excludes 0).",
+        "Test Dice per class, mean ± std over seeds; transfer rows add the gain over scratch, the mean per-image "
+        "difference over the test images where both score the class, and its paired bootstrap 95% CI (* when it "
+        "excludes 0).",
         "",
         "| dataset | train imgs | training | " + " | ".join(names) + " |",
         "|" + "|".join("---" for _ in range(3 + len(names))) + "|",
