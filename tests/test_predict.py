@@ -209,8 +209,8 @@ def test_end_to_end_from_a_tiny_finetune_run(compose_config, segmentation_set, t
         assert Image.open(out / "overlays" / f"{name}.png").size == size[::-1]
     report = json.loads((out / "predictions.json").read_text())
     assert (
-        report["model"]["tile_size"] == 1024  # the fitted layout: one tile per photo this small
-        and report["model"]["tile_margin"] == 128
+        report["model"]["tile_size"] == 32  # the grid layout at the trained size (dataset.image_size)
+        and report["model"]["tile_margin"] is None
         and report["model"]["runtime"] == "torch"
         and report["model"]["multiple"] == 4
     )
