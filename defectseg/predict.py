@@ -169,14 +169,14 @@ def class_decoder(cfg: DictConfig, info: ModelInfo) -> ClassDecoder | None:
 def tile_layout(tiling: DictConfig, trained_size: int | None) -> tuple[int, int | None]:
     """(tile size, margin) for probability_map from the tiling settings.
 
-    fitted (default): as few tiles as cover the photo, each at most tiling.tile_size px (default MAX_TILE), neighbours
-    sharing tiling.margin px: a fully convolutional network does the same work per pixel at any tile size, so large
-    tiles only remove pixels computed twice and per-tile overhead. grid: tiles of tiling.tile_size px (default: the
-    trained size) sharing tiling.overlap of a tile, the layout of earlier versions.
+    grid (default): tiles of tiling.tile_size px (default: the trained size) sharing tiling.overlap of a tile.
+    fitted: as few tiles as cover the photo, each at most tiling.tile_size px (default MAX_TILE), neighbours sharing
+    tiling.margin px; fewer pixels computed twice, but PyTorch's convolutions cost more per pixel on large tiles
+    (docs/speed.md), so it pays off in ONNX Runtime only.
     """
-    layout = str(tiling.get("layout", "fitted"))
+    layout = str(tiling.layout)
     if layout == "fitted":
-        return int(tiling.tile_size or MAX_TILE), int(tiling.get("margin", 128))
+        return int(tiling.tile_size or MAX_TILE), int(tiling.margin)
     if layout == "grid":
         return int(tiling.tile_size or trained_size or 256), None
     raise ConfigError(f"tiling.layout must be fitted or grid, got {layout!r}")

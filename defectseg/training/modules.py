@@ -226,13 +226,14 @@ class SegmentationTask(L.LightningModule):
             probabilities = logits.softmax(dim=1)
             sweeps[0].update(probabilities, truth, valid)
             defect = 1.0 - probabilities[:, :1]
+            if prefix == "val":
+                return defect  # validation's Dice is the sweep's, at the threshold tuned on it
             # test: at the defect threshold tuned on validation (restored with the best checkpoint), as predict decodes
-            tuned = (self.tuned_threshold or {}).get("best_threshold") if prefix == "test" else None
-            winner = probabilities[:, 1:].argmax(dim=1, keepdim=True) + 1
+            tuned = (self.tuned_threshold or {}).get("best_threshold")
             if tuned is None:
-                winner = torch.where(probabilities[:, :1] >= probabilities.amax(dim=1, keepdim=True), 0, winner)
+                winner = probabilities.argmax(dim=1, keepdim=True)
             else:
-                winner = torch.where(defect > float(tuned), winner, 0)
+                winner = torch.where(defect > float(tuned), probabilities[:, 1:].argmax(dim=1, keepdim=True) + 1, 0)
             labels = torch.arange(1, len(self.classes) + 1, device=logits.device).view(1, -1, 1, 1)
             predicted = (winner == labels) & valid
         dice.update(predicted, truth, index=batch.get("index"))
