@@ -22,7 +22,7 @@ from defectseg.data.classes import ClassSpec
 from defectseg.inference.scale import training_input_scale
 from defectseg.models import FreezePolicy, parameter_counts
 from defectseg.models.encoder_io import load_decoder, load_encoder, resolve_encoder_path
-from defectseg.models.freeze import TransferRecipe, encoder_levels
+from defectseg.models.freeze import TransferRecipe, encoder_levels, level_weight_changes
 from defectseg.training.losses import frequency_weights
 from defectseg.training.modules import SegmentationTask
 from defectseg.training.runner import Run, calibrate_features, seed_run
@@ -189,7 +189,9 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     )
 
     run.log_text("model/parameters", " | ".join(f"{name}: {value:,}" for name, value in counts.items()))
+    encoder_start = {name: value.detach().clone() for name, value in model.encoder.state_dict().items()}
     run.fit(task, datamodule)
+    val_dice_by_epoch = [row.get("val/dice") for row in run.history.epochs]  # test() restores the best epoch's
     schedule_ran = [
         dict(change) for change in schedule.changes
     ]  # before test() restores the best epoch's callback state
@@ -221,6 +223,9 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
         "best_epoch": best.get("epoch"),
         "test_dice": tested.get("test/dice"),
         "test_dice_per_image": [round(v, 6) for v in task.test_dice_per_image],
+        "val_dice_by_epoch": val_dice_by_epoch,  # the learning curve, one value per epoch
+        # per encoder level (shallowest first), how far stage 2 moved it from where it started, at the best epoch
+        "encoder_level_change": [round(v, 6) for v in level_weight_changes(model.encoder, encoder_start)],
         "threshold": float(task.hparams.threshold),
         "best_threshold": tuned.get("best_threshold"),
         "val_dice_at_best_threshold": tuned.get("val_dice_at_best_threshold"),

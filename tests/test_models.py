@@ -201,6 +201,19 @@ def test_relative_weight_change_measures_how_far_training_moved_a_module():
     assert relative_weight_change(initial, module) == pytest.approx(0.1, rel=1e-4)
 
 
+def test_level_weight_changes_name_the_level_that_moved():
+    from defectseg.models.freeze import encoder_levels, level_weight_changes
+
+    encoder = unet_paper(channels=(8, 16, 32, 64, 128)).encoder
+    initial = {k: v.clone() for k, v in encoder.state_dict().items()}
+    with torch.no_grad():
+        for parameter in encoder_levels(encoder)[-1][0].parameters():  # only the deepest level
+            parameter.mul_(1.2)
+    changes = level_weight_changes(encoder, initial)
+    assert changes[:-1] == [0.0] * 4
+    assert changes[-1] == pytest.approx(0.2, rel=0.05)
+
+
 def test_feature_calibration_reports_channels_that_never_fire():
     standardizer = FeatureStandardizer([4, 2])
     level0 = torch.rand(3, 4, 5, 5)

@@ -163,6 +163,9 @@ def test_stage1_then_stage2_transfers_and_freezes_the_encoder(
     silent = saved["encoder_silent_channels"]
     assert len(silent) == 5 and all(0.0 <= share <= 1.0 for share in silent)
     assert len(saved["test_dice_per_image"]) == saved["test_images"]
+    assert saved["encoder_level_change"] == [0.0] * 5  # frozen levels, batch-norm statistics included, never move
+    assert len(saved["val_dice_by_epoch"]) == saved["epochs"]
+    assert max(saved["val_dice_by_epoch"]) == pytest.approx(saved["best_val_dice"])
     assert (Path(metrics2["output_dir"]) / "split.json").is_file()
     assert list((Path(metrics2["output_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -173,6 +176,8 @@ def test_scratch_trains_everything_without_an_encoder(compose_config, segmentati
     )
     assert metrics["trainable_params"] == metrics["total_params"] == 7_846_657
     assert metrics["pretrained_encoder"] is None and metrics["freeze"] == "scratch"
+    moved = metrics["encoder_level_change"]
+    assert len(moved) == 5 and all(change > 0 for change in moved)  # every level trains from its random init
 
 
 def test_transfer_without_encoder_says_run_pretrain(compose_config, segmentation_set, tmp_path):
