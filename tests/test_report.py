@@ -555,3 +555,36 @@ def test_module_entry_point_runs(tmp_path: Path) -> None:
     assert "transfer-frozen encoder" in proc.stdout
     assert (sweep / "report.csv").exists() and not (sweep / "compare.png").exists()
     assert report.REPORT_CSV_COLUMNS[0] in (sweep / "report.csv").read_text().splitlines()[0]
+
+
+def test_why_section_quotes_the_mean_learning_curve_and_level_movement(tmp_path: Path) -> None:
+    """Val Dice at 10/25/50/100 % of the epochs and the per-level encoder change, both averaged over seeds; runs from
+    before these fields existed (the old sweep) leave the section and the figure out."""
+    old = write_report(make_sweep(tmp_path / "old", {"scratch": [0.70, 0.72], "encoder": [0.78, 0.80]}))
+    assert "learning_curves.png" not in old["paths"] and "## Why" not in old["markdown"]
+
+    root = tmp_path / "s"
+    write_multirun(root, ["freeze=scratch,none", "seed=0,1"])
+    curves = {  # ten epochs each; the transfer run starts ahead and scratch catches up
+        "scratch": [[0.1 * e for e in range(1, 11)], [0.1 * e + 0.02 for e in range(1, 11)]],
+        "none": [[0.5 + 0.04 * e for e in range(1, 11)], [0.5 + 0.04 * e for e in range(1, 11)]],
+    }
+    levels = {"scratch": [[0.5, 0.6, 0.7, 0.8, 0.9]] * 2, "none": [[0.02, 0.04, 0.06, 0.1, 0.2], [0.04] * 5]}
+    job = 0
+    for mode in ("scratch", "none"):
+        for seed in (0, 1):
+            metrics = finetune_metrics(mode, seed, 0.7)
+            metrics.update(val_dice_by_epoch=curves[mode][seed], encoder_level_change=levels[mode][seed])
+            write_job(root, str(job), [f"freeze={mode}", f"seed={seed}"], metrics)
+            job += 1
+    result = write_report(root)
+    assert_png(result["paths"]["learning_curves.png"])
+    section = result["markdown"].split("## Why: learning curves and encoder levels")[1]
+    table = [line for line in section.splitlines() if line.startswith("| steel_single")]
+    scratch_cells = [c.strip() for c in table[0].strip("|").split("|")]
+    transfer_cells = [c.strip() for c in table[1].strip("|").split("|")]
+    # epoch 1 (10 %), 3 (25 %), 5 (50 %), 10 (100 %), mean of the two seeds
+    assert scratch_cells[2:6] == ["0.110", "0.310", "0.510", "1.010"]
+    assert transfer_cells[2:6] == ["0.540", "0.620", "0.700", "0.900"]
+    assert scratch_cells[6:] == ["50.0", "60.0", "70.0", "80.0", "90.0"]
+    assert transfer_cells[6:] == ["3.0", "4.0", "5.0", "7.0", "12.0"]

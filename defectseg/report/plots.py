@@ -44,7 +44,7 @@ _EXTRA_COLOURS = [
 ]
 
 
-def _new_figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     """Figure without pyplot: no global backend switch, no figure leak in long processes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -54,7 +54,7 @@ def _new_figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save_figure(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
@@ -176,7 +176,7 @@ def plot_compare(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], t
         panels.setdefault(panel, {}).setdefault(group, []).append(r)
     n_groups = max(len(g) for g in panels.values())
     n_bars = max(len(b) for g in panels.values() for b in g.values())
-    fig = _new_figure(max(6.0, 1.0 + n_groups * (0.5 + 0.6 * n_bars)), 0.6 + 4.4 * len(panels))
+    fig = new_figure(max(6.0, 1.0 + n_groups * (0.5 + 0.6 * n_bars)), 0.6 + 4.4 * len(panels))
     for pi, (panel, groups) in enumerate(panels.items()):
         ax = fig.add_subplot(len(panels), 1, pi + 1)
         _draw_bars(ax, groups, rows, colours, n_bars)
@@ -200,7 +200,7 @@ def plot_compare(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], t
             color="#444444",
             va="top",
         )
-    _save_figure(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -212,7 +212,7 @@ def plot_label_efficiency(rows: Sequence[dict[str, Any]], path: str | os.PathLik
     panels: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         panels.setdefault((r["experiment"], r["dataset"], r["model"]), []).append(r)
-    fig = _new_figure(6.2 * len(panels) + 1.8, 4.8)
+    fig = new_figure(6.2 * len(panels) + 1.8, 4.8)
     sizes = sorted({r["train_images"] for r in rows})
     for pi, ((exp, dataset, model), prow) in enumerate(panels.items()):
         ax = fig.add_subplot(1, len(panels), pi + 1)
@@ -248,5 +248,5 @@ def plot_label_efficiency(rows: Sequence[dict[str, Any]], path: str | os.PathLik
         name = " / ".join(str(p) for p in (exp, dataset, model) if p is not None)
         ax.set_title(f"Label efficiency: {name}", fontsize=10.5)
         ax.legend(fontsize=8, loc="lower right")
-    _save_figure(fig, path)
+    save_figure(fig, path)
     return path

@@ -11,6 +11,7 @@ from typing import Any
 
 from defectseg.report.classes import CLASS_CSV_COLUMNS, class_rows, markdown_class_table
 from defectseg.report.collect import collect_runs
+from defectseg.report.diagnostics import markdown_diagnostics, plot_learning_curves
 from defectseg.report.plots import plot_compare, plot_label_efficiency
 from defectseg.report.statistics import aggregate
 from defectseg.report.tables import (
@@ -29,9 +30,9 @@ USAGE = """Aggregate a Hydra multirun comparison sweep (scratch vs transfer) int
 
 Reads SWEEP_DIR/multirun.yaml and every job directory (SWEEP_DIR/<job>/ or one level deeper, e.g.
 SWEEP_DIR/label_efficiency/3/) holding .hydra/ and, once finished, metrics.json. Writes report.csv, report.md,
-compare.png and, when the sweep varies the number of labelled training images, label_efficiency.csv and
-label_efficiency.png. Jobs without metrics.json are reported as MISSING, never dropped silently, so a partial
-sweep still gives an honest report.
+compare.png, learning_curves.png (val Dice per epoch) and, when the sweep varies the number of labelled training
+images, label_efficiency.csv and label_efficiency.png. Jobs without metrics.json are reported as MISSING, never
+dropped silently, so a partial sweep still gives an honest report.
 """
 
 
@@ -72,11 +73,17 @@ def write_report(
         if curve_rows:
             paths["label_efficiency.png"] = plot_label_efficiency(curve_rows, out / "label_efficiency.png")
             images.append("label_efficiency.png")
+        learning = plot_learning_curves(rows, out / "learning_curves.png")
+        if learning is not None:
+            paths["learning_curves.png"] = learning
+            images.append("learning_curves.png")
     per_class = class_rows(rows)
     if per_class:  # runs with dataset.classes: Dice and gains per class
         paths["report_classes.csv"] = out / "report_classes.csv"
         atomic_write_text(paths["report_classes.csv"], csv_text(per_class, CLASS_CSV_COLUMNS))
-    markdown = markdown_report(root, rows, runs, missing, images, sections=[markdown_class_table(per_class)])
+    markdown = markdown_report(
+        root, rows, runs, missing, images, sections=[markdown_class_table(per_class), markdown_diagnostics(rows)]
+    )
     paths["report.md"] = out / "report.md"
     atomic_write_text(paths["report.md"], markdown)
     public_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
