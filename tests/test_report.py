@@ -588,3 +588,23 @@ def test_why_section_quotes_the_mean_learning_curve_and_level_movement(tmp_path:
     assert transfer_cells[2:6] == ["0.540", "0.620", "0.700", "0.900"]
     assert scratch_cells[6:] == ["50.0", "60.0", "70.0", "80.0", "90.0"]
     assert transfer_cells[6:] == ["3.0", "4.0", "5.0", "7.0", "12.0"]
+
+
+def test_weight_averaging_makes_its_own_row_and_is_compared_with_averaged_scratch(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_multirun(root, ["freeze=scratch,none", "callbacks=default,ema", "seed=0,1"])
+    dice = {("scratch", None): 0.60, ("scratch", "ema 0.99"): 0.66, ("none", None): 0.65, ("none", "ema 0.99"): 0.70}
+    job = 0
+    for (mode, averaging), value in dice.items():
+        for seed in (0, 1):
+            metrics = finetune_metrics(mode, seed, value + 0.01 * seed)
+            metrics["weight_averaging"] = averaging
+            write_job(root, str(job), [f"freeze={mode}", f"seed={seed}"], metrics)
+            job += 1
+    rows = write_report(root)["rows"]
+    assert len(rows) == 4
+    averaged = next(r for r in rows if r["freeze"] == "none" and r["weight_averaging"] == "ema 0.99")
+    plain = next(r for r in rows if r["freeze"] == "none" and r["weight_averaging"] is None)
+    assert averaged["gain_abs"] == pytest.approx(0.04)  # against scratch + ema (0.665), not plain scratch (0.605)
+    assert plain["gain_abs"] == pytest.approx(0.05)
+    assert "transfer-full fine-tuning + ema 0.99" in write_report(root)["markdown"]

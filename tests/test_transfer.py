@@ -234,3 +234,45 @@ def test_recipes_compose_in_a_multirun_and_are_recorded(segmentation_set, stage1
     recorded = {json.loads((job / "metrics.json").read_text())["transfer"]: job.name for job in jobs}
     assert sorted(recorded) == ["frozen_encoder", "gradual", "staged"]
     assert "transfer-staged" in recorded["staged"], "job folders are named by the recipe"
+
+
+def test_ema_validates_checkpoints_and_tests_the_averaged_weights(
+    monkeypatch, compose_config, segmentation_set, stage1_encoder
+):
+    """callbacks=ema: best.ckpt holds the average (the live weights ride beside it), and the test scores the average,
+    not the live weights Lightning's own callback would load back after fit."""
+    from defectseg.models.freeze import FreezePolicy
+
+    captured = {}
+    original_apply = FreezePolicy.apply
+
+    def spy_apply(self, model):
+        captured["model"] = model
+        return original_apply(self, model)
+
+    monkeypatch.setattr(FreezePolicy, "apply", spy_apply)
+    cfg = compose_config(
+        "finetune",
+        [
+            *overrides(segmentation_set, stage1_encoder, "full_finetune", 3, "callbacks=ema"),
+            "optim.lr=1e-3",
+            "trainer.check_val_every_n_epoch=3",  # one validation, after three averaged steps: best.ckpt is epoch 3
+        ],
+    )
+    metrics = run_finetune(cfg)
+    assert metrics["weight_averaging"] == "ema 0.99"
+    best = torch.load(Path(metrics["output_dir"]) / "checkpoints" / "best.ckpt", weights_only=True)
+    averaged, live = best["state_dict"], best["current_model_state"]
+    tested = {f"model.{k}": v for k, v in captured["model"].state_dict().items()}
+    name = next(k for k in averaged if k.endswith("weight") and "encoder" in k)
+    assert not torch.equal(averaged[name], live[name]), "the average is its own weights"
+    assert torch.equal(tested[name].cpu(), averaged[name].cpu()), "the test scored the averaged weights"
+
+
+def test_lightnings_own_weight_averaging_is_refused_naming_the_key(compose_config, segmentation_set, stage1_encoder):
+    from defectseg.utils.errors import ConfigError
+
+    extra = "+callbacks.average._target_=lightning.pytorch.callbacks.EMAWeightAveraging"
+    cfg = compose_config("finetune", overrides(segmentation_set, stage1_encoder, "full_finetune", 1, extra))
+    with pytest.raises(ConfigError, match=r"^callbacks\.average: EMAWeightAveraging .*callbacks=ema"):
+        run_finetune(cfg)

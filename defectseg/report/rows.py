@@ -55,6 +55,7 @@ ROW_IDENTITY = (
     "init_decoder",
     "classes",
     "train_images",
+    "weight_averaging",
 )
 
 #: Fields a transfer row and its scratch reference must share (a gain compares like with like).
@@ -131,7 +132,13 @@ def mode_label(
 
 
 def display_mode(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
-    """Mode label, plus the pretraining task and the stage-1 run when the sweep compares several."""
+    """Mode label, plus the pretraining task and the stage-1 run when the sweep compares several, and the weight
+    averaging (callbacks=ema) when the run had one."""
+    averaged = f" + {row['weight_averaging']}" if row.get("weight_averaging") else ""
+    return _tagged_mode(row, rows) + averaged
+
+
+def _tagged_mode(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
     if row["freeze"] == "scratch":
         return row["mode"]
     transfer = [r for r in rows if r["freeze"] != "scratch"]

@@ -204,6 +204,7 @@ def scratch_reference(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> di
     return max(
         cands,
         key=lambda r: (
+            r.get("weight_averaging") == row.get("weight_averaging"),  # scratch + ema is the reference of full + ema
             r["experiment"] == row["experiment"],
             r["pretrain_task"] == row["pretrain_task"],
             r["pretrain_task"] is None,

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from defectseg.training.callbacks import EpochHistory, GracefulStop, TrainingClock
+from defectseg.training.callbacks import AveragedWeights, EpochHistory, GracefulStop, TrainingClock
 from defectseg.training.checkpoints import AtomicCheckpointIO, check_same_config, resume_path
 from defectseg.training.progress import EpochLines, OneBar
 from defectseg.utils.errors import ConfigError, RunInterrupted, UserError
@@ -116,6 +116,26 @@ def required_callback(callbacks: dict[str, L.Callback], name: str, kind: type) -
     return found
 
 
+def weight_averaging(callbacks: dict[str, L.Callback]) -> str | None:
+    """The label of the run's weight averaging (callbacks=ema), None without; Lightning's own averaging callbacks are
+    refused: after fit they load a checkpoint's live weights back, so the test would score what was never
+    validated."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    labels = []
+    for name, callback in callbacks.items():
+        if isinstance(callback, AveragedWeights):
+            labels.append(callback.label)
+        elif isinstance(callback, WeightAveraging):
+            raise ConfigError(
+                f"callbacks.{name}: {type(callback).__name__} would test other weights than it validated; "
+                "average the weights with callbacks=ema (defectseg.training.callbacks.AveragedWeights)"
+            )
+    if len(labels) > 1:
+        raise ConfigError("callbacks: more than one weight averaging; keep one (callbacks=ema)")
+    return labels[0] if labels else None
+
+
 class Run:
     """One training run's trainer, its bookkeeping callbacks and the files it writes."""
 
@@ -148,6 +168,7 @@ class Run:
         self.clock: TrainingClock = required_callback(configured, "clock", TrainingClock)
         self.history: EpochHistory = required_callback(configured, "history", EpochHistory)
         self.stop: GracefulStop = required_callback(configured, "graceful_stop", GracefulStop)
+        self.weight_averaging = weight_averaging(configured)
         if (self.checkpoint.monitor, self.checkpoint.mode) != (monitor, mode):
             raise ConfigError(
                 f"callbacks.best_checkpoint: this stage selects the best epoch by {monitor} ({mode}), "
@@ -239,6 +260,7 @@ class Run:
             "train_images_per_second": round(self.clock.images_per_second, 3),
             "device": self.device,
             "precision": str(self.precision),
+            "weight_averaging": self.weight_averaging,  # callbacks=ema: what validation, checkpoints and test scored
             "checkpoint": self.checkpoint.best_model_path or None,
             "output_dir": str(self.output_dir),
             "start_time": self.start_time,
