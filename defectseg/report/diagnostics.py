@@ -50,6 +50,8 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike
     curves = [(row, curve) for row, curve in curves if curve is not None]
     if not curves:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     path = Path(path)
     colours = mode_colours(rows)
     panels: dict[str, list[tuple[dict[str, Any], np.ndarray]]] = {}
@@ -65,6 +67,7 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike
             ax.plot(np.arange(1, curve.size + 1), curve, "-", color=colours[label], lw=1.8, label=label)
         ax.set_title(panel, fontsize=10, loc="left")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("val Dice (mean over seeds)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7.5, loc="lower right")
