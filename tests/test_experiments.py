@@ -24,7 +24,7 @@ KEY_FACTS = {
     ("pretrain", None): {"experiment_name": "paper", "dataset.image_size": 224, "train_steps": None},
     ("pretrain", "quick"): {"experiment_name": "quick", "dataset.image_size": 128, "train_steps": 6000},
     ("pretrain", "paper"): {"experiment_name": "paper", "dataset.image_size": 224, "train_steps": None},
-    ("pretrain", "real"): {"experiment_name": "real", "dataset.image_size": 128, "train_steps": 576},
+    ("pretrain", "real"): {"experiment_name": "real", "dataset.image_size": 128, "train_steps": 1728},
     ("finetune", None): {"experiment_name": "paper", "dataset.image_size": 256, "trainer.max_epochs": 100},
     ("finetune", "quick"): {"experiment_name": "quick", "dataset.image_size": 128, "trainer.max_epochs": 16},
     ("finetune", "paper"): {"experiment_name": "paper", "dataset.image_size": 256, "trainer.max_epochs": 100},
