@@ -191,7 +191,7 @@ def run_finetune(cfg: DictConfig) -> dict[str, Any]:
     run.log_text("model/parameters", " | ".join(f"{name}: {value:,}" for name, value in counts.items()))
     encoder_start = {name: value.detach().clone() for name, value in model.encoder.state_dict().items()}
     run.fit(task, datamodule)
-    val_dice_by_epoch = [row.get("val/dice") for row in run.history.epochs]  # test() restores the best epoch's
+    val_dice_by_epoch = [row.get("val/dice") for row in run.history.epochs]  # all epochs: read before test()
     schedule_ran = [
         dict(change) for change in schedule.changes
     ]  # before test() restores the best epoch's callback state

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from defectseg.models.segmentation import SegmentationModel, weight_distance
+from defectseg.models.segmentation import SegmentationModel, relative_weight_change
 from defectseg.utils.errors import ConfigError
 
 MODES = ("scratch", "encoder", "none", "partial")
@@ -206,7 +206,6 @@ def encoder_levels(encoder: nn.Module) -> list[list[nn.Module]]:
     return _levels_by_dependency(encoder)
 
 
-@torch.no_grad()
 def level_weight_changes(encoder: nn.Module, initial: dict[str, torch.Tensor]) -> list[float]:
     """``relative_weight_change`` of each encoder level, shallowest first, from ``initial`` (the encoder's state dict
     when stage 2 began).
@@ -214,13 +213,11 @@ def level_weight_changes(encoder: nn.Module, initial: dict[str, torch.Tensor]) -
     Why: it shows which levels stage 2 rewrote. Pretrained levels a recipe moves as far as scratch moves its random
     ones carried little the target could use; levels that barely move kept stage 1's features.
     """
-    names = {id(module): name for name, module in encoder.named_modules()}
-    changes = []
-    for level in encoder_levels(encoder):
-        prefixes = [f"{names[id(module)]}." if names[id(module)] else "" for module in level]
-        moved, start = weight_distance(initial, level, prefixes)
-        changes.append((moved / start) ** 0.5 if start else 0.0)
-    return changes
+    prefix = {id(module): f"{name}." if name else "" for name, module in encoder.named_modules()}
+    return [
+        relative_weight_change(initial, level, [prefix[id(module)] for module in level])
+        for level in encoder_levels(encoder)
+    ]
 
 
 def _levels_by_dependency(encoder: nn.Module) -> list[list[nn.Module]]:

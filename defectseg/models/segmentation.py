@@ -176,31 +176,26 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 @torch.no_grad()
-def relative_weight_change(initial: dict[str, torch.Tensor], module: nn.Module) -> float:
+def relative_weight_change(
+    initial: dict[str, torch.Tensor], module: nn.Module | list[nn.Module], prefixes: list[str] | None = None
+) -> float:
     """||W - W0|| / ||W0|| over a module's floating-point weights: how far training moved it from where it started.
 
     Why: an encoder that stage 1 barely moved is its random init with a trained head on top;
     freezing it transfers next to nothing (measured: < 1 % on the quick experiment).
+    Several modules (an encoder level) count as one; ``initial`` is then keyed by each module's state-dict names
+    behind its prefix (default ``""``: the module's own names).
     """
-    moved, start = weight_distance(initial, [module])
-    return (moved / start) ** 0.5 if start else 0.0
-
-
-@torch.no_grad()
-def weight_distance(
-    initial: dict[str, torch.Tensor], modules: list[nn.Module], prefixes: list[str] | None = None
-) -> tuple[float, float]:
-    """(||W - W0||², ||W0||²) summed over the modules' floating-point state; ``initial`` is keyed by each module's
-    state-dict names behind its prefix (``""``: the module's own names)."""
+    modules = module if isinstance(module, list) else [module]
     moved = start = 0.0
-    for module, prefix in zip(modules, prefixes or [""] * len(modules)):
-        for name, tensor in module.state_dict().items():
+    for part, prefix in zip(modules, prefixes or [""] * len(modules)):
+        for name, tensor in part.state_dict().items():
             before = initial.get(prefix + name)
             if before is not None and tensor.is_floating_point():
                 before = before.to(tensor.device, torch.float32)
                 moved += float((tensor.float() - before).pow(2).sum())
                 start += float(before.pow(2).sum())
-    return moved, start
+    return (moved / start) ** 0.5 if start else 0.0
 
 
 def parameter_counts(model: SegmentationModel) -> dict[str, int]:

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
 from defectseg.training.callbacks import AveragedWeights, EpochHistory, GracefulStop, TrainingClock
@@ -120,8 +120,6 @@ def weight_averaging(callbacks: dict[str, L.Callback]) -> str | None:
     """The label of the run's weight averaging (callbacks=ema), None without; Lightning's own averaging callbacks are
     refused: after fit they load a checkpoint's live weights back, so the test would score what was never
     validated."""
-    from lightning.pytorch.callbacks import WeightAveraging
-
     labels = []
     for name, callback in callbacks.items():
         if isinstance(callback, AveragedWeights):
