@@ -9,8 +9,8 @@ Each measurement runs in its own process (a fresh peak-memory high-water mark), 
 unet_paper (random weights: speed and memory do not depend on them), through ``probability_map`` as predict
 calls it: tiling, the network, blending. Layouts: ``fitted`` (default predict: tiles of up to 1024 px
 fitted to the photo, sharing 128 px) and ``grid`` (the former default: the 128 px training size, 25 %
-overlap, 8 tiles a pass). Runtimes: ``torch`` (TorchSegmenter, fp32, inference_mode), ``torch-bf16`` (the same
-under bf16 autocast, channels_last), ``onnx`` (the model exported as ``make export`` does, in ONNX Runtime).
+overlap, 8 tiles a pass). Runtimes: ``torch`` (TorchSegmenter, fp32, channels_last, inference_mode), ``torch-bf16``
+(the same under bf16 autocast), ``onnx`` (the model exported as ``make export`` does, in ONNX Runtime).
 One warm-up pass on one tile runs before the clock starts. Memory: the process's resident high-water mark
 (VmHWM), in total and above the process after loading the model and reading the photo (``added``).
 Not measured: defect measurement and overlays of predict (they depend on what a trained model finds).
@@ -82,17 +82,7 @@ def segmenter(runtime: str, onnx_path: str | None, channels: list[int]) -> Any:
     torch.manual_seed(0)
     model = unet_paper(channels=channels).eval()
     info = ModelInfo(source="benchmark", runtime="torch", multiple=model.encoder.reduction)
-    plain = TorchSegmenter(model, info, device="cpu")
-    if runtime == "torch":
-        return plain
-    plain.network.to(memory_format=torch.channels_last)
-
-    def bf16(images: Any) -> Any:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return plain(images)
-
-    bf16.info = info  # type: ignore[attr-defined]
-    return bf16
+    return TorchSegmenter(model, info, device="cpu", precision="bf16" if runtime == "torch-bf16" else "32")
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:

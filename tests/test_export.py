@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from defectseg.export import TORCHSCRIPT_INFO_NAME, load_torchscript, run_export
+from defectseg.inference.runtime import TUNED_THRESHOLD_KEY
 from defectseg.inference.torch_runtime import load_model
-from defectseg.training.metrics import TUNED_THRESHOLD_KEY
 from defectseg.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 from defectseg.finetune import run_finetune
-from defectseg.inference.runtime import ModelInfo
+from defectseg.inference.runtime import TUNED_THRESHOLD_KEY, ModelInfo
 from defectseg.inference.tiling import axis_layout, blend_window, predict_tiled, probability_map
 from defectseg.inference.torch_runtime import TorchSegmenter
 from defectseg.models import unet_paper
 from defectseg.predict import main as predict_main
 from defectseg.predict import run_predict
-from defectseg.training.metrics import THRESHOLD_GRID, TUNED_THRESHOLD_KEY, DefectDice, ThresholdSweep
+from defectseg.training.metrics import THRESHOLD_GRID, DefectDice, ThresholdSweep
 from defectseg.utils.errors import UserError
 from tests.helpers import stage2_overrides
 

@@ -314,8 +314,8 @@ def test_multilabel_threshold_list_must_have_one_per_class(compose_config, monke
 
 
 def test_checkpoint_classes_reads_the_per_class_thresholds_stage_2_tuned():
+    from defectseg.inference.runtime import TUNED_THRESHOLD_KEY
     from defectseg.inference.torch_runtime import checkpoint_classes
-    from defectseg.training.metrics import TUNED_THRESHOLD_KEY
 
     hyper = {"classes": ["crack", "pit"], "multilabel": True, "threshold": 0.5}
     tuned = {TUNED_THRESHOLD_KEY: {"best_threshold_per_class": [0.3, 0.7]}}
@@ -412,7 +412,7 @@ def test_multilabel_export_carries_the_per_class_thresholds(compose_config, tmp_
     from omegaconf import OmegaConf
 
     from defectseg.export import run_export
-    from defectseg.training.metrics import TUNED_THRESHOLD_KEY
+    from defectseg.inference.runtime import TUNED_THRESHOLD_KEY
 
     model_cfg = {"_target_": "defectseg.models.unet_paper", "in_channels": 3, "channels": [4, 8, 16], "num_classes": 1}
     run_dir = tmp_path / "run"

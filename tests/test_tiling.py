@@ -82,3 +82,30 @@ def test_memory_is_bounded_by_the_tiles_not_the_photo(monkeypatch):
 def test_a_negative_margin_is_refused_with_its_name():
     with pytest.raises(ValueError, match="margin"):
         predict_tiled(photo(10, 10), pixelwise, margin=-1)
+
+
+@pytest.mark.parametrize("margin", [None, 24])
+def test_blending_without_a_weight_map_is_the_weighted_mean_of_the_tiles(margin):
+    """The photo-sized weight map is gone (rows' x columns' sums instead): each pixel must still get the weighted
+    mean of every tile covering it, for a model whose output depends on the tile (not only the pixel)."""
+    image = photo(150, 230, seed=5)
+    seen: list[np.ndarray] = []
+
+    def by_tile(images: np.ndarray) -> np.ndarray:
+        out = np.random.default_rng(len(seen)).random((images.shape[0], 2, *images.shape[2:])).astype(np.float32)
+        seen.append(out.copy())
+        return out
+
+    tiled = predict_tiled(image, by_tile, tile_size=64, overlap=0.3, batch_size=2, multiple=16, margin=margin)
+    if margin is None:
+        (_, tile_h, rows), (_, tile_w, cols) = axis_layout(150, 64, 0.3, 16), axis_layout(230, 64, 0.3, 16)
+    else:
+        (_, tile_h, rows), (_, tile_w, cols) = fitted_layout(150, 64, margin, 16), fitted_layout(230, 64, margin, 16)
+    window = blend_window(tile_h, tile_w, margin)
+    outputs = iter(np.concatenate(seen))
+    weighted, weights = np.zeros((2, 150, 230)), np.zeros((150, 230))
+    for y, x in itertools.product(rows, cols):
+        weighted[:, y : y + tile_h, x : x + tile_w] += next(outputs) * window
+        weights[y : y + tile_h, x : x + tile_w] += window
+    assert len(rows) > 1 and len(cols) > 1
+    np.testing.assert_allclose(tiled, weighted / weights, rtol=1e-4, atol=1e-6)

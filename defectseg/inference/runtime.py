@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 #: key of the JSON ModelInfo in an exported ONNX model's metadata
 ONNX_METADATA_KEY = "defectseg"
 DEFAULT_THRESHOLD = 0.5
+#: checkpoint key under which stage 2 stores the tuned threshold (plain floats: weights_only loading); here, not in
+#: training.metrics, so loading a checkpoint for predict does not import torchmetrics (and matplotlib, scipy, sympy)
+TUNED_THRESHOLD_KEY = "tuned_threshold"
 
 
 @dataclass

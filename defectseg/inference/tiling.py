@@ -24,8 +24,8 @@ from defectseg.utils.errors import ConfigError
 #: N x 3 x h x w float32 images in [0, 1] -> N x C x h x w float32 probabilities
 ProbabilityFn = Callable[[np.ndarray], np.ndarray]
 
-#: blending weight at a tile's outermost pixel, relative to its centre (never 0: a photo's own
-#: border is covered by one tile only, and a zero weight there would divide by zero)
+#: blending weight at a tile side's outermost pixel, relative to its centre (never 0: a photo's own
+#: border is covered by one tile only, and a zero weight there would divide by zero); a corner gets its square
 MIN_WEIGHT = 1e-3
 
 #: largest tile side of the fitted layout: a fully convolutional network does the same work per pixel at any
@@ -75,25 +75,36 @@ def fitted_layout(length: int, max_tile: int, margin: int, multiple: int) -> tup
     return length, tile, origins
 
 
-def blend_window(height: int, width: int, ramp: int | None = None) -> np.ndarray:
-    """Separable blending weights (sampled at pixel centres, floored at MIN_WEIGHT) as HxW float32.
+def blend_profile(length: int, ramp: int | None = None) -> np.ndarray:
+    """One side's blending weights (sampled at pixel centres, peak 1, floored at MIN_WEIGHT) as float32.
 
-    ``ramp`` None: a Hann window over the whole tile. ``ramp`` px: flat 1 inside, rising as a Hann half-window over
+    ``ramp`` None: a Hann window over the whole side. ``ramp`` px: flat 1 inside, rising as a Hann half-window over
     the ``ramp`` px at each edge, so two neighbours sharing ``ramp`` px cross-fade there and nowhere else.
     """
-
-    def hann(n: int) -> np.ndarray:
-        return np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2
-
-    def ramped(n: int, width: int) -> np.ndarray:
-        edge = np.minimum(np.arange(n) + 0.5, n - np.arange(n) - 0.5)  # distance of each pixel centre to the border
-        return np.sin(0.5 * np.pi * np.minimum(edge / max(width, 1), 1.0)) ** 2
-
+    centres = np.arange(length) + 0.5
     if ramp is None:
-        window = np.outer(hann(height), hann(width))
+        profile = np.sin(np.pi * centres / length) ** 2
     else:
-        window = np.outer(ramped(height, ramp), ramped(width, ramp))
-    return np.maximum(window / window.max(), MIN_WEIGHT).astype(np.float32)
+        edge = np.minimum(centres, length - centres)  # distance of each pixel centre to the border
+        profile = np.sin(0.5 * np.pi * np.minimum(edge / max(ramp, 1), 1.0)) ** 2
+    return np.maximum(profile / profile.max(), MIN_WEIGHT).astype(np.float32)
+
+
+def blend_window(height: int, width: int, ramp: int | None = None) -> np.ndarray:
+    """A tile's blending weights (H x W float32): the outer product of its sides' ``blend_profile``.
+
+    Separable on purpose: the weights that a full grid of tiles sums at a pixel are then the product of the row and
+    column sums, so blending never needs a weight map the size of the photo.
+    """
+    return np.outer(blend_profile(height, ramp), blend_profile(width, ramp))
+
+
+def summed_profile(padded: int, tile: int, origins: list[int], profile: np.ndarray) -> np.ndarray:
+    """Along one side, the sum of every tile's ``profile`` at each pixel."""
+    total = np.zeros(padded, np.float32)
+    for origin in origins:
+        total[origin : origin + tile] += profile
+    return total
 
 
 def _tile_batches(origins: list[tuple[int, int]], batch_size: int) -> Iterator[list[tuple[int, int]]]:
@@ -136,22 +147,26 @@ def predict_tiled(
     else:
         padded_h, tile_h, rows = fitted_layout(height, tile, int(margin), multiple)
         padded_w, tile_w, cols = fitted_layout(width, tile, int(margin), multiple)
-    padded = np.pad(image, ((0, padded_h - height), (0, padded_w - width), (0, 0)), mode="reflect")
+    pad = ((0, padded_h - height), (0, padded_w - width), (0, 0))
+    padded = np.pad(image, pad, mode="reflect") if (padded_h, padded_w) != (height, width) else image
     origins = [(y, x) for y in rows for x in cols]
+    ramp = None if margin is None else max(1, int(margin))
     if len(origins) == 1:
-        window = np.ones((tile_h, tile_w), np.float32)
+        row_profile, col_profile = np.ones(tile_h, np.float32), np.ones(tile_w, np.float32)
     else:
-        window = blend_window(tile_h, tile_w, None if margin is None else max(1, int(margin)))
+        row_profile, col_profile = blend_profile(tile_h, ramp), blend_profile(tile_w, ramp)
+    window = np.outer(row_profile, col_profile)
     per_pass = max(1, min(int(batch_size), MAX_TILE * MAX_TILE // (tile_h * tile_w)))
 
     total: np.ndarray | None = None
-    weight = np.zeros((padded_h, padded_w), np.float32)
     done = 0
     for batch_origins in _tile_batches(origins, per_pass):
         tiles = np.stack([padded[y : y + tile_h, x : x + tile_w] for y, x in batch_origins])
         tiles = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32)
         tiles *= np.float32(1.0 / 255.0)
         probabilities = np.asarray(predict(tiles), dtype=np.float32)
+        if not probabilities.flags.writeable:
+            probabilities = probabilities.copy()  # weighted in place below
         if (
             probabilities.ndim != 4
             or probabilities.shape[0] != len(batch_origins)
@@ -164,14 +179,16 @@ def predict_tiled(
         if total is None:
             total = np.zeros((probabilities.shape[1], padded_h, padded_w), np.float32)
         for (y, x), tile_probabilities in zip(batch_origins, probabilities):
-            total[:, y : y + tile_h, x : x + tile_w] += tile_probabilities * window
-            weight[y : y + tile_h, x : x + tile_w] += window
+            tile_probabilities *= window
+            total[:, y : y + tile_h, x : x + tile_w] += tile_probabilities
         del tiles, probabilities
         done += len(batch_origins)
         if on_progress is not None:
             on_progress(done, len(origins))
     assert total is not None
-    total /= weight
+    # every (row, column) pair is a tile, so the summed weights are the outer product of the sides' sums
+    total /= summed_profile(padded_h, tile_h, rows, row_profile)[:, None]
+    total /= summed_profile(padded_w, tile_w, cols, col_profile)[None, :]
     return total[:, :height, :width]
 
 
@@ -201,7 +218,7 @@ def probability_maps(
     probabilities = predict_tiled(resized, predict, tile_size, overlap, batch_size, multiple, on_progress, margin)
     if probabilities.shape[1:] != (height, width):
         probabilities = resize_maps(probabilities, height, width)
-    return np.clip(probabilities, 0.0, 1.0)
+    return np.clip(probabilities, 0.0, 1.0, out=probabilities)
 
 
 def resize_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:

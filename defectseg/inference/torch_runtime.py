@@ -19,9 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from defectseg.inference.runtime import DEFAULT_THRESHOLD, ModelInfo
+from defectseg.inference.runtime import DEFAULT_THRESHOLD, TUNED_THRESHOLD_KEY, ModelInfo
 from defectseg.inference.scale import training_input_scale
-from defectseg.training.metrics import TUNED_THRESHOLD_KEY
 from defectseg.utils.errors import UserError
 from defectseg.utils.safe_load import torch_load_safely
 
@@ -179,17 +178,19 @@ PRECISIONS = ("32", "bf16")
 
 
 class TorchSegmenter:
-    """``precision`` bf16: bfloat16 autocast and channels_last, about twice as fast on CPUs with AVX-512 BF16 or AMX;
-    masks then differ from fp32 at a few pixels near the threshold (docs/speed.md measures by how much)."""
+    """The network in channels_last (NHWC) memory at every precision: oneDNN's convolutions then read and write the
+    tensors as they are, where NCHW ones are reordered to a blocked layout and back around every convolution (fp32
+    unet_paper ran 1.5x faster on a 2-core AVX2 CPU, docs/speed.md). ``precision`` bf16 adds bfloat16 autocast,
+    about twice as fast again on CPUs with AVX-512 BF16 or AMX; masks then differ from fp32 at a few pixels near the
+    threshold (docs/speed.md measures by how much)."""
 
     def __init__(self, model: nn.Module, info: ModelInfo, device: str = "auto", precision: str = "32") -> None:
         if str(precision) not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
         self.network = ProbabilityModel.for_model(model, info).to(self.device).eval()
+        self.network.to(memory_format=torch.channels_last)
         self.bf16 = str(precision) == "bf16"
-        if self.bf16:
-            self.network.to(memory_format=torch.channels_last)
         self.info = info
 
     @classmethod
@@ -200,6 +201,7 @@ class TorchSegmenter:
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+        batch = batch.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with autocast:
             return self.network(batch).float().cpu().numpy()

@@ -3,7 +3,6 @@
 from defectseg.models.classifier import ClassificationHead, EncoderClassifier
 from defectseg.models.freeze import FreezePolicy
 from defectseg.models.segmentation import SegmentationModel, parameter_counts, unet_paper
-from defectseg.models.smp_models import smp_model
 
 __all__ = [
     "ClassificationHead",
@@ -14,3 +13,13 @@ __all__ = [
     "smp_model",
     "unet_paper",
 ]
+
+
+def __getattr__(name: str):
+    """``smp_model`` on first use: segmentation_models_pytorch brings timm, torchvision and huggingface_hub (~200 MB
+    resident), which a unet_paper run, its predict included, never needs."""
+    if name == "smp_model":
+        from defectseg.models.smp_models import smp_model
+
+        return smp_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -82,8 +82,6 @@ class DefectDice(DiceScore):
 
 #: thresholds stage 2 tries on the validation set (predict uses the best one by default)
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
-#: checkpoint key under which stage 2 stores the tuned threshold (plain floats: weights_only loading)
-TUNED_THRESHOLD_KEY = "tuned_threshold"
 
 
 class ThresholdSweep(Metric):

@@ -12,9 +12,10 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import AUROC, Accuracy
 
+from defectseg.inference.runtime import TUNED_THRESHOLD_KEY
 from defectseg.models.freeze import TransferRecipe, parameter_groups
 from defectseg.training.losses import IGNORE, BCEDiceLoss, ClassesLoss, class_targets
-from defectseg.training.metrics import TUNED_THRESHOLD_KEY, ClassDice, ClassThresholdSweep, DefectDice, ThresholdSweep
+from defectseg.training.metrics import ClassDice, ClassThresholdSweep, DefectDice, ThresholdSweep
 from defectseg.utils.errors import ConfigError
 
 
