@@ -2,14 +2,14 @@
 photo, and the peak memory of a larger one, per runtime and tile layout.
 
     python benchmarks/predict_speed.py                        # 8 MP speed + 24 MP memory (make bench runs this)
-    python benchmarks/predict_speed.py --layouts grid,fitted --repeats 2   # old grid vs fitted tiles, interleaved
+    python benchmarks/predict_speed.py --layouts fitted --repeats 2   # one layout, twice
     python benchmarks/predict_speed.py --runtimes torch,torch-bf16,onnx      # PyTorch fp32 / bf16, ONNX Runtime
 
 Each measurement runs in its own process (a fresh peak-memory high-water mark), on a synthetic photo with
 unet_paper (random weights: speed and memory do not depend on them), through ``probability_map`` as predict
-calls it: tiling, the network, blending. Layouts: ``fitted`` (default predict: tiles of up to 1024 px
-fitted to the photo, sharing 128 px) and ``grid`` (the former default: the 128 px training size, 25 %
-overlap, 8 tiles a pass). Runtimes: ``torch`` (TorchSegmenter, fp32, channels_last, inference_mode), ``torch-bf16``
+calls it: tiling, the network, blending. Layouts: ``grid`` (predict's default: the 128 px training size, 25 %
+overlap, 8 tiles a pass) and ``fitted`` (tiles of up to 1024 px fitted to the photo, sharing 128 px); the memory
+part runs the first one given. Runtimes: ``torch`` (TorchSegmenter, fp32, channels_last, inference_mode), ``torch-bf16``
 (the same under bf16 autocast), ``onnx`` (the model exported as ``make export`` does, in ONNX Runtime).
 One warm-up pass on one tile runs before the clock starts. Memory: the process's resident high-water mark
 (VmHWM), in total and above the process after loading the model and reading the photo (``added``).
@@ -91,13 +91,22 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     from defectseg.inference import tiling
 
-    run = segmenter(spec["runtime"], spec.get("onnx_path"), spec["channels"])
     layout = dict(LAYOUTS[spec["layout"]])
     layout["tile_size"] = layout["tile_size"] or tiling.MAX_TILE
     layout["margin"] = tiling.DEFAULT_MARGIN if layout["margin"] == "default" else layout["margin"]
     height, width = spec["shape"]
     photo = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    run(np.zeros((1, 3, 128, 128), np.float32))  # warm-up: primitive creation, thread pools
+    network = segmenter(spec["runtime"], spec.get("onnx_path"), spec["channels"])
+    network(np.zeros((1, 3, 128, 128), np.float32))  # warm-up: primitive creation, thread pools
+    in_network = {"seconds": 0.0, "pixels": 0}
+
+    def run(images: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        probabilities = network(images)
+        in_network["seconds"] += time.perf_counter() - start
+        in_network["pixels"] += images.shape[0] * images.shape[2] * images.shape[3]
+        return probabilities
+
     baseline = rss_mib()
     tiles: list[int] = []
     start = time.perf_counter()
@@ -107,6 +116,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "megapixels_per_second": round(height * width / 1e6 / seconds, 4),
         "tiles": tiles[-1],
+        # pixels through the network per photo pixel (tile overlap and padding), the network's own speed on them,
+        # and the share of the time spent outside it (cutting tiles, blending)
+        "computed_per_photo_pixel": round(in_network["pixels"] / (height * width), 3),
+        "network_megapixels_per_second": round(in_network["pixels"] / 1e6 / in_network["seconds"], 4),
+        "outside_network": round(1.0 - in_network["seconds"] / seconds, 4),
         "peak_memory_mib": round(rss_mib(), 1),
         "added_memory_mib": round(rss_mib() - baseline, 1),
     }
@@ -138,8 +152,36 @@ def export_model(directory: Path, channels: list[int]) -> str:
     return str(path)
 
 
+def ceiling(channels: list[int], runtimes: list[str]) -> dict[str, Any]:
+    """What this CPU allows at best: the network's GFLOP per megapixel over the matmul peak of each precision run.
+
+    A fully convolutional network does the same work per pixel at any tile size, so no tiling, runtime or fusion
+    beats peak / (GFLOP per MP): a goal above it needs faster arithmetic (bf16 on AVX-512 BF16 or AMX, a GPU) or
+    less work per pixel (a smaller network, predicting at a coarser scale)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.throughput import matmul_peak
+    from defectseg.models.segmentation import unet_paper
+
+    model = unet_paper(channels=channels).eval()
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.rand(1, 3, 256, 256))
+    gflop_per_mp = counter.get_total_flops() / (256 * 256) / 1e3
+    peaks = {"float32": matmul_peak(torch.device("cpu"), torch.float32)}
+    if "torch-bf16" in runtimes:
+        peaks["bfloat16"] = matmul_peak(torch.device("cpu"), torch.bfloat16)
+    return {
+        "gflop_per_megapixel": round(gflop_per_mp, 1),
+        "matmul_peak_gflop_per_second": {k: round(v, 1) for k, v in peaks.items()},
+        "megapixels_per_second_at_peak": {k: round(v / gflop_per_mp, 3) for k, v in peaks.items()},
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     load_start = [round(x, 2) for x in os.getloadavg()]
+    bound = ceiling(args.channels, args.runtimes)
+    print(f"[predict-bench] ceiling: {bound}", flush=True)
     speed_shape, memory_shape = photo_shape(args.megapixels), photo_shape(args.memory_megapixels)
     with tempfile.TemporaryDirectory(prefix="defectseg_predict_bench_") as scratch:
         onnx_path = export_model(Path(scratch), args.channels) if "onnx" in args.runtimes else None
@@ -178,6 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name: round(median([r["megapixels_per_second"] for r in runs]), 4) for name, runs in speed.items()
         },
         "memory": memory,
+        "ceiling": bound,
     }
 
 
@@ -191,10 +234,24 @@ def record(result: dict[str, Any]) -> Path:
     )
     mh, mw = result["memory_photo"]
     load = result["load_average"]
+    bound = result["ceiling"]
+    fp32_peak = bound["matmul_peak_gflop_per_second"]["float32"]
+    inside = ", ".join(
+        f"{name} {median([r['network_megapixels_per_second'] for r in runs]):.2f} MP/s on "
+        f"{median([r['computed_per_photo_pixel'] for r in runs]):.2f}x the photo's pixels, "
+        f"{100 * median([r['outside_network'] for r in runs]):.1f} % outside it"
+        for name, runs in result["speed"].items()
+    )
+    limits = (
+        f" · the network: {bound['gflop_per_megapixel']:.0f} GFLOP/MP, so this CPU's fp32 matmul peak "
+        f"({fp32_peak:.0f} GFLOP/s) allows at most {bound['megapixels_per_second_at_peak']['float32']:.2f} MP/s; "
+        f"inside the tiles: {inside}"
+    )
     line = (
         f"- {result['date'][:16].replace('T', ' ')} · {result['machine']} · {isa_text(result['cpu_isa'])} · "
         f"load {load['start'][0]:.1f}->{load['end'][0]:.1f} · tiled predict (probability map), unet_paper, "
         f"{w}x{h} photo, MP/s: {speeds} (x {result['repeats']})"
+        + limits
         + (f" · peak memory, {mw}x{mh} photo: {memory}" if memory else "")
         + (f" · {result['note']}" if result["note"] else "")
         + f" · `{shown(path)}`"
@@ -211,7 +268,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-megapixels", type=float, default=24.0, help="photo size for peak memory (0: skip)")
     listed = lambda s: [x for x in s.split(",") if x]
     parser.add_argument("--runtimes", type=listed, default=["torch", "onnx"], help=f"of {', '.join(RUNTIMES)}")
-    parser.add_argument("--layouts", type=listed, default=["fitted"], help=f"of {', '.join(LAYOUTS)}")
+    parser.add_argument("--layouts", type=listed, default=["grid", "fitted"], help=f"of {', '.join(LAYOUTS)}")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")], default=[32, 64, 128, 256, 512])
     parser.add_argument("--note", default="", help="free text for the results line")

@@ -324,19 +324,23 @@ class Bench:
         }
 
     def matmul_peak(self, dtype: torch.dtype) -> float:
-        """GFLOP/s of the best of a few large square matmuls: what this device reaches at best."""
-        n = self.args.peak_size or (8192 if self.device.type == "cuda" else 2048)
-        a = torch.randn(n, n, device=self.device).to(dtype)
-        b = torch.randn(n, n, device=self.device).to(dtype)
-        best = float("inf")
-        for i in range(8 if self.device.type == "cuda" else 4):
-            synchronize(self.device)
-            start = time.perf_counter()
-            torch.mm(a, b)
-            synchronize(self.device)
-            if i:  # the first one warms up
-                best = min(best, time.perf_counter() - start)
-        return 2 * n**3 / best / 1e9
+        return matmul_peak(self.device, dtype, self.args.peak_size)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int | None = None) -> float:
+    """GFLOP/s of the best of a few large square matmuls: what this device reaches at best."""
+    n = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for i in range(8 if device.type == "cuda" else 4):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        if i:  # the first one warms up
+            best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
 
 
 def alternate(repeats: int, *contenders: Callable[[], dict[str, float]]) -> tuple[list[dict[str, float]], ...]:

@@ -126,10 +126,16 @@ def test_predict_benchmark_measures_speed_and_memory_in_child_processes(tmp_path
     result = predict_speed.run(args)
     (run,) = result["speed"]["torch/fitted"]
     assert run["megapixels_per_second"] > 0 and run["tiles"] == 1  # 0.02 MP fits in one tile
-    memory = result["memory"]["torch/fitted"]
+    # one tile padded to the network's multiple: at least the photo's pixels, run faster than the whole predict
+    assert 1.0 <= run["computed_per_photo_pixel"] < 1.2 and 0.0 <= run["outside_network"] < 1.0
+    assert run["network_megapixels_per_second"] >= run["megapixels_per_second"]
+    bound = result["ceiling"]  # the tiny network's FLOPs, not unet_paper's 426 GFLOP/MP
+    assert 0 < bound["gflop_per_megapixel"] < 100 and bound["megapixels_per_second_at_peak"]["float32"] > 0
+    memory = result["memory"]["torch/grid"]  # predict's default layout, the first of the default --layouts
     assert memory["peak_memory_mib"] >= memory["added_memory_mib"] >= 0
     line = results_log.RESULTS_LOG.read_text().splitlines()[-1] if predict_speed.record(result) else ""
     assert "tiled predict" in line and "AVX-512 BF16" in line and "torch/fitted" in line
+    assert "fp32 matmul peak" in line and "outside it" in line
 
 
 def test_gpu_check_runs_its_whole_path_on_a_cpu_in_tiny_mode(tmp_path, monkeypatch):

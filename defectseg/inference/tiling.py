@@ -29,8 +29,8 @@ ProbabilityFn = Callable[[np.ndarray], np.ndarray]
 MIN_WEIGHT = 1e-3
 
 #: largest tile side of the fitted layout: a fully convolutional network does the same work per pixel at any
-#: tile size, so fewer, larger tiles only cut the pixels computed twice (a 1024 px bf16 tile of unet_paper
-#: needs ~0.5 GB of activations at most)
+#: tile size, so fewer, larger tiles only cut the pixels computed twice (a 1024 px fp32 tile of unet_paper took
+#: ~0.9 GB more memory in PyTorch, ~1.7 GB in ONNX Runtime: docs/speed.md)
 MAX_TILE = 1024
 
 #: px neighbouring tiles of the fitted layout share: unet_paper's receptive field is ~200 px, so the cross-fade
