@@ -105,9 +105,11 @@ def compose(overrides: list[str]) -> Any:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from defectseg.config.schemas import register
     from defectseg.utils.naming import register_resolvers
 
     register_resolvers()
+    register()  # conf/finetune.yaml extends finetune_schema: without it a fresh process cannot compose
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         return hydra_compose(config_name="finetune", overrides=overrides)

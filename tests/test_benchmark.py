@@ -152,3 +152,17 @@ def test_gpu_check_runs_its_whole_path_on_a_cpu_in_tiny_mode(tmp_path, monkeypat
     assert 0.0 <= protocol["loader"]["loader_wait_fraction"] <= 1.0 and protocol["wall_seconds"] > 0
     gpu_check.record(result)
     assert "gpu_check (tiny dry run)" in results_log.RESULTS_LOG.read_text()
+
+
+def test_the_benchmarks_compose_the_stage_2_config_in_a_fresh_process():
+    """make bench and the GPU check start as plain scripts: nothing else has registered the config schemas there
+    (in this test session conftest has), so composing must register them itself."""
+    import subprocess
+    import sys
+
+    from benchmarks.throughput import REPO
+
+    code = "from benchmarks.throughput import compose; print(compose(['experiment=quick']).model._target_)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "defectseg.models.unet_paper"
