@@ -47,6 +47,22 @@ def test_one_tile_equals_the_whole_image_through_the_network():
     np.testing.assert_allclose(tiled, direct, atol=1e-6)
 
 
+def test_the_segmenter_runs_channels_last_with_the_values_of_the_plain_network():
+    """fp32 predict runs NHWC for speed (docs/speed.md): same probabilities as the NCHW network, to float rounding."""
+    import copy
+
+    torch.manual_seed(0)
+    model = unet_paper(channels=(4, 8, 16)).eval()
+    plain = copy.deepcopy(model)
+    segmenter = TorchSegmenter(model, ModelInfo(source="t", runtime="torch", multiple=4), device="cpu")
+    conv = segmenter.network.model.encoder.levels[0][0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    images = np.random.default_rng(1).random((2, 3, 32, 48), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch.sigmoid(plain(torch.from_numpy(images))).numpy()
+    np.testing.assert_allclose(segmenter(images), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize(("height", "width"), [(37, 53), (300, 41), (17, 130), (1, 1)])
 def test_output_has_exactly_the_photo_size(height, width):
     probability = probability_map(

@@ -180,9 +180,9 @@ PRECISIONS = ("32", "bf16")
 class TorchSegmenter:
     """The network in channels_last (NHWC) memory at every precision: oneDNN's convolutions then read and write the
     tensors as they are, where NCHW ones are reordered to a blocked layout and back around every convolution (fp32
-    unet_paper ran 1.5x faster on a 2-core AVX2 CPU, docs/speed.md). ``precision`` bf16 adds bfloat16 autocast,
-    about twice as fast again on CPUs with AVX-512 BF16 or AMX; masks then differ from fp32 at a few pixels near the
-    threshold (docs/speed.md measures by how much)."""
+    tiled predict of unet_paper ran 1.17-1.59x faster on a 2-core AVX2 CPU, docs/speed.md). ``precision`` bf16
+    adds bfloat16 autocast, about twice as fast again on CPUs with AVX-512 BF16 or AMX; masks then differ from fp32
+    at a few pixels near the threshold (docs/speed.md measures by how much)."""
 
     def __init__(self, model: nn.Module, info: ModelInfo, device: str = "auto", precision: str = "32") -> None:
         if str(precision) not in PRECISIONS:
