@@ -44,6 +44,7 @@ from defectseg.inference.scale import MillimetresPerPixel, min_area_px, parse_sc
 from defectseg.inference.summary import PredictionSummary, remove_stale_temporaries
 from defectseg.inference.tiling import MAX_TILE, probability_maps, resize_maps
 from defectseg.utils.errors import ConfigError, RunInterrupted, UserError
+from defectseg.utils.memory import release_freed_memory
 from defectseg.utils.naming import register_resolvers
 from defectseg.utils.run_directory import make_output_dir
 
@@ -94,7 +95,8 @@ def model_input(image: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray
 class Prediction:
     """One photo's probabilities (K x H x W), masks and measured defects, at the photo's size."""
 
-    probabilities: np.ndarray
+    #: None unless save.probability writes them: a 24 MP photo's map is 96 MB a channel, kept through the overlay
+    probabilities: np.ndarray | None
     #: H x W: bool defect mask (binary model) or uint8 class index (0 background) of a model with classes
     mask: np.ndarray
     #: C x H x W bool, one mask per class (None for a binary model)
@@ -124,6 +126,7 @@ def predict_one(
     )
     if probabilities.shape[1:] != (height, width):
         probabilities = resize_maps(probabilities, height, width)
+    release_freed_memory()  # the network's activations: ~100 MB the masks and measurements would stack on
     min_area = min_area_px(plan.cfg.min_defect_area_px, scale_x, scale_y)
     seen = {
         "scale_x": round(scale_x, 6),
@@ -132,19 +135,22 @@ def predict_one(
         "min_defect_area_px": min_area,
     }
     thin_min_elongation = float(plan.cfg.thin_min_elongation)
+    kept = probabilities if str(plan.cfg.save.probability or "none") != "none" else None
     if plan.decoder is not None:
         labels, class_masks = plan.decoder.masks(probabilities, min_area)
+        del probabilities  # only ``kept`` may hold the map from here on
         defects = plan.decoder.measure(class_masks, thin_min_elongation, mm_per_px)
-        return Prediction(probabilities, labels, class_masks, defects, seen)
+        return Prediction(kept, labels, class_masks, defects, seen)
     if probabilities.shape[0] != 1:
         raise UserError(
             f"the model predicts {probabilities.shape[0]} channels but records no classes: a binary model has one"
         )
     mask = remove_small_components(probabilities[0] > plan.threshold, min_area)
+    del probabilities
     defects = [
         {"type": DEFECT_TYPE, **add_millimetres(d, mm_per_px)} for d in measure_defects(mask, thin_min_elongation)
     ]
-    return Prediction(probabilities[0], mask, None, defects, seen)
+    return Prediction(None if kept is None else kept[0], mask, None, defects, seen)
 
 
 def class_decoder(cfg: DictConfig, info: ModelInfo) -> ClassDecoder | None:
@@ -413,6 +419,7 @@ def predict_and_save(
             plan.decoder,
             plan.cfg,
         )
+    release_freed_memory()  # this photo's arrays, before the next photo is read
     height, width = done.mask.shape
     per_class = {} if plan.decoder is None else {"classes": plan.decoder.per_class(defects, (height, width), mm_per_px)}
     summary.add(

@@ -67,7 +67,7 @@ def save_photo_outputs(
     output_dir: Path,
     name: str,
     image: np.ndarray,
-    probability: np.ndarray,
+    probability: np.ndarray | None,
     mask: np.ndarray,
     defects: list[dict[str, Any]],
     cfg: DictConfig,
@@ -75,7 +75,7 @@ def save_photo_outputs(
     """A binary model: masks/NAME.png, as configured overlays/NAME.png and probabilities/NAME.(png|npy), and
     report.html's previews."""
     files: PhotoFiles = {"mask": output_dir / "masks" / f"{name}.png"}
-    write_png(files["mask"], mask.astype(np.uint8) * np.uint8(255))
+    write_png(files["mask"], np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255))
     overlay = draw_overlay(image, mask, defects, **OmegaConf.to_container(cfg.overlay))
     if cfg.save.overlay:
         files["overlay"] = output_dir / "overlays" / f"{name}.png"
@@ -92,7 +92,7 @@ def save_class_outputs(
     output_dir: Path,
     name: str,
     image: np.ndarray,
-    probabilities: np.ndarray,
+    probabilities: np.ndarray | None,
     labels: np.ndarray,
     class_masks: np.ndarray,
     defects: list[dict[str, Any]],
@@ -107,7 +107,7 @@ def save_class_outputs(
         files["class_masks"] = {}
         for class_name, class_mask in zip(decoder.names, class_masks):
             path = output_dir / "class_masks" / class_folder(class_name) / f"{name}.png"
-            write_png(path, class_mask.astype(np.uint8) * np.uint8(255))
+            write_png(path, np.asarray(class_mask, dtype=bool).view(np.uint8) * np.uint8(255))
             files["class_masks"][class_name] = path
     style = cfg.overlay
     overlay = draw_class_overlay(
