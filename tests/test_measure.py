@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from defectseg.inference import measure, overlay
 from defectseg.inference.measure import add_millimetres, measure_defects, remove_small_components, summarise
 from defectseg.inference.overlay import draw_overlay
 
@@ -98,3 +99,32 @@ def test_overlay_tints_defects_and_outlines_them_only():
     assert out[10, 25, 1] > 150  # the outline is drawn on the boundary
     with pytest.raises(ValueError, match="alpha"):
         draw_overlay(image, mask, alpha=2.0)
+
+
+def crossing_cracks_and_a_blob(height: int = 300, width: int = 420) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    cv2.line(mask, (0, 10), (width - 1, height - 10), 1, 7)
+    cv2.line(mask, (0, height - 1), (width - 1, 0), 1, 2)
+    cv2.circle(mask, (width // 3, height // 2), 40, 1, -1)
+    return mask.astype(bool)
+
+
+def test_widths_in_bands_of_rows_equal_one_pass_over_the_whole_box(monkeypatch):
+    """The 2x distance map is computed a band at a time (memory of a band, not of a crack's box): each band's halo
+    must hold every nearest background pixel, or widths near band edges come out short."""
+    padded = np.pad(crossing_cracks_and_a_blob(), 1)
+    monkeypatch.setattr(measure, "WIDTH_BAND_ROWS", 10_000)
+    whole = measure.width_map(padded)
+    monkeypatch.setattr(measure, "WIDTH_BAND_ROWS", 7)  # bands thinner than the blob: 4 halos of rows each, 2 bands
+    np.testing.assert_array_equal(measure.width_map(padded), whole)
+    assert whole.max() > 75  # the blob's ~80 px diameter, not a crack's 7: its halo reached across bands
+
+
+def test_the_overlay_tints_a_band_at_a_time_exactly_as_all_at_once(monkeypatch):
+    mask = crossing_cracks_and_a_blob()
+    photo = np.random.default_rng(0).integers(0, 256, (*mask.shape, 3), dtype=np.uint8)
+    monkeypatch.setattr(overlay, "TINT_BAND_ROWS", 10_000)
+    whole = overlay.draw_overlay(photo, mask, labels=False)
+    monkeypatch.setattr(overlay, "TINT_BAND_ROWS", 13)
+    np.testing.assert_array_equal(overlay.draw_overlay(photo, mask, labels=False), whole)
+    assert (whole[mask] != photo[mask]).any() and (whole[~mask] == photo[~mask]).mean() > 0.95  # outlines only
