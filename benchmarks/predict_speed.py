@@ -5,15 +5,19 @@ photo, and the peak memory of a larger one, per runtime and tile layout.
     python benchmarks/predict_speed.py --layouts fitted --repeats 2   # one layout, twice
     python benchmarks/predict_speed.py --runtimes torch,torch-bf16,onnx      # PyTorch fp32 / bf16, ONNX Runtime
 
-Each measurement runs in its own process (a fresh peak-memory high-water mark), on a synthetic photo with
-unet_paper (random weights: speed and memory do not depend on them), through ``probability_map`` as predict
-calls it: tiling, the network, blending. Layouts: ``grid`` (predict's default: the 128 px training size, 25 %
-overlap, 8 tiles a pass) and ``fitted`` (tiles of up to 1024 px fitted to the photo, sharing 128 px); the memory
-part runs the first one given. Runtimes: ``torch`` (TorchSegmenter, fp32, channels_last, inference_mode), ``torch-bf16``
-(the same under bf16 autocast), ``onnx`` (the model exported as ``make export`` does, in ONNX Runtime).
-One warm-up pass on one tile runs before the clock starts. Memory: the process's resident high-water mark
-(VmHWM), in total and above the process after loading the model and reading the photo (``added``).
-Not measured: defect measurement and overlays of predict (they depend on what a trained model finds).
+Each measurement runs in its own process (a fresh peak-memory high-water mark), with unet_paper (random weights:
+speed and memory do not depend on them). Speed: a synthetic photo through ``probability_map`` as predict calls it:
+tiling, the network, blending. Layouts: ``grid`` (predict's default: the 128 px training size, 25 % overlap, 8
+tiles a pass) and ``fitted`` (tiles of up to 1024 px fitted to the photo, sharing 128 px). Runtimes: ``torch``
+(TorchSegmenter, fp32, channels_last, inference_mode), ``torch-bf16`` (the same under bf16 autocast), ``onnx``
+(the model exported as ``make export`` does, in ONNX Runtime).
+One warm-up pass on one tile runs before the clock starts.
+
+Memory is the whole ``python -m defectseg.predict`` command's resident high-water mark on a larger photo (a JPEG
+of a grainy grey surface with dark lines), in the first layout given: reading the photo, the network, masks, defect
+measurement, overlay and report.html, as a user runs it (``scale=1``: the photo at full size). Its network has
+random weights, so the defects it finds (recorded) are not a trained model's; the arrays that scale with the photo
+are the same.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -85,8 +92,96 @@ def segmenter(runtime: str, onnx_path: str | None, channels: list[int]) -> Any:
     return TorchSegmenter(model, info, device="cpu", precision="bf16" if runtime == "torch-bf16" else "32")
 
 
+def synthetic_photo(height: int, width: int) -> np.ndarray:
+    """A grey, grainy surface with a few dark crack-like lines (what the overlay and measurements then work on)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    photo = np.full((height, width, 3), 140, np.uint8)
+    photo -= rng.integers(0, 24, (height, width, 1), dtype=np.uint8)
+    for _ in range(12):
+        points = rng.integers(0, (width, height), (6, 2)).astype(np.int32)
+        cv2.polylines(photo, [points], False, (40, 40, 40), int(rng.integers(2, 9)))
+    return photo
+
+
+def torch_run_dir(directory: Path, channels: list[int]) -> str:
+    """A stage-2 run directory as predict reads one (config.yaml + checkpoints/best.ckpt), random unet_paper weights."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from defectseg.models.segmentation import unet_paper
+
+    torch.manual_seed(0)
+    model = unet_paper(channels=channels).eval()
+    (directory / "checkpoints").mkdir(parents=True)
+    model_cfg = {"_target_": "defectseg.models.segmentation.unet_paper", "channels": list(channels)}
+    OmegaConf.save({"model": model_cfg, "dataset": {"image_size": 128}}, directory / "config.yaml")
+    state = {f"model.{key}": value for key, value in model.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"threshold": 0.5}}, directory / "checkpoints" / "best.ckpt")
+    return str(directory / "checkpoints" / "best.ckpt")
+
+
+#: ``python -m defectseg.predict ARGS`` that prints its resident high-water mark to stderr as it exits
+REPORT_PEAK_AT_EXIT = """
+import atexit, runpy, sys
+def report():
+    with open("/proc/self/status") as status:
+        peak = [line.split()[1] for line in status if line.startswith("VmHWM:")]
+    print("VmHWM_KIB", peak[0] if peak else 0, file=sys.stderr)
+atexit.register(report)
+sys.argv[0] = "defectseg.predict"
+runpy.run_module("defectseg.predict", run_name="__main__")
+"""
+
+
+def command_peak(spec: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory of the whole ``python -m defectseg.predict`` on one photo: reading it, the network, masks, defect
+    measurement, overlay, report. The command reports its own VmHWM as it exits: ru_maxrss would carry this process's
+    high-water mark (the photo, torch) over the exec."""
+    import cv2
+
+    from defectseg.inference.tiling import DEFAULT_MARGIN
+
+    height, width = spec["shape"]
+    with tempfile.TemporaryDirectory(prefix="defectseg_predict_memory_") as scratch:
+        photo_path = Path(scratch) / "photo.jpg"
+        cv2.imwrite(str(photo_path), synthetic_photo(height, width), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if spec["runtime"] == "onnx":
+            checkpoint = spec["onnx_path"]
+        else:
+            checkpoint = torch_run_dir(Path(scratch) / "run", spec["channels"])
+        layout = LAYOUTS[spec["layout"]]
+        out = Path(scratch) / "predict"
+        command = [
+            sys.executable, "-c", REPORT_PEAK_AT_EXIT, f"input={photo_path}", f"checkpoint={checkpoint}",
+            f"output_dir={out}", "scale=1", "progress=false", "device=cpu",
+            f"precision={'bf16' if spec['runtime'] == 'torch-bf16' else '32'}",
+            f"tiling.layout={'grid' if layout['margin'] is None else 'fitted'}",
+            f"tiling.tile_size={layout['tile_size'] or 'null'}", f"tiling.overlap={layout['overlap']}",
+            f"tiling.batch_size={layout['batch_size']}", f"tiling.margin={DEFAULT_MARGIN}",
+        ]  # fmt: skip
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - start
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+        (image,) = json.loads((out / "predictions.json").read_text())["images"]
+    peaks = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("VmHWM_KIB ")]
+    if not peaks:
+        raise RuntimeError(f"{' '.join(command)} reported no peak memory:\n{done.stderr[-3000:]}")
+    return {
+        "peak_memory_mib": round(int(peaks[-1]) / 1024, 1),
+        "seconds": round(seconds, 1),
+        "defects": image["defects"],
+    }
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
+    if spec.get("command"):
+        return command_peak(spec)
     import numpy as np
 
     from defectseg.inference import tiling
@@ -198,7 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         memory = {}
         if args.memory_megapixels > 0:
             for runtime in args.runtimes:
-                spec = {**base, "runtime": runtime, "layout": args.layouts[0], "shape": memory_shape}
+                spec = {**base, "runtime": runtime, "layout": args.layouts[0], "shape": memory_shape, "command": True}
                 memory[f"{runtime}/{args.layouts[0]}"] = measure_in_child(spec)
                 print(f"[predict-bench] memory {runtime} {memory_shape}: {memory[f'{runtime}/{args.layouts[0]}']}")
     from defectseg.training.runner import device_name
@@ -229,7 +324,7 @@ def record(result: dict[str, Any]) -> Path:
     h, w = result["speed_photo"]
     speeds = ", ".join(f"{name} **{mps:.2f}**" for name, mps in result["speed_megapixels_per_second"].items())
     memory = ", ".join(
-        f"{name} {r['peak_memory_mib']:.0f} MiB (+{r['added_memory_mib']:.0f} over the loaded model)"
+        f"{name} {r['peak_memory_mib']:.0f} MiB ({r['seconds']:.0f} s, {r['defects']} defects)"
         for name, r in result["memory"].items()
     )
     mh, mw = result["memory_photo"]
@@ -252,7 +347,7 @@ def record(result: dict[str, Any]) -> Path:
         f"load {load['start'][0]:.1f}->{load['end'][0]:.1f} · tiled predict (probability map), unet_paper, "
         f"{w}x{h} photo, MP/s: {speeds} (x {result['repeats']})"
         + limits
-        + (f" · peak memory, {mw}x{mh} photo: {memory}" if memory else "")
+        + (f" · peak memory of the whole predict command, {mw}x{mh} photo: {memory}" if memory else "")
         + (f" · {result['note']}" if result["note"] else "")
         + f" · `{shown(path)}`"
     )

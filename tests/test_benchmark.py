@@ -132,10 +132,11 @@ def test_predict_benchmark_measures_speed_and_memory_in_child_processes(tmp_path
     bound = result["ceiling"]  # the tiny network's FLOPs, not unet_paper's 426 GFLOP/MP
     assert 0 < bound["gflop_per_megapixel"] < 100 and bound["megapixels_per_second_at_peak"]["float32"] > 0
     memory = result["memory"]["torch/grid"]  # predict's default layout, the first of the default --layouts
-    assert memory["peak_memory_mib"] >= memory["added_memory_mib"] >= 0
+    # the whole predict command ran (torch alone is over 100 MiB resident) and wrote the photo's results
+    assert memory["peak_memory_mib"] > 100 and memory["seconds"] > 0 and memory["defects"] >= 0
     line = results_log.RESULTS_LOG.read_text().splitlines()[-1] if predict_speed.record(result) else ""
     assert "tiled predict" in line and "AVX-512 BF16" in line and "torch/fitted" in line
-    assert "fp32 matmul peak" in line and "outside it" in line
+    assert "fp32 matmul peak" in line and "outside it" in line and "whole predict command" in line
 
 
 def test_gpu_check_runs_its_whole_path_on_a_cpu_in_tiny_mode(tmp_path, monkeypatch):
