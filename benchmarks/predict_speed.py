@@ -123,14 +123,11 @@ def torch_run_dir(directory: Path, channels: list[int]) -> str:
     return str(directory / "checkpoints" / "best.ckpt")
 
 
-#: ``python -m defectseg.predict ARGS`` that prints its resident high-water mark to stderr as it exits
+#: ``python -m defectseg.predict ARGS`` that prints its resident high-water mark (``rss_mib``) to stderr as it exits
 REPORT_PEAK_AT_EXIT = """
 import atexit, runpy, sys
-def report():
-    with open("/proc/self/status") as status:
-        peak = [line.split()[1] for line in status if line.startswith("VmHWM:")]
-    print("VmHWM_KIB", peak[0] if peak else 0, file=sys.stderr)
-atexit.register(report)
+from benchmarks.predict_speed import rss_mib
+atexit.register(lambda: print("PEAK_MIB", rss_mib(), file=sys.stderr))
 sys.argv[0] = "defectseg.predict"
 runpy.run_module("defectseg.predict", run_name="__main__")
 """
@@ -168,11 +165,11 @@ def command_peak(spec: dict[str, Any]) -> dict[str, Any]:
         if done.returncode:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
         (image,) = json.loads((out / "predictions.json").read_text())["images"]
-    peaks = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("VmHWM_KIB ")]
+    peaks = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK_MIB ")]
     if not peaks:
         raise RuntimeError(f"{' '.join(command)} reported no peak memory:\n{done.stderr[-3000:]}")
     return {
-        "peak_memory_mib": round(int(peaks[-1]) / 1024, 1),
+        "peak_memory_mib": round(float(peaks[-1]), 1),
         "seconds": round(seconds, 1),
         "defects": image["defects"],
     }

@@ -37,7 +37,7 @@ from defectseg.data.readers import IMAGE_EXTENSIONS, DataError, read_image
 from defectseg.inference.classes import ClassDecoder
 from defectseg.inference.measure import add_millimetres, measure_defects, remove_small_components, summarise
 from defectseg.inference.names import input_root, output_names, relative_name
-from defectseg.inference.outputs import relative_files, save_class_outputs, save_photo_outputs
+from defectseg.inference.outputs import probability_kind, relative_files, save_class_outputs, save_photo_outputs
 from defectseg.inference.report_html import write_report
 from defectseg.inference.runtime import ModelInfo, Segmenter, load_segmenter
 from defectseg.inference.scale import MillimetresPerPixel, min_area_px, parse_scale, photo_scale
@@ -114,6 +114,7 @@ def predict_one(
     """Probabilities and masks at the photo's size, per-defect measurements, and how the photo was seen."""
     height, width = image.shape[:2]
     scale_x, scale_y, why = photo_scale(plan.scale, plan.segmenter.info.input_scale, width, height)
+    release_freed_memory()  # the previous photo's arrays and this one's decoding buffers, before the network's peak
     probabilities = probability_maps(
         model_input(image, scale_x, scale_y),
         plan.segmenter,
@@ -135,7 +136,7 @@ def predict_one(
         "min_defect_area_px": min_area,
     }
     thin_min_elongation = float(plan.cfg.thin_min_elongation)
-    kept = probabilities if str(plan.cfg.save.probability or "none") != "none" else None
+    kept = probabilities if probability_kind(plan.cfg) != "none" else None
     if plan.decoder is not None:
         labels, class_masks = plan.decoder.masks(probabilities, min_area)
         del probabilities  # only ``kept`` may hold the map from here on
@@ -419,7 +420,6 @@ def predict_and_save(
             plan.decoder,
             plan.cfg,
         )
-    release_freed_memory()  # this photo's arrays, before the next photo is read
     height, width = done.mask.shape
     per_class = {} if plan.decoder is None else {"classes": plan.decoder.per_class(defects, (height, width), mm_per_px)}
     summary.add(

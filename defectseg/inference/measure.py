@@ -98,7 +98,7 @@ def skeleton_length(skeleton: np.ndarray, component: np.ndarray, distance: np.nd
         (-1, -1): at(-1, -1) & ~north & ~west,
         (-1, 1): at(-1, 1) & ~north & ~east,
     }
-    degree = np.sum(list(steps.values()), axis=0) if len(ys) else np.zeros(0, int)
+    degree = np.sum(list(steps.values()), axis=0)
     straight_through = np.zeros(len(ys), bool)
     for (dy, dx), step in steps.items():
         straight_through |= step & steps[(-dy, -dx)]
@@ -109,7 +109,8 @@ def skeleton_length(skeleton: np.ndarray, component: np.ndarray, distance: np.nd
         - 0.091 * corners
     )
     for (dy, dx), step in steps.items():
-        for y, x in zip(ys[step & (degree == 1)], xs[step & (degree == 1)]):  # an end whose only neighbour is (dy, dx)
+        ends = step & (degree == 1)  # ends whose only neighbour lies at (dy, dx)
+        for y, x in zip(ys[ends], xs[ends]):
             reach = 1
             while component[y - reach * dy, x - reach * dx]:
                 reach += 1

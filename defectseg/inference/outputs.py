@@ -34,6 +34,11 @@ def write_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -
         image.save(handle, format="PNG")
 
 
+def probability_kind(cfg: DictConfig) -> str:
+    """What save.probability writes: none, png or npy."""
+    return str(cfg.save.probability or "none")
+
+
 def write_probability(path_stem: Path, probability: np.ndarray, kind: str) -> Path | None:
     """``path_stem`` + ``.png`` or ``.npy``, appended: ``with_suffix`` would cut ``pier.v1`` at its dot."""
     if kind == "png":
@@ -80,9 +85,7 @@ def save_photo_outputs(
     if cfg.save.overlay:
         files["overlay"] = output_dir / "overlays" / f"{name}.png"
         write_png(files["overlay"], overlay)
-    probability_file = write_probability(
-        output_dir / "probabilities" / name, probability, str(cfg.save.probability or "none")
-    )
+    probability_file = write_probability(output_dir / "probabilities" / name, probability, probability_kind(cfg))
     if probability_file:
         files["probability"] = probability_file
     return {**files, **write_previews(output_dir, name, image, overlay, cfg)}
@@ -123,7 +126,7 @@ def save_class_outputs(
     if cfg.save.overlay:
         files["overlay"] = output_dir / "overlays" / f"{name}.png"
         write_png(files["overlay"], overlay)
-    kind = str(cfg.save.probability or "none")
+    kind = probability_kind(cfg)
     if kind == "npy":
         files["probability"] = write_probability(output_dir / "probabilities" / name, probabilities, kind)
     elif kind == "png":
