@@ -17,7 +17,9 @@ Memory is the whole ``python -m defectseg.predict`` command's resident high-wate
 of a grainy grey surface with dark lines), in the first layout given: reading the photo, the network, masks, defect
 measurement, overlay and report.html, as a user runs it (``scale=1``: the photo at full size). Its network has
 random weights, so the defects it finds (recorded) are not a trained model's; the arrays that scale with the photo
-are the same.
+are the same. The PyTorch rows record the torch build and what ``import torch`` alone keeps resident (a CUDA build
+~0.7 GB even on a CPU, the CPU build ~0.2 GB); ``--torch-python VENV/bin/python`` runs them in another environment,
+e.g. one with the CPU build.
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ def command_peak(spec: dict[str, Any]) -> dict[str, Any]:
         layout = LAYOUTS[spec["layout"]]
         out = Path(scratch) / "predict"
         command = [
-            sys.executable, "-c", REPORT_PEAK_AT_EXIT, f"input={photo_path}", f"checkpoint={checkpoint}",
+            spec.get("python") or sys.executable, "-c", REPORT_PEAK_AT_EXIT,
+            f"input={photo_path}", f"checkpoint={checkpoint}",
             f"output_dir={out}", "scale=1", "progress=false", "device=cpu",
             f"precision={'bf16' if spec['runtime'] == 'torch-bf16' else '32'}",
             f"tiling.layout={'grid' if layout['margin'] is None else 'fitted'}",
@@ -173,6 +176,17 @@ def command_peak(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "defects": image["defects"],
     }
+
+
+def torch_footprint(python: str) -> dict[str, Any]:
+    """Which torch build ``python`` has and what importing it alone keeps resident: the floor under every PyTorch
+    predict (a CUDA build maps ~0.7 GB of libraries at import even on a CPU; the CPU build ~0.2 GB)."""
+    probe = "import torch; from benchmarks.predict_speed import rss_mib; print(torch.__version__, rss_mib())"
+    done = subprocess.run([python, "-c", probe], cwd=REPO, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{python} cannot import torch:\n{done.stderr[-2000:]}")
+    version, mib = done.stdout.split()[-2:]
+    return {"python": python, "torch": version, "import_mib": round(float(mib), 1)}
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -288,9 +302,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"[predict-bench] {runtime}/{layout} {speed_shape}: {speed[f'{runtime}/{layout}'][-1]}", flush=True
                 )
         memory = {}
+        torch_python = args.torch_python or sys.executable
+        footprint = torch_footprint(torch_python) if args.memory_megapixels > 0 else None
         if args.memory_megapixels > 0:
             for runtime in args.runtimes:
                 spec = {**base, "runtime": runtime, "layout": args.layouts[0], "shape": memory_shape, "command": True}
+                if runtime.startswith("torch"):
+                    spec["python"] = torch_python
                 memory[f"{runtime}/{args.layouts[0]}"] = measure_in_child(spec)
                 print(f"[predict-bench] memory {runtime} {memory_shape}: {memory[f'{runtime}/{args.layouts[0]}']}")
     from defectseg.training.runner import device_name
@@ -312,6 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name: round(median([r["megapixels_per_second"] for r in runs]), 4) for name, runs in speed.items()
         },
         "memory": memory,
+        "memory_torch": footprint,
         "ceiling": bound,
     }
 
@@ -345,11 +364,19 @@ def record(result: dict[str, Any]) -> Path:
         f"{w}x{h} photo, MP/s: {speeds} (x {result['repeats']})"
         + limits
         + (f" · peak memory of the whole predict command, {mw}x{mh} photo: {memory}" if memory else "")
+        + (torch_text(result.get("memory_torch")) if memory else "")
         + (f" · {result['note']}" if result["note"] else "")
         + f" · `{shown(path)}`"
     )
     append_result_line(line)
     return path
+
+
+def torch_text(footprint: dict[str, Any] | None) -> str:
+    if not footprint:
+        return ""
+    torch_alone = f"{footprint['import_mib']:.0f} MiB resident after `import torch` alone"
+    return f" (PyTorch rows: torch {footprint['torch']}, {torch_alone})"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -363,6 +390,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layouts", type=listed, default=["grid", "fitted"], help=f"of {', '.join(LAYOUTS)}")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")], default=[32, 64, 128, 256, 512])
+    parser.add_argument(
+        "--torch-python",
+        help="interpreter for the PyTorch memory commands (e.g. a venv with the CPU build of torch); default: this one",
+    )
     parser.add_argument("--note", default="", help="free text for the results line")
     parser.add_argument("--no-record", dest="record", action="store_false", help="print only")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import pytest
 
@@ -134,7 +135,10 @@ def test_predict_benchmark_measures_speed_and_memory_in_child_processes(tmp_path
     memory = result["memory"]["torch/grid"]  # predict's default layout, the first of the default --layouts
     # the whole predict command ran (torch alone is over 100 MiB resident) and wrote the photo's results
     assert memory["peak_memory_mib"] > 100 and memory["seconds"] > 0 and memory["defects"] >= 0
+    footprint = result["memory_torch"]  # the floor under it: this interpreter's torch build, imported alone
+    assert footprint["python"] == sys.executable and 50 < footprint["import_mib"] < memory["peak_memory_mib"]
     line = results_log.RESULTS_LOG.read_text().splitlines()[-1] if predict_speed.record(result) else ""
+    assert f"torch {footprint['torch']}" in line
     assert "tiled predict" in line and "AVX-512 BF16" in line and "torch/fitted" in line
     assert "fp32 matmul peak" in line and "outside it" in line and "whole predict command" in line
 

@@ -109,22 +109,37 @@ def crossing_cracks_and_a_blob(height: int = 300, width: int = 420) -> np.ndarra
     return mask.astype(bool)
 
 
-def test_widths_in_bands_of_rows_equal_one_pass_over_the_whole_box(monkeypatch):
-    """The 2x distance map is computed a band at a time (memory of a band, not of a crack's box): each band's halo
-    must hold every nearest background pixel, or widths near band edges come out short."""
-    padded = np.pad(crossing_cracks_and_a_blob(), 1)
-    monkeypatch.setattr(measure, "WIDTH_BAND_ROWS", 10_000)
-    whole = measure.width_map(padded)
-    monkeypatch.setattr(measure, "WIDTH_BAND_ROWS", 7)  # bands thinner than the blob: 4 halos of rows each, 2 bands
-    np.testing.assert_array_equal(measure.width_map(padded), whole)
-    assert whole.max() > 75  # the blob's ~80 px diameter, not a crack's 7: its halo reached across bands
+def width_image(widths: measure.Widths, selected: np.ndarray) -> np.ndarray:
+    image = np.full(selected.shape, np.nan, np.float32)
+    for ys, xs, values in widths.blocks(selected):
+        image[ys, xs] = values
+    return image
+
+
+@pytest.mark.parametrize("dense_pixels", [0, 10_000])  # every window through the k-d tree; crack windows dense
+def test_large_boxes_get_widths_block_by_block_equal_to_the_whole_2x_map(monkeypatch, dense_pixels):
+    """A large box's widths are looked up at the pixels asked for, a block at a time, not read off a 2x distance map
+    of the box (0.5 GB for a blob filling half a 24 MP photo): they must equal the map's at every pixel, the widest
+    point and the lengths included, whichever way each window is computed."""
+    mask = crossing_cracks_and_a_blob()
+    padded = np.pad(mask, 1)
+    dense = measure.Widths(padded)
+    dense_report = measure_defects(mask)
+    monkeypatch.setattr(measure, "DENSE_WIDTH_PIXELS", dense_pixels)
+    monkeypatch.setattr(measure, "MEASURE_BLOCK", 32)  # windows smaller than the box, skeleton bands of 32 rows
+    sparse = measure.Widths(padded)
+    whole = width_image(dense, padded)
+    np.testing.assert_array_equal(width_image(sparse, padded), whole)
+    assert np.isnan(whole[~padded]).all() and not np.isnan(whole[padded]).any()
+    assert sparse.maximum() == dense.maximum() == np.nanmax(whole) > 75  # the blob's ~80 px, not a crack's 7
+    assert measure_defects(mask) == dense_report
 
 
 def test_the_overlay_tints_a_band_at_a_time_exactly_as_all_at_once(monkeypatch):
     mask = crossing_cracks_and_a_blob()
     photo = np.random.default_rng(0).integers(0, 256, (*mask.shape, 3), dtype=np.uint8)
-    monkeypatch.setattr(overlay, "TINT_BAND_ROWS", 10_000)
+    monkeypatch.setattr(overlay, "OVERLAY_BAND_ROWS", 10_000)
     whole = overlay.draw_overlay(photo, mask, labels=False)
-    monkeypatch.setattr(overlay, "TINT_BAND_ROWS", 13)
+    monkeypatch.setattr(overlay, "OVERLAY_BAND_ROWS", 13)
     np.testing.assert_array_equal(overlay.draw_overlay(photo, mask, labels=False), whole)
     assert (whole[mask] != photo[mask]).any() and (whole[~mask] == photo[~mask]).mean() > 0.95  # outlines only

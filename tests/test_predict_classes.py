@@ -58,12 +58,13 @@ def normalised_outputs(out: Path, tmp: Path) -> dict[str, str]:
     return hashes
 
 
-#: taken from the code before classes existed (main at 2eecab6) with the same photo and stand-in model
+#: taken from the code before classes existed (main at 2eecab6) with the same photo and stand-in model; the overlay
+#: and its preview since outlines are found by erosion, not traced contours (2026-12-07)
 BINARY_PIN = {
     "masks/p.png": "7a4c1fb9ef8fc33ac16fb718641a337593b3226ae71919282270b61b70bcd2a4",
-    "overlays/p.png": "75efe75e4ee4ec6b5dd21574e46ac650e6e7157b711edffc771263866f195d47",
+    "overlays/p.png": "7c96545361ea34f9d9e8bc97426d6edd4c44c95360cde523c0e6053ebc1a849a",
     "probabilities/p.png": "29ef6da92efc7e3ed8e499deda69b6b08a1564d51293a8b7e3b9cd5015cc5441",
-    "previews/overlays/p.jpg": "8e7bf267d6b22e884655c177b1a62c76a3096c3086602bbfe2fec43267d5d8e0",
+    "previews/overlays/p.jpg": "f175dba23f0d7b0cf693c1b4022d90d575e0f7ff722fedf41108a8c6442ba5c1",
     "predictions.csv": "c39c5a454df3a3487ad60a20e5f17d3014073eb60ee1f5f4d737f77675a511bb",
     "predictions.json": "6de3b3baa44be6d41c806910f5d078baab87b6bcc8698321591ca9749065ddfa",
     "files": "masks/p.png,overlays/p.png,predictions.csv,predictions.json,previews/overlays/p.jpg,"

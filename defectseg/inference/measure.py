@@ -22,6 +22,7 @@ How the figures are taken, and how exact they are:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cv2
@@ -39,52 +40,138 @@ def remove_small_components(mask: np.ndarray, min_area_px: int) -> np.ndarray:
     return keep[labels]
 
 
-#: rows of a component's box per band of the 2x width computation (plus the halo each band needs)
-WIDTH_BAND_ROWS = 256
+#: windows up to this many pixels get the whole 2x distance map (20 bytes per pixel; the fastest way when small)
+DENSE_WIDTH_PIXELS = 1 << 20
+#: a large box is measured in blocks of this many rows (and, for widths, columns): memory follows the block
+MEASURE_BLOCK = 256
 
 
-def width_map(component: np.ndarray) -> np.ndarray:
-    """Local width (px, float32) at every pixel of a zero-bordered boolean mask (see module docstring).
+class Widths:
+    """Exact 2x-upsampled widths (see module docstring) of a zero-bordered boolean mask, at the pixels asked for.
 
-    The 2x float32 distance map is 16 bytes per pixel of the component's box: 0.4 GB for a crack across a 24 MP
-    photo. So it is computed in bands of rows, each with every row around it that can hold the nearest background
-    pixel of one of its pixels (the widest 1x distance, plus 2): the result equals one pass over the whole box.
+    The 2x distance map of a box costs 20 bytes per pixel (0.5 GB for a blob filling half a 24 MP photo), yet a
+    report needs it at two kinds of pixels only: the skeleton's, and the few that can hold the widest point. So in a
+    large box the pixels asked for are taken a block at a time, each block in a window wide enough to hold every
+    nearest background pixel (the block's largest 1x distance, plus 2): the window's 2x map when small, else
+    nearest-neighbour queries among the window's background pixels that touch the component (the nearest one always
+    does: a k-d tree on the edge, small even when the blob is wide). Every way gives the same widths.
     """
-    height, width = component.shape
-    mask = np.asarray(component, dtype=bool).view(np.uint8)
-    reach = float(cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE).max()) if mask.size else 0.0
-    halo = math.ceil(reach) + 2
-    widths = np.empty((height, width), np.float32)
-    rows = max(WIDTH_BAND_ROWS, 4 * halo)  # a wide blob's halo spans its box: then one pass, as without bands
-    for top in range(0, height, rows):
-        bottom = min(height, top + rows)
-        first, last = max(0, top - halo), min(height, bottom + halo)
-        upsampled = np.repeat(np.repeat(mask[first:last], 2, axis=0), 2, axis=1)
-        distance = cv2.distanceTransform(upsampled, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        core = distance[2 * (top - first) : 2 * (bottom - first)]
-        widths[top:bottom] = core.reshape(bottom - top, 2, width, 2).max(axis=(1, 3))
-    return widths
+
+    def __init__(self, component: np.ndarray) -> None:
+        self._mask = np.asarray(component, dtype=bool).view(np.uint8)
+        # 1x distance (pixel centre to nearest background pixel centre): 4 bytes a pixel, so a large box keeps only
+        # what the lookups need: the pixels that can hold the widest point and each block's largest distance
+        distance = cv2.distanceTransform(self._mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        self._candidates = np.nonzero(distance >= distance.max() - 0.75)
+        self._map = self._distance = self._reach = None
+        if self._mask.size <= DENSE_WIDTH_PIXELS:
+            self._map, self._distance = dense_widths(self._mask), distance
+        else:
+            height, width = distance.shape
+            self._reach = np.array(
+                [
+                    [
+                        distance[top : top + MEASURE_BLOCK, left : left + MEASURE_BLOCK].max()
+                        for left in range(0, width, MEASURE_BLOCK)
+                    ]
+                    for top in range(0, height, MEASURE_BLOCK)
+                ]
+            )
+
+    def _windows(self, selected: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]]:
+        """Per block of the box: the ``selected`` pixels, and a window around them holding every nearest
+        background pixel (its top and left in the box)."""
+        height, width = self._mask.shape
+        for top in range(0, height, MEASURE_BLOCK):
+            for left in range(0, width, MEASURE_BLOCK):
+                ys, xs = np.nonzero(selected[top : top + MEASURE_BLOCK, left : left + MEASURE_BLOCK])
+                if len(ys) == 0:
+                    continue
+                ys, xs = ys + top, xs + left
+                halo = self._halo(top, left)
+                first, start = max(0, int(ys.min()) - halo), max(0, int(xs.min()) - halo)
+                window = self._mask[first : int(ys.max()) + halo + 1, start : int(xs.max()) + halo + 1]
+                yield ys, xs, window, first, start
+
+    def blocks(self, selected: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(ys, xs, widths)`` of the ``selected`` pixels (boolean, the box's shape), a block of them at a time;
+        a width is the largest 2x distance of the pixel's four sub-pixels (px, float32)."""
+        if self._map is not None:
+            ys, xs = np.nonzero(selected)
+            yield ys, xs, self._map[ys, xs]
+            return
+        for ys, xs, window, first, start in self._windows(selected):
+            if window.size <= DENSE_WIDTH_PIXELS:
+                yield ys, xs, dense_widths(window)[ys - first, xs - start]
+            else:
+                yield ys, xs, edge_widths(window, ys - first, xs - start)
+
+    def _halo(self, y: int, x: int) -> int:
+        """Rows and columns around pixel (y, x) that hold the nearest background pixel of any pixel of its block."""
+        return math.ceil(float(self._reach[y // MEASURE_BLOCK, x // MEASURE_BLOCK])) + 2
+
+    def distance_at(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """1x distance (float32) at a few pixels (a skeleton's isolated ones)."""
+        if self._distance is not None:
+            return self._distance[ys, xs]
+        found = np.empty(len(ys), np.float32)
+        for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist())):
+            halo = self._halo(y, x)
+            first, start = max(0, y - halo), max(0, x - halo)
+            window = self._mask[first : y + halo + 1, start : x + halo + 1]
+            found[i] = cv2.distanceTransform(window, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[y - first, x - start]
+        return found
+
+    def maximum(self) -> float:
+        """The widest point: 2x width lies in [2 d - 1.42, 2 d] for 1x distance d, so only near-maximal d can win."""
+        candidates = np.zeros(self._mask.shape, bool)
+        candidates[self._candidates] = True
+        return max((float(w.max()) for _, _, w in self.blocks(candidates)), default=0.0)
+
+    def mean(self, selected: np.ndarray) -> float:
+        """Mean width over the ``selected`` pixels (a skeleton's: the mean width along a crack)."""
+        total, count = 0.0, 0
+        for _, _, widths in self.blocks(selected):
+            total, count = total + float(widths.sum(dtype=np.float64)), count + len(widths)
+        return total / max(count, 1)
 
 
-def skeleton_length(skeleton: np.ndarray, component: np.ndarray, distance: np.ndarray | None = None) -> float:
-    """Length (px) of a one-pixel skeleton of a zero-bordered ``component``, its ends extended to the boundary.
+def dense_widths(mask: np.ndarray) -> np.ndarray:
+    """Width at every pixel of a uint8 mask: its 2x distance map, each pixel's largest sub-pixel.
 
-    Vossepoel-Smeulders weights for a chain of straight steps, diagonal steps and corners
-    (close over all crack angles, where counting diagonal steps as √2 runs up to 8 % long).
-    A diagonal step whose corner pixel is on the skeleton too is already counted as two
-    straight steps. Thinning shortens a crack at both ends: each end is continued in the
-    direction of its last step until it leaves the component. An isolated skeleton pixel
-    counts as the component's inscribed diameter (``distance``: pixel centre to nearest
-    background pixel centre; computed here when not given and needed).
-
-    Everything is looked up at the skeleton's pixels only, so work and memory follow the skeleton, not its box (a
-    crack across a 24 MP photo took 0.5 GB and 9 s as whole-box neighbour maps).
+    OpenCV's square roots are off by one float32 step here and there, depending on where a pixel lies in the map;
+    every distance is the root of a whole number of squared 2x pixels, so that number is recovered and its root
+    correctly rounded: the same width whichever window it was computed in.
     """
-    s = np.asarray(skeleton, dtype=bool)
-    ys, xs = np.nonzero(s)  # at least one pixel from the box's edge: the component is zero-bordered
+    height, width = mask.shape
+    upsampled = np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1)
+    distance = cv2.distanceTransform(upsampled, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    widths = distance.reshape(height, 2, width, 2).max(axis=(1, 3)).astype(np.float64)
+    return np.sqrt(np.rint(np.square(widths, out=widths), out=widths), out=widths).astype(np.float32)
+
+
+def sub_pixels(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The four 2x sub-pixel centres of each pixel, in 2x pixel units: shape (4 * n, 2), one quarter per corner."""
+    return np.concatenate([np.stack((2 * ys + dy, 2 * xs + dx), axis=1) for dy in (0, 1) for dx in (0, 1)])
+
+
+def edge_widths(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Width at pixels ``(ys, xs)`` of a uint8 mask, from the nearest background sub-pixel that touches it."""
+    from scipy.spatial import cKDTree  # only for wide components
+
+    touching = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))) > mask
+    distance, _ = cKDTree(sub_pixels(*np.nonzero(touching))).query(sub_pixels(ys, xs))
+    return distance.astype(np.float32).reshape(4, len(ys)).max(axis=0)
+
+
+def chain_steps(
+    skeleton: np.ndarray, ys: np.ndarray, xs: np.ndarray
+) -> tuple[dict[tuple[int, int], np.ndarray], np.ndarray]:
+    """For skeleton pixels ``(ys, xs)``: per direction, whether the chain steps there (a diagonal only where no
+    straight step turns the same corner), and each pixel's number of steps."""
 
     def at(dy: int, dx: int) -> np.ndarray:
-        return s[ys + dy, xs + dx]
+        return skeleton[ys + dy, xs + dx]
 
     east, south = at(0, 1), at(1, 0)
     west, north = at(0, -1), at(-1, 0)
@@ -98,29 +185,61 @@ def skeleton_length(skeleton: np.ndarray, component: np.ndarray, distance: np.nd
         (-1, -1): at(-1, -1) & ~north & ~west,
         (-1, 1): at(-1, 1) & ~north & ~east,
     }
-    degree = np.sum(list(steps.values()), axis=0)
-    straight_through = np.zeros(len(ys), bool)
-    for (dy, dx), step in steps.items():
-        straight_through |= step & steps[(-dy, -dx)]
-    corners = np.count_nonzero((degree == 2) & ~straight_through)
-    length = (
-        0.980 * (np.count_nonzero(east) + np.count_nonzero(south))
-        + 1.406 * (np.count_nonzero(steps[(1, 1)]) + np.count_nonzero(steps[(1, -1)]))
-        - 0.091 * corners
-    )
-    for (dy, dx), step in steps.items():
-        ends = step & (degree == 1)  # ends whose only neighbour lies at (dy, dx)
-        for y, x in zip(ys[ends], xs[ends]):
-            reach = 1
-            while component[y - reach * dy, x - reach * dx]:
-                reach += 1
+    return steps, np.sum(list(steps.values()), axis=0)
+
+
+def skeleton_length(
+    skeleton: np.ndarray,
+    component: np.ndarray,
+    distance_at: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> float:
+    """Length (px) of a one-pixel skeleton of a zero-bordered ``component``, its ends extended to the boundary.
+
+    Vossepoel-Smeulders weights for a chain of straight steps, diagonal steps and corners
+    (close over all crack angles, where counting diagonal steps as √2 runs up to 8 % long).
+    A diagonal step whose corner pixel is on the skeleton too is already counted as two
+    straight steps. Thinning shortens a crack at both ends: each end is continued in the
+    direction of its last step until it leaves the component. An isolated skeleton pixel
+    counts as the component's inscribed diameter (``distance_at(ys, xs)``: pixel centre to nearest
+    background pixel centre; from the component's distance map when not given).
+
+    Everything is looked up at the skeleton's pixels only, a band of rows at a time, so work and memory follow the
+    skeleton, not its box (a crack across a 24 MP photo took 0.5 GB and 9 s as whole-box neighbour maps; a noisy
+    mask over most of it has a skeleton of 7 million pixels).
+    """
+    s = np.asarray(skeleton, dtype=bool)
+    straight = diagonal = corners = 0
+    reaches: dict[tuple[int, int], list[int]] = {}
+    isolated_ys, isolated_xs = [], []
+    for top in range(0, s.shape[0], MEASURE_BLOCK):  # a band of rows at a time: memory follows the band
+        ys, xs = np.nonzero(s[top : top + MEASURE_BLOCK])  # at least one pixel from the edge: zero-bordered
+        ys += top
+        steps, degree = chain_steps(s, ys, xs)
+        straight_through = np.zeros(len(ys), bool)
+        for (dy, dx), step in steps.items():
+            straight_through |= step & steps[(-dy, -dx)]
+        corners += np.count_nonzero((degree == 2) & ~straight_through)
+        straight += np.count_nonzero(steps[(0, 1)]) + np.count_nonzero(steps[(1, 0)])
+        diagonal += np.count_nonzero(steps[(1, 1)]) + np.count_nonzero(steps[(1, -1)])
+        for (dy, dx), step in steps.items():
+            ends = step & (degree == 1)  # ends whose only neighbour lies at (dy, dx)
+            found = reaches.setdefault((dy, dx), [])  # in the steps' order: the sum below adds up as in one pass
+            for y, x in zip(ys[ends], xs[ends]):
+                reach = 1
+                while component[y - reach * dy, x - reach * dx]:
+                    reach += 1
+                found.append(reach)
+        isolated_ys.append(ys[degree == 0])
+        isolated_xs.append(xs[degree == 0])
+    length = 0.980 * straight + 1.406 * diagonal - 0.091 * corners
+    for (dy, dx), found in reaches.items():
+        for reach in found:
             length += (reach - 0.5) * math.hypot(dy, dx)
-    isolated = degree == 0
-    if isolated.any():
-        if distance is None:
-            mask = np.asarray(component, dtype=bool).view(np.uint8)
-            distance = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        length += 2.0 * float(np.maximum(distance[ys[isolated], xs[isolated]] - 0.5, 0.0).sum())
+    isolated = np.concatenate(isolated_ys), np.concatenate(isolated_xs)
+    if len(isolated[0]):
+        if distance_at is None:
+            distance_at = Widths(component).distance_at
+        length += 2.0 * float(np.maximum(distance_at(*isolated) - 0.5, 0.0).sum())
     return float(length)
 
 
@@ -137,10 +256,10 @@ def measure_component(
     if linear is False:
         return {"max_width_px": None, "thin": False, "length_px": None, "mean_width_px": None}
     padded = np.pad(np.asarray(component, dtype=bool), 1)
-    widths = width_map(padded)
+    widths = Widths(padded)
     area = int(padded.sum())
-    max_width = float(widths[padded].max())
-    elongation = area / max(max_width, 1.0) ** 2
+    max_width = widths.maximum()
+    elongation = area / max(round(max_width**2), 1)  # a width is the root of a whole number: exact at the bound
     result: dict[str, Any] = {
         "max_width_px": round(max_width, 3),
         "thin": True if linear else bool(elongation >= thin_min_elongation),
@@ -149,8 +268,8 @@ def measure_component(
     }
     if result["thin"]:
         skeleton = skeletonize(padded)
-        result["length_px"] = round(skeleton_length(skeleton, padded), 3)
-        result["mean_width_px"] = round(float(widths[skeleton].mean()), 3)
+        result["length_px"] = round(skeleton_length(skeleton, padded, widths.distance_at), 3)
+        result["mean_width_px"] = round(widths.mean(skeleton), 3)
     return result
 
 

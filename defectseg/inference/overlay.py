@@ -31,17 +31,44 @@ def defect_label(defect: dict[str, Any]) -> str:
     return f"{defect['id']}: {_figure(area)}{unit}2"
 
 
-#: rows blended at a time: the float copy of the defect pixels is a band's (a blob over half a 24 MP photo: 0.3 GB)
-TINT_BAND_ROWS = 512
+#: rows tinted and outlined at a time: the float copy of the defect pixels is a band's (a blob over half a 24 MP
+#: photo: 0.3 GB at once)
+OVERLAY_BAND_ROWS = 512
 
 
 def tint_pixels(out: np.ndarray, mask: np.ndarray, color: Sequence[int], alpha: float) -> None:
     """Blend ``out``'s ``mask`` pixels towards ``color`` in place."""
     tint = np.asarray(color, dtype=np.float32)
-    for top in range(0, out.shape[0], TINT_BAND_ROWS):
-        rows, band = out[top : top + TINT_BAND_ROWS], mask[top : top + TINT_BAND_ROWS]
+    for top in range(0, out.shape[0], OVERLAY_BAND_ROWS):
+        rows, band = out[top : top + OVERLAY_BAND_ROWS], mask[top : top + OVERLAY_BAND_ROWS]
         if band.any():
             rows[band] = (rows[band].astype(np.float32) * (1.0 - alpha) + tint * alpha + 0.5).astype(np.uint8)
+
+
+def pen_width(image: np.ndarray) -> int:
+    """Outline and lettering width (px): 1 up to 2,000 px on the short side, thicker on larger photos."""
+    return max(1, min(image.shape[:2]) // 1000)
+
+
+def outline_pixels(out: np.ndarray, mask: np.ndarray, color: Sequence[int], thickness: int) -> None:
+    """Paint the defects' edges (holes' included) ``thickness`` px wide in ``color``, in place.
+
+    An edge pixel is a defect pixel with a background 4-neighbour, found by erosion a band of rows at a time:
+    tracing contours and drawing them took 64 s and 0.9 GB on a 24 MP photo mostly marked as defect (millions of
+    contour points); erosion is linear in the pixels and needs a band's memory.
+    """
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    pen = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (thickness, thickness))
+    halo = thickness // 2 + 1  # rows around a band that can put an edge, or widen one, into it
+    ink = np.asarray(color, dtype=np.uint8)
+    defects = np.asarray(mask, dtype=bool).view(np.uint8)
+    for top in range(0, out.shape[0], OVERLAY_BAND_ROWS):
+        first = max(0, top - halo)
+        rows = defects[first : top + OVERLAY_BAND_ROWS + halo]
+        if not rows.any():
+            continue
+        edges = cv2.dilate(rows - cv2.erode(rows, cross), pen)[top - first : top - first + OVERLAY_BAND_ROWS]
+        out[top : top + len(edges)][edges.view(bool)] = ink
 
 
 def draw_overlay(
@@ -64,10 +91,8 @@ def draw_overlay(
     mask = np.asarray(mask, dtype=bool)
     out = image.copy()
     tint_pixels(out, mask, color, alpha)
-    short_side = min(image.shape[:2])
-    thickness = max(1, short_side // 1000)
-    contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, tuple(int(c) for c in contour_color), thickness, lineType=cv2.LINE_AA)
+    thickness = pen_width(image)
+    outline_pixels(out, mask, contour_color, thickness)
     if labels:
         ink = tuple(int(c) for c in contour_color)
         draw_labels(out, defects, max_labels, thickness, lambda defect: ink)
@@ -114,15 +139,13 @@ def draw_class_overlay(
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"overlay.alpha must lie in [0, 1], got {alpha}")
     out = image.copy()
-    short_side = min(image.shape[:2])
-    thickness = max(1, short_side // 1000)
+    thickness = pen_width(image)
     for mask, color in zip(class_masks, colors):  # a pixel of several classes (multilabel) blends them in turn
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             continue
         tint_pixels(out, mask, color, alpha)
-        contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness, lineType=cv2.LINE_AA)
+        outline_pixels(out, mask, color, thickness)
     color_of = {name: tuple(int(c) for c in color) for name, color in zip(names, colors)}
     if labels:
         draw_labels(out, defects, max_labels, thickness, lambda defect: color_of.get(defect.get("type"), (255, 255, 0)))
