@@ -301,10 +301,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(
                     f"[predict-bench] {runtime}/{layout} {speed_shape}: {speed[f'{runtime}/{layout}'][-1]}", flush=True
                 )
-        memory = {}
-        torch_python = args.torch_python or sys.executable
-        footprint = torch_footprint(torch_python) if args.memory_megapixels > 0 else None
+        memory, footprint = {}, None
         if args.memory_megapixels > 0:
+            torch_python = args.torch_python or sys.executable
+            footprint = torch_footprint(torch_python)
             for runtime in args.runtimes:
                 spec = {**base, "runtime": runtime, "layout": args.layouts[0], "shape": memory_shape, "command": True}
                 if runtime.startswith("torch"):

@@ -191,7 +191,7 @@ def chain_steps(
 def skeleton_length(
     skeleton: np.ndarray,
     component: np.ndarray,
-    distance_at: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    distance_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> float:
     """Length (px) of a one-pixel skeleton of a zero-bordered ``component``, its ends extended to the boundary.
 
@@ -201,7 +201,7 @@ def skeleton_length(
     straight steps. Thinning shortens a crack at both ends: each end is continued in the
     direction of its last step until it leaves the component. An isolated skeleton pixel
     counts as the component's inscribed diameter (``distance_at(ys, xs)``: pixel centre to nearest
-    background pixel centre; from the component's distance map when not given).
+    background pixel centre, ``Widths.distance_at``).
 
     Everything is looked up at the skeleton's pixels only, a band of rows at a time, so work and memory follow the
     skeleton, not its box (a crack across a 24 MP photo took 0.5 GB and 9 s as whole-box neighbour maps; a noisy
@@ -237,8 +237,6 @@ def skeleton_length(
             length += (reach - 0.5) * math.hypot(dy, dx)
     isolated = np.concatenate(isolated_ys), np.concatenate(isolated_xs)
     if len(isolated[0]):
-        if distance_at is None:
-            distance_at = Widths(component).distance_at
         length += 2.0 * float(np.maximum(distance_at(*isolated) - 0.5, 0.0).sum())
     return float(length)
 
