@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from defectseg.report.statistics import VERDICT_GAIN, VERDICT_LOSS, scratch_reference
+
 HERE = Path(__file__).parent
 #: (set, report.csv relative to docs/results, the stage-1 folder its transfer rows name, the budget when a report has
 #: several). The bf16 stage 1 and the fp32 one were both trained for 1728 steps by `experiment=real`; the fp32 one is
@@ -42,11 +44,7 @@ def read_cell(name: str, report: str, encoder: str, labels: int | None) -> dict 
         and r["encoder_from"] == encoder
         and labels in (None, int(r["train_images"]))
     )
-    scratch = next(
-        r
-        for r in rows
-        if r["transfer"] == "scratch" and r["train_images"] == full["train_images"] and not r["weight_averaging"]
-    )
+    scratch = scratch_reference(full, rows)  # the row the report measured full's gain against
     return {
         "set": name,
         "labels": int(full["train_images"]),
@@ -55,6 +53,7 @@ def read_cell(name: str, report: str, encoder: str, labels: int | None) -> dict 
         "gain": 100 * float(full["gain_abs"]),
         "low": 100 * float(full["boot_ci_low"]),
         "high": 100 * float(full["boot_ci_high"]),
+        "significant": full["verdict"] in (VERDICT_GAIN, VERDICT_LOSS),
         "precision": full["precision"],
         "report": "results/" + report.replace("report.csv", "report.md"),  # as linked from docs/transfer.md
     }
@@ -93,7 +92,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for c in cells:
         gain = f"{points(c['gain'])} [{points(c['low'])}, {points(c['high'])}]"
-        if c["low"] > 0 or c["high"] < 0:
+        if c["significant"]:
             gain = f"**{gain}**"
         dice = f"{c['scratch']:.3f} | {c['full']:.3f}"
         print(f"| {c['set']} | {c['labels']} | {dice} | {gain} | {c['precision']} | [report]({c['report']}) |")
