@@ -47,10 +47,15 @@ TRANSFER_DIR ?= outputs/transfer_real/$(NOW)
 TRANSFER_STAGE1_DIR ?= outputs/stage1/real_crack_cls
 TRANSFER_RECIPES ?= scratch,frozen_encoder,full_finetune,staged,gradual,discriminative
 TRANSFER_BUDGETS ?= 25,50,null
+# make transfer-real-crossseg: stage 1 = the whole U-Net segmenting the *other* crack set's masks (a clean source for each
+# target), then full fine-tuning with its decoder (init_decoder=true) beside scratch, at CROSSSEG_BUDGETS labels
+CROSSSEG_DIR ?= outputs/transfer_crossseg/$(NOW)
+CROSSSEG_STAGE1_STEPS ?= 880
+CROSSSEG_BUDGETS ?= 25,50
 PRETRAIN_ENCODERS = $(1)/pretrain_classification,$(1)/pretrain_segmentation,$(1)/pretrain_self_supervised
 REAL_SKIP = if [ ! -d "$(SHARED_DATASETS)" ]; then echo "$@: skipped, no real data sets at $(SHARED_DATASETS) (set SHARED_DATASETS=DIR)"; exit 0; fi
 
-.PHONY: docs lint help install demo demo-classes pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real compare-pretrain compare-pretrain-real transfer-real report test tensorboard data bench clean
+.PHONY: docs lint help install demo demo-classes pretrain finetune predict export check-data compare label-efficiency compare-real label-efficiency-real compare-pretrain compare-pretrain-real transfer-real transfer-real-crossseg report test tensorboard data bench clean
 
 help:
 	@echo "make demo              both stages on the embedded data, no download, no GPU (minutes on a laptop CPU; its small stage 1"
@@ -79,6 +84,9 @@ help:
 	@echo "                         (+ the segmenter's decoder, init_decoder=true) x seeds (skips without $(SHARED_DATASETS))"
 	@echo "make transfer-real     every recipe (TRANSFER_RECIPES) x real set x label budget ($(TRANSFER_BUDGETS)) x seeds from one stage 1 on real crack"
 	@echo "                         photos (reused from TRANSFER_STAGE1_DIR): one report (skips without $(SHARED_DATASETS); hours on a CPU, docs/transfer.md)"
+	@echo "make transfer-real-crossseg  stage 1 segments DeepCrack's masks for CrackForest and CrackForest's for DeepCrack"
+	@echo "                         (CROSSSEG_STAGE1_STEPS), then scratch and full fine-tuning with the segmenter's decoder x"
+	@echo "                         CROSSSEG_BUDGETS x seeds: one report (skips without $(SHARED_DATASETS); docs/transfer.md)"
 	@echo "make test              the test suite"
 	@echo "make lint              ruff lint and format check (CI runs it before the tests)"
 	@echo "make bench             training speed vs a bare loop and Keras/TF, tiled predict MP/s and memory -> benchmarks/results.md"
@@ -184,6 +192,15 @@ transfer-real: $(STAMP)
 	mkdir -p $(TRANSFER_DIR) && ln -sfn $(abspath $(TRANSFER_STAGE1_DIR)) $(TRANSFER_DIR)/pretrain; \
 	$(PY) -m defectseg.finetune -m experiment=real dataset=$(REAL_SETS) transfer=$(TRANSFER_RECIPES) seed=$(SEEDS) dataset.max_train_images=$(TRANSFER_BUDGETS) dataset.samples_per_epoch=175 paths.shared_datasets=$(SHARED_DATASETS) pretrained_encoder=$(TRANSFER_STAGE1_DIR) hydra.sweep.dir=$(TRANSFER_DIR)/finetune $(ARGS); \
 	$(PY) -m defectseg.report $(TRANSFER_DIR)/finetune
+
+transfer-real-crossseg: $(STAMP)
+	@$(REAL_SKIP); set -ex; \
+	for pair in crackforest:deepcrack deepcrack:crackforest; do target=$${pair%%:*}; source=$${pair##*:}; \
+	  $(PY) -m defectseg.pretrain experiment=real pretrain_task=segmentation dataset=real_crack_seg "dataset.root=[$(SHARED_DATASETS)/$$source]" train_steps=$(CROSSSEG_STAGE1_STEPS) reuse=true hydra.run.dir=$(CROSSSEG_DIR)/pretrain_$$source $(STAGE1_ARGS); \
+	  $(PY) -m defectseg.finetune -m experiment=real dataset=real_$$target transfer=full_finetune init_decoder=true seed=$(SEEDS) dataset.max_train_images=$(CROSSSEG_BUDGETS) dataset.samples_per_epoch=175 paths.shared_datasets=$(SHARED_DATASETS) pretrained_encoder=$(CROSSSEG_DIR)/pretrain_$$source hydra.sweep.dir=$(CROSSSEG_DIR)/finetune/$$target $(ARGS); \
+	done; \
+	$(PY) -m defectseg.finetune -m experiment=real dataset=real_crackforest,real_deepcrack transfer=scratch seed=$(SEEDS) dataset.max_train_images=$(CROSSSEG_BUDGETS) dataset.samples_per_epoch=175 paths.shared_datasets=$(SHARED_DATASETS) hydra.sweep.dir=$(CROSSSEG_DIR)/finetune/scratch $(ARGS); \
+	$(PY) -m defectseg.report $(CROSSSEG_DIR)/finetune
 
 report: $(STAMP)
 	$(PY) -m defectseg.report $(ARGS)

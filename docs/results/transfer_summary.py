@@ -1,5 +1,6 @@
 """Draw docs/results/transfer_summary.png and print its table: full fine-tuning's gain over scratch on the three real
-sets at every label budget measured from the 1728-step stage 1, read from the reports' report.csv files.
+sets at every label budget measured, from the 1728-step classification stage 1 (filled markers) and from a
+segmentation stage 1 on the other crack set's masks (open markers), read from the reports' report.csv files.
 
 python docs/results/transfer_summary.py
 """
@@ -17,7 +18,7 @@ from defectseg.report.statistics import VERDICT_GAIN, VERDICT_LOSS, scratch_refe
 HERE = Path(__file__).parent
 #: (set, report.csv relative to docs/results, the stage-1 folder its transfer rows name, the budget when a report has
 #: several). The bf16 stage 1 and the fp32 one were both trained for 1728 steps by `experiment=real`; the fp32 one is
-#: named stage1_real.
+#: named stage1_real. stage1_seg_dc / stage1_seg_cf: the U-Net segmenting DeepCrack's / CrackForest's masks (870 steps).
 CELLS = [
     ("magnetic_tile", "transfer_2026-12-07/magnetic_tile_25_50_labels/report.csv", "stage1_real", 25),
     ("magnetic_tile", "transfer_2026-12-07/magnetic_tile_25_50_labels/report.csv", "stage1_real", 50),
@@ -27,7 +28,10 @@ CELLS = [
     ("CrackForest", "transfer_2026-12-03/crackforest/report.csv", "stage1_real_1728", None),
     ("DeepCrack", "transfer_2026-12-07/deepcrack_25_labels/report.csv", "stage1_real", None),
     ("DeepCrack", "transfer_2026-12-03/deepcrack/report.csv", "stage1_real_1728", None),
+    ("CrackForest", "transfer_2026-12-07/crackforest_50_labels_segmentation_stage1/report.csv", "stage1_seg_dc", None),
+    ("DeepCrack", "transfer_2026-12-07/deepcrack_25_labels_segmentation_stage1/report.csv", "stage1_seg_cf", None),
 ]
+SEGMENTATION_STAGE1 = ("stage1_seg_dc", "stage1_seg_cf")
 COLOURS = {"magnetic_tile": "tab:orange", "CrackForest": "tab:green", "DeepCrack": "tab:blue"}
 
 
@@ -55,6 +59,7 @@ def read_cell(name: str, report: str, encoder: str, labels: int | None) -> dict 
         "high": 100 * float(full["boot_ci_high"]),
         "significant": full["verdict"] in (VERDICT_GAIN, VERDICT_LOSS),
         "precision": full["precision"],
+        "stage1": "segmentation" if encoder in SEGMENTATION_STAGE1 else "classification",
         "report": "results/" + report.replace("report.csv", "report.md"),  # as linked from docs/transfer.md
     }
 
@@ -71,31 +76,35 @@ def main() -> None:
     ax.axhline(8, color="grey", ls="--", lw=0.8)
     ax.text(26, 8.3, "paper's margin (+8)", color="grey", fontsize=8)
     for shift, (name, colour) in enumerate(COLOURS.items()):
-        mine = sorted((c for c in cells if c["set"] == name), key=lambda c: c["labels"])
-        if not mine:
-            continue
-        xs, ys = [c["labels"] * (1 + 0.03 * (shift - 1)) for c in mine], [c["gain"] for c in mine]
-        errs = [[c["gain"] - c["low"] for c in mine], [c["high"] - c["gain"] for c in mine]]
-        ax.errorbar(xs, ys, yerr=errs, color=colour, marker="o", capsize=3, label=name)
+        for stage1, style in (("classification", {}), ("segmentation", {"mfc": "white", "ls": "--"})):
+            mine = sorted((c for c in cells if c["set"] == name and c["stage1"] == stage1), key=lambda c: c["labels"])
+            if not mine:
+                continue
+            nudge = 1 + 0.03 * (shift - 1) + (0.015 if stage1 == "segmentation" else 0)
+            xs, ys = [c["labels"] * nudge for c in mine], [c["gain"] for c in mine]
+            errs = [[c["gain"] - c["low"] for c in mine], [c["high"] - c["gain"] for c in mine]]
+            label = name if stage1 == "classification" else f"{name}, segmentation stage 1"
+            ax.errorbar(xs, ys, yerr=errs, color=colour, marker="o", capsize=3, label=label, **style)
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks([25, 50, 82, 175], labels=["25", "50", "82", "175"])
     ax.set_xlabel("labelled training photos")
     ax.set_ylabel("test Dice gain over scratch (points)")
-    ax.set_title("Full fine-tuning vs scratch, 1728-step stage 1, 3 seeds, 95 % CI", fontsize=10)
+    ax.set_title("Full fine-tuning vs scratch, 3 seeds, 95 % CI (filled: classification stage 1)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = HERE / "transfer_summary.png"
     fig.savefig(out, dpi=120)
     print(out)
-    print("| set | labels | scratch | full fine-tuning | gain [95 % CI] | stage-1 precision | report |")
-    print("|---|---|---|---|---|---|---|")
+    print("| set | labels | stage 1 | scratch | full fine-tuning | gain [95 % CI] | stage-1 precision | report |")
+    print("|---|---|---|---|---|---|---|---|")
     for c in cells:
         gain = f"{points(c['gain'])} [{points(c['low'])}, {points(c['high'])}]"
         if c["significant"]:
             gain = f"**{gain}**"
+        cell = f"{c['set']} | {c['labels']} | {c['stage1']}"
         dice = f"{c['scratch']:.3f} | {c['full']:.3f}"
-        print(f"| {c['set']} | {c['labels']} | {dice} | {gain} | {c['precision']} | [report]({c['report']}) |")
+        print(f"| {cell} | {dice} | {gain} | {c['precision']} | [report]({c['report']}) |")
 
 
 if __name__ == "__main__":
