@@ -18,7 +18,8 @@ from defectseg.report.statistics import VERDICT_GAIN, VERDICT_LOSS, scratch_refe
 HERE = Path(__file__).parent
 #: (set, report.csv relative to docs/results, the stage-1 folder its transfer rows name, the budget when a report has
 #: several). The bf16 stage 1 and the fp32 one were both trained for 1728 steps by `experiment=real`; the fp32 one is
-#: named stage1_real. stage1_seg_dc / stage1_seg_cf: the U-Net segmenting DeepCrack's / CrackForest's masks (870 steps).
+#: named stage1_real. stage1_seg_dc / stage1_seg_cf: the U-Net segmenting DeepCrack's / CrackForest's masks (870 steps);
+#: which objective a stage 1 had is read from the report's pretrain_task column.
 CELLS = [
     ("magnetic_tile", "transfer_2026-12-07/magnetic_tile_25_50_labels/report.csv", "stage1_real", 25),
     ("magnetic_tile", "transfer_2026-12-07/magnetic_tile_25_50_labels/report.csv", "stage1_real", 50),
@@ -31,7 +32,6 @@ CELLS = [
     ("CrackForest", "transfer_2026-12-07/crackforest_50_labels_segmentation_stage1/report.csv", "stage1_seg_dc", None),
     ("DeepCrack", "transfer_2026-12-07/deepcrack_25_labels_segmentation_stage1/report.csv", "stage1_seg_cf", None),
 ]
-SEGMENTATION_STAGE1 = ("stage1_seg_dc", "stage1_seg_cf")
 COLOURS = {"magnetic_tile": "tab:orange", "CrackForest": "tab:green", "DeepCrack": "tab:blue"}
 
 
@@ -59,7 +59,7 @@ def read_cell(name: str, report: str, encoder: str, labels: int | None) -> dict 
         "high": 100 * float(full["boot_ci_high"]),
         "significant": full["verdict"] in (VERDICT_GAIN, VERDICT_LOSS),
         "precision": full["precision"],
-        "stage1": "segmentation" if encoder in SEGMENTATION_STAGE1 else "classification",
+        "stage1": full["pretrain_task"],
         "report": "results/" + report.replace("report.csv", "report.md"),  # as linked from docs/transfer.md
     }
 
