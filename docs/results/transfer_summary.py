@@ -29,6 +29,7 @@ CELLS = [
     ("CrackForest", "transfer_2026-12-03/crackforest/report.csv", "stage1_real_1728", None),
     ("DeepCrack", "transfer_2026-12-07/deepcrack_25_labels/report.csv", "stage1_real", None),
     ("DeepCrack", "transfer_2026-12-03/deepcrack/report.csv", "stage1_real_1728", None),
+    ("CrackForest", "transfer_2026-12-07/crackforest_25_50_labels/report.csv", "stage1_seg_dc", 25),
     ("CrackForest", "transfer_2026-12-07/crackforest_50_labels_segmentation_stage1/report.csv", "stage1_seg_dc", None),
     ("DeepCrack", "transfer_2026-12-07/deepcrack_25_labels_segmentation_stage1/report.csv", "stage1_seg_cf", None),
 ]
