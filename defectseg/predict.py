@@ -207,8 +207,12 @@ class Plan:
     decoder: ClassDecoder | None = None
 
 
-class PredictStopped(Exception):
-    """SIGTERM or Ctrl-C during predict: raised in the main thread so the summary is brought up to date first."""
+class PredictStopped(BaseException):
+    """SIGTERM or Ctrl-C during predict: raised in the main thread so the summary is brought up to date first.
+
+    A BaseException, like KeyboardInterrupt: a signal landing inside a photo's decoding must stop the run, not be
+    caught by the reader's ``except Exception`` and recorded as an unreadable photo while the run goes on.
+    """
 
     def __init__(self, signal_number: int) -> None:
         super().__init__(signal.Signals(signal_number).name)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from defectseg.data.readers import read_image
 from defectseg.inference.names import output_names
-from defectseg.predict import run_predict
+from defectseg.predict import PredictStopped, run_predict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -181,6 +182,18 @@ def test_a_signal_mid_folder_keeps_a_valid_summary_and_says_so(photo_folder, tmp
     # output_dir= holds every file of the run, Hydra's included
     assert (out / ".hydra" / "config.yaml").is_file() and (out / "predict.log").is_file()
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_signal_while_a_photo_is_decoded_stops_the_run_instead_of_failing_the_photo(photo_folder, monkeypatch):
+    """The reader turns decoder errors into DataError; the stop signal must pass through it (seen once in a test
+    run under load: the photo was recorded as unreadable, the run went on and hung in the next photo)."""
+
+    def interrupted(*_args, **_kwargs):
+        raise PredictStopped(signal.SIGTERM)
+
+    monkeypatch.setattr(Image, "open", interrupted)
+    with pytest.raises(PredictStopped):
+        read_image(photo_folder / "p0.png")
 
 
 def test_sigkill_mid_folder_loses_nothing_and_the_rerun_continues(photo_folder, tmp_path):
