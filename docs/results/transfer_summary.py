@@ -34,6 +34,11 @@ CELLS = [
     ("DeepCrack", "transfer_2026-12-07/deepcrack_25_labels_segmentation_stage1/report.csv", "stage1_seg_cf", None),
 ]
 COLOURS = {"magnetic_tile": "tab:orange", "CrackForest": "tab:green", "DeepCrack": "tab:blue"}
+#: stage-1 objective -> (extra x nudge so its points sit beside the classifier's, legend suffix, marker style)
+STAGE1_MARKERS = {
+    "classification": (0.0, "", {}),
+    "segmentation": (0.015, ", segmentation stage 1", {"mfc": "white", "ls": "--"}),
+}
 
 
 def read_cell(name: str, report: str, encoder: str, labels: int | None) -> dict | None:
@@ -77,15 +82,14 @@ def main() -> None:
     ax.axhline(8, color="grey", ls="--", lw=0.8)
     ax.text(26, 8.3, "paper's margin (+8)", color="grey", fontsize=8)
     for shift, (name, colour) in enumerate(COLOURS.items()):
-        for stage1, style in (("classification", {}), ("segmentation", {"mfc": "white", "ls": "--"})):
+        for stage1, (nudge, suffix, style) in STAGE1_MARKERS.items():
             mine = sorted((c for c in cells if c["set"] == name and c["stage1"] == stage1), key=lambda c: c["labels"])
             if not mine:
                 continue
-            nudge = 1 + 0.03 * (shift - 1) + (0.015 if stage1 == "segmentation" else 0)
-            xs, ys = [c["labels"] * nudge for c in mine], [c["gain"] for c in mine]
+            xs = [c["labels"] * (1 + 0.03 * (shift - 1) + nudge) for c in mine]
+            ys = [c["gain"] for c in mine]
             errs = [[c["gain"] - c["low"] for c in mine], [c["high"] - c["gain"] for c in mine]]
-            label = name if stage1 == "classification" else f"{name}, segmentation stage 1"
-            ax.errorbar(xs, ys, yerr=errs, color=colour, marker="o", capsize=3, label=label, **style)
+            ax.errorbar(xs, ys, yerr=errs, color=colour, marker="o", capsize=3, label=name + suffix, **style)
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks([25, 50, 82, 175], labels=["25", "50", "82", "175"])
