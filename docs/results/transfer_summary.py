@@ -67,7 +67,7 @@ def read_cell(name: str, report: str, encoder: str, labels: int | None) -> dict 
         "significant": full["verdict"] in (VERDICT_GAIN, VERDICT_LOSS),
         "precision": full["precision"],
         "stage1": full["pretrain_task"],
-        "report": "results/" + report.replace("report.csv", "report.md"),  # as linked from docs/transfer.md
+        "report": "results/" + report.replace("report.csv", "report.md"),  # as linked from docs/transfer_measured.md
     }
 
 
