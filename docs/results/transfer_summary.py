@@ -18,8 +18,8 @@ from defectseg.report.statistics import VERDICT_GAIN, VERDICT_LOSS, scratch_refe
 HERE = Path(__file__).parent
 #: (set, report.csv relative to docs/results, the stage-1 folder its transfer rows name, the budget when a report has
 #: several). The bf16 stage 1 and the fp32 one were both trained for 1728 steps by `experiment=real`; the fp32 one is
-#: named stage1_real. stage1_seg_dc / stage1_seg_cf: the U-Net segmenting DeepCrack's / CrackForest's masks (870 steps);
-#: which objective a stage 1 had is read from the report's pretrain_task column.
+#: named stage1_real. stage1_seg_dc / stage1_seg_cf: the U-Net segmenting DeepCrack's / CrackForest's masks
+#: (870 / 880 steps); which objective a stage 1 had is read from the report's pretrain_task column.
 CELLS = [
     ("magnetic_tile", "transfer_2026-12-07/magnetic_tile_25_50_labels/report.csv", "stage1_real", 25),
     ("magnetic_tile", "transfer_2026-12-07/magnetic_tile_25_50_labels/report.csv", "stage1_real", 50),
