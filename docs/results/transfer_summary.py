@@ -33,6 +33,7 @@ CELLS = [
     ("CrackForest", "transfer_2026-12-07/crackforest_50_labels_segmentation_stage1/report.csv", "stage1_seg_dc", None),
     ("DeepCrack", "transfer_2026-12-07/deepcrack_25_labels_segmentation_stage1/report.csv", "stage1_seg_cf", None),
     ("DeepCrack", "transfer_2026-12-07/deepcrack_50_labels_segmentation_stage1/report.csv", "stage1_seg_cf", None),
+    ("CrackForest", "transfer_2026-12-07/crackforest_25_50_82_labels/report.csv", "stage1_seg_dc", 82),
 ]
 COLOURS = {"magnetic_tile": "tab:orange", "CrackForest": "tab:green", "DeepCrack": "tab:blue"}
 #: stage-1 objective -> (extra x nudge so its points sit beside the classifier's, legend suffix, marker style)
